@@ -1,0 +1,18 @@
+//! Kitara's schema, as sea-orm-migration migrations.
+//!
+//! Table and column names are the Go version's, so its clients and reports carry over.
+//! Every column added beyond them has a default, so rows inserted by tools that only
+//! know the original columns stay valid.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_tables::Migration)]
+    }
+}

@@ -1,0 +1,143 @@
+//! Command line and configuration.
+//!
+//! Precedence is flags > environment > `.env` file > defaults: `main` loads `.env` into
+//! the environment without overriding what is already set, then clap reads flags and
+//! falls back to the environment. `.env.example` documents every key.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The database Kitara uses when `DATABASE_URL` is not set: an embedded SQLite file in
+/// the working directory, so a fresh machine needs nothing else.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://kitara.db";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kitara",
+    version,
+    about = "Order-lock service: reserves limited stock for \
+    customers who order at the same moment, and never oversells"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (on SQLite, migrate and seed the database first)
+    Serve(Settings),
+    /// Create or update the schema and, into a database without stores, load demo data
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `mysql://user:password@host:3306/db` or `sqlite://path`
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Connections in the database pool
+    #[arg(long, env = "KITARA_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before it is answered 503
+    #[arg(long, env = "KITARA_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Do not load the demo stores, products and users
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+/// Everything `kitara serve` can be told. Tests build it with
+/// `Settings::parse_from(["kitara", ...])` and adjust the fields they need.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kitara")]
+pub struct Settings {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address to listen on
+    #[arg(long, env = "KITARA_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one)
+    #[arg(long, env = "KITARA_PORT", default_value_t = 6071)]
+    pub port: u16,
+
+    /// Most orders one database transaction may hold (group commit)
+    #[arg(long, env = "KITARA_BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_size: u32,
+
+    /// Orders a store's mailbox holds before further orders are answered 503
+    #[arg(long, env = "KITARA_MAILBOX_SIZE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub mailbox_size: u32,
+
+    /// Batches of decided orders that may wait for the database writer
+    #[arg(long, env = "KITARA_WRITER_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub writer_queue: u32,
+
+    /// Most HTTP connections served at once; more wait in the listen backlog
+    #[arg(long, env = "KITARA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u32,
+
+    /// How long a client may take to send its request headers or body
+    #[arg(long, env = "KITARA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// How long Kitara keeps trying to learn whether a COMMIT whose connection died
+    /// went through, before it answers 503 `order outcome unknown`
+    #[arg(long, env = "KITARA_OUTCOME_DEADLINE_MS", default_value_t = 10_000)]
+    pub outcome_deadline_ms: u64,
+
+    /// How long shutdown waits for requests in flight
+    #[arg(long, env = "KITARA_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log format
+    #[arg(long, env = "KITARA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Check orders against the store's in-memory stock (layer 3). Only tests turn this
+    /// off, to show that the database guard alone still stops oversell.
+    #[arg(skip = true)]
+    pub memory_check: bool,
+}
+
+impl Settings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn outcome_deadline(&self) -> Duration {
+        Duration::from_millis(self.outcome_deadline_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,46 @@
+//! Kitara's domain: identifiers, a validated order, and the pure stock rules.
+//!
+//! Nothing here does I/O or awaits, so the rules can be checked by the thousand against
+//! a simple model (see the unit tests in `stock`).
+
+mod order;
+mod stock;
+
+pub use order::{LockOrder, MAX_LINES, MAX_QUANTITY, OrderError, OrderLine};
+pub use stock::{StockBook, Verdict};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// `products.id`
+    ProductId
+);
+id_type!(
+    /// `stores.id`
+    StoreId
+);
+id_type!(
+    /// `users.id`; a buyer is a user
+    UserId
+);
+id_type!(
+    /// `orders.id`
+    OrderId
+);
+id_type!(
+    /// `order_details.id`
+    OrderDetailId
+);

@@ -1,0 +1,20 @@
+//! Errors that stop Kitara from starting (the process boundary). Errors of the order
+//! path live with their boundary: `store::LockError`, `writer::PersistError`, and the
+//! HTTP mapping in `http::response`.
+
+use sea_orm::DbErr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error(
+        "the database schema is missing or behind ({pending} pending migration(s)): run `kitara migrate` first"
+    )]
+    SchemaBehind { pending: usize },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}

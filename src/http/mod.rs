@@ -1,0 +1,244 @@
+//! The hyper front end: accepting connections, routing, and the edge checks (layer 1).
+//!
+//! The service never returns `Err` (hyper would drop the connection): every failure
+//! becomes an `ApiError` answer.
+
+mod request;
+pub mod response;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::AppState;
+use crate::catalog::Product;
+use crate::store::Placed;
+use response::{ApiError, Body};
+
+/// Largest lock-order body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub struct ServerConfig {
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and gives
+/// the open connections up to `shutdown_timeout` to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.request_timeout)
+        .keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, for instance: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let state = state.clone();
+        let request_timeout = config.request_timeout;
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&state, request, request_timeout).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tracing::info!("no longer accepting connections; draining requests in flight");
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the shutdown timeout");
+    }
+}
+
+async fn route(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    request_timeout: Duration,
+) -> Response<Body> {
+    let result = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/api/v1/products") => Ok(list_products(state)),
+        (_, "/api/v1/products") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (&Method::POST, "/api/v1/order/lock") => lock_order(state, request, request_timeout).await,
+        (_, "/api/v1/order/lock") => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        (&Method::GET, "/healthz") => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
+        (_, "/healthz") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        _ => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(|error| {
+        if error.status().is_server_error() {
+            tracing::warn!(%error, "answering with a server error");
+        }
+        error.into_response()
+    })
+}
+
+#[derive(Serialize)]
+struct ProductView<'a> {
+    id: i64,
+    product_name: &'a str,
+    current_stock: i64,
+    store_id: i64,
+    store: StoreView<'a>,
+}
+
+#[derive(Serialize)]
+struct StoreView<'a> {
+    id: i64,
+    store_name: &'a str,
+}
+
+impl<'a> From<&'a Product> for ProductView<'a> {
+    fn from(p: &'a Product) -> Self {
+        ProductView {
+            id: p.id.0,
+            product_name: &p.name,
+            current_stock: p.stock(),
+            store_id: p.store.0,
+            store: StoreView {
+                id: p.store.0,
+                store_name: &p.store_name,
+            },
+        }
+    }
+}
+
+fn list_products(state: &AppState) -> Response<Body> {
+    let products: Vec<ProductView<'_>> = state
+        .catalog
+        .products()
+        .iter()
+        .map(|p| ProductView::from(&**p))
+        .collect();
+    response::json(StatusCode::OK, "OK", Some(products))
+}
+
+#[derive(Serialize)]
+struct LockView<'a> {
+    order_id: i64,
+    order_details: Vec<DetailView<'a>>,
+}
+
+#[derive(Serialize)]
+struct DetailView<'a> {
+    order_detail_id: i64,
+    product_id: i64,
+    product_name: &'a str,
+    quantity: i64,
+}
+
+async fn lock_order(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    request_timeout: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_json_body(request, request_timeout).await?;
+    let order = request::parse_lock_order(&body)?;
+    let placed: Placed = state.lock_order(order).await?;
+    let order_details = placed
+        .details
+        .iter()
+        .map(|(id, line)| DetailView {
+            order_detail_id: id.0,
+            product_id: line.product.0,
+            product_name: state
+                .catalog
+                .get(line.product)
+                .map_or("", |p| p.name.as_str()),
+            quantity: line.quantity,
+        })
+        .collect();
+    let view = LockView {
+        order_id: placed.order_id.0,
+        order_details,
+    };
+    Ok(response::json(StatusCode::OK, "OK", Some(view)))
+}
+
+/// Rule 1: a JSON content type, then a body of at most `MAX_BODY_BYTES`, received in
+/// time. A declared length over the limit is refused before anything is read.
+async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
+    let headers = request.headers();
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => Err(ApiError::Timeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot read a request body");
+            Err(ApiError::BadRequest(
+                "request body could not be read".into(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The JSON envelope every answer uses, and the one place where errors become HTTP
+//! statuses.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::store::LockError;
+
+pub type Body = Full<Bytes>;
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    server_time: String,
+    code: u16,
+    message: &'a str,
+    data: Option<T>,
+}
+
+/// An answer: status, message and `data`.
+pub fn json<T: Serialize>(status: StatusCode, message: &str, data: Option<T>) -> Response<Body> {
+    let envelope = Envelope {
+        server_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        code: status.as_u16(),
+        message,
+        data,
+    };
+    match serde_json::to_vec(&envelope) {
+        Ok(body) => with_body(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise an answer");
+            with_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"code":500,"message":"internal error","data":null}"#.to_vec(),
+            )
+        }
+    }
+}
+
+fn with_body(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Every way a request can fail, mapped to a status and message in `into_response`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Route not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body must not exceed {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("request body was not received in time")]
+    Timeout,
+    /// A request that breaks a rule of the judging order; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// How long a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Lock(e) => match e {
+                LockError::UserNotFound
+                | LockError::MixedStores
+                | LockError::NoneAvailable
+                | LockError::SomeAvailable => StatusCode::BAD_REQUEST,
+                LockError::Busy
+                | LockError::Unavailable
+                | LockError::Conflict
+                | LockError::OutcomeUnknown
+                | LockError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut response = json::<()>(status, &self.to_string(), None);
+        let headers = response.headers_mut();
+        if let ApiError::MethodNotAllowed { allow } = self {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

@@ -1,0 +1,31 @@
+//! Kitara: an order-lock service for online stores. It reserves limited stock for
+//! customers who order at the same moment, all or nothing, and never oversells.
+//!
+//! # Layout
+//!
+//! - [`http`]: the hyper front end: routing, the edge checks (content type, size, JSON,
+//!   types, ranges), the JSON envelope, and the mapping of errors to statuses.
+//! - [`app`]: the order desk shared by connections: the known-user check, routing an
+//!   order to its store's actor through a concurrent index, the sold-out fast path.
+//! - [`store`]: one single-owner actor per store, the only code that decides a change
+//!   of its store's stock; it checks and reserves in memory, then hands orders to the
+//!   writer and answers only after they committed.
+//! - [`writer`]: persists what actors decided, many orders per transaction (group
+//!   commit), and resolves a COMMIT whose connection died.
+//! - [`domain`]: identifiers, the validated order, and the pure stock rules.
+//! - [`db`]: connecting, the schema check, demo data, and every SQL statement.
+//! - [`catalog`], [`users`]: what the front end knows without asking an actor.
+//! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod users;
+pub mod writer;

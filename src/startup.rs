@@ -1,0 +1,152 @@
+//! Building and running Kitara: connect, check the schema, load every store into its
+//! actor, start the writer, bind, serve, and shut down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::db::{self, load};
+use crate::error::StartupError;
+use crate::http::{self, ServerConfig};
+use crate::store::{self, ActorConfig};
+use crate::users::KnownUsers;
+use crate::writer::{self, WriterConfig};
+
+/// A Kitara ready to serve: everything loaded, the port bound.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    db: DatabaseConnection,
+    writer: JoinHandle<()>,
+    actors: Vec<JoinHandle<()>>,
+    server: ServerConfig,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let db = db::connect(&settings.database).await?;
+        db::prepare_for_serve(&db).await?;
+
+        let catalog = Catalog::new(load::products(&db).await?);
+        let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
+        let (writer, writer_task) = writer::spawn(
+            db.clone(),
+            WriterConfig {
+                batch_size: settings.batch_size as usize,
+                queue: settings.writer_queue as usize,
+                outcome_deadline: settings.outcome_deadline(),
+            },
+            load::max_ids(&db).await?,
+        );
+
+        let actor_config = ActorConfig {
+            mailbox: settings.mailbox_size as usize,
+            batch_size: settings.batch_size as usize,
+            memory_check: settings.memory_check,
+        };
+        let stores = DashMap::new();
+        let mut actors = Vec::new();
+        for (store, products) in catalog.by_store() {
+            let (handle, task) =
+                store::spawn(store, products, writer.clone(), db.clone(), &actor_config);
+            stores.insert(store, handle);
+            actors.push(task);
+        }
+        drop(writer);
+        tracing::info!(
+            stores = stores.len(),
+            products = catalog.products().len(),
+            "loaded stock"
+        );
+
+        let addr = format!("{}:{}", settings.host, settings.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: format!("{}:{}", settings.host, settings.port),
+            source,
+        })?;
+
+        Ok(Self {
+            listener,
+            addr,
+            state: Arc::new(AppState {
+                catalog,
+                stores,
+                users,
+                memory_check: settings.memory_check,
+            }),
+            db,
+            writer: writer_task,
+            actors,
+            server: ServerConfig {
+                max_connections: settings.max_connections.max(1) as usize,
+                request_timeout: settings.request_timeout(),
+                shutdown_timeout: settings.shutdown_timeout(),
+            },
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves until `shutdown` resolves; then drains requests in flight, lets every
+    /// actor settle its orders and the writer commit what it holds, and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(address = %self.addr, "listening");
+        http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
+        // Dropping the handles closes every mailbox: each actor settles what it holds
+        // and stops, which drops the last writer handles, which stops the writer.
+        self.state.stores.clear();
+        for actor in self.actors {
+            let _ = actor.await;
+        }
+        let _ = self.writer.await;
+        let _ = self.db.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// `kitara serve`: runs until Ctrl-C or SIGTERM.
+pub async fn serve(settings: Settings) -> Result<(), StartupError> {
+    let app = Application::build(settings).await?;
+    app.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

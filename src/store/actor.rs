@@ -1,0 +1,246 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{LockCommand, LockError, LockResult, Placed, StoreHandle};
+use crate::catalog::Product;
+use crate::db::load;
+use crate::domain::{LockOrder, ProductId, StockBook, StoreId, Verdict};
+use crate::writer::{Committed, Outcome, PersistError, WriterHandle};
+
+/// While its stock is unknown (the database was unreachable), a store tries to reload it
+/// at most this often; orders in between are answered 503 at once.
+const RELOAD_INTERVAL: Duration = Duration::from_millis(200);
+
+pub struct ActorConfig {
+    pub mailbox: usize,
+    pub batch_size: usize,
+    pub memory_check: bool,
+}
+
+/// Starts the actor of one store with the stock the catalog was loaded with.
+pub fn spawn(
+    store: StoreId,
+    products: Vec<Arc<Product>>,
+    writer: WriterHandle,
+    db: DatabaseConnection,
+    config: &ActorConfig,
+) -> (StoreHandle, tokio::task::JoinHandle<()>) {
+    let (sender, mailbox) = mpsc::channel(config.mailbox);
+    let actor = StoreActor {
+        store,
+        book: StockBook::new(products.iter().map(|p| (p.id, p.stock()))),
+        products: products.into_iter().map(|p| (p.id, p)).collect(),
+        mailbox,
+        writer,
+        db,
+        batch_size: config.batch_size,
+        memory_check: config.memory_check,
+        in_flight: FuturesUnordered::new(),
+        stale_since: None,
+    };
+    (StoreHandle { sender }, tokio::spawn(actor.run()))
+}
+
+/// An order the actor is handling, with its answer channel.
+struct Attempt {
+    order: Arc<LockOrder>,
+    respond_to: oneshot::Sender<LockResult>,
+    /// Set when the database refused it once and it is being retried against the
+    /// reloaded stock; a second refusal is answered 503.
+    retried: bool,
+}
+
+impl Attempt {
+    fn answer(self, result: LockResult) {
+        // The client may have gone away; the order stands either way.
+        let _ = self.respond_to.send(result);
+    }
+}
+
+type InFlight = Pin<Box<dyn Future<Output = (Vec<Attempt>, Outcome)> + Send>>;
+
+struct StoreActor {
+    store: StoreId,
+    /// The store's stock with every reservation in flight already taken off.
+    book: StockBook,
+    /// Where the stock is published for readers that must not wait for the actor.
+    products: HashMap<ProductId, Arc<Product>>,
+    mailbox: mpsc::Receiver<LockCommand>,
+    writer: WriterHandle,
+    /// For reloading the stock after the database refused a batch.
+    db: DatabaseConnection,
+    batch_size: usize,
+    memory_check: bool,
+    /// Submissions handed to the writer whose outcome has not come back yet.
+    in_flight: FuturesUnordered<InFlight>,
+    /// Set while the stock is unknown because a reload failed: when it was last tried.
+    stale_since: Option<Instant>,
+}
+
+impl StoreActor {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                // Answering committed orders comes first: it frees clients soonest.
+                biased;
+                Some((attempts, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.settle(attempts, outcome).await;
+                }
+                received = self.mailbox.recv_many(&mut batch, self.batch_size), if open => {
+                    if received == 0 {
+                        open = false;
+                        continue;
+                    }
+                    let attempts = batch.drain(..).map(|command| Attempt {
+                        order: command.order,
+                        respond_to: command.respond_to,
+                        retried: false,
+                    });
+                    self.decide(attempts.collect()).await;
+                }
+                else => break,
+            }
+        }
+        tracing::debug!(store = %self.store, "store actor stopped");
+    }
+
+    /// Judges each order in arrival order against memory, reserves the ones that fit and
+    /// hands them to the writer together.
+    async fn decide(&mut self, attempts: Vec<Attempt>) {
+        if self.stale_since.is_some() && !self.reload_if_due().await {
+            for attempt in attempts {
+                attempt.answer(Err(LockError::Unavailable));
+            }
+            return;
+        }
+        let mut accepted = Vec::with_capacity(attempts.len());
+        for attempt in attempts {
+            let lines = attempt.order.lines();
+            let verdict = if self.memory_check {
+                self.book.try_reserve(lines)
+            } else {
+                self.book.reserve_unchecked(lines)
+            };
+            match verdict {
+                Verdict::Reserved => {
+                    self.publish(lines.iter().map(|l| l.product));
+                    accepted.push(attempt);
+                }
+                Verdict::SomeAvailable => attempt.answer(Err(LockError::SomeAvailable)),
+                Verdict::NoneAvailable => attempt.answer(Err(LockError::NoneAvailable)),
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let orders = accepted.iter().map(|a| a.order.clone()).collect();
+        match self.writer.submit(self.store, orders).await {
+            Ok(outcome) => self.in_flight.push(Box::pin(async move {
+                let outcome = outcome.await.unwrap_or(Err(PersistError::Unavailable));
+                (accepted, outcome)
+            })),
+            Err(_) => {
+                for attempt in accepted {
+                    self.book.release(attempt.order.lines());
+                    self.publish(attempt.order.lines().iter().map(|l| l.product));
+                    attempt.answer(Err(LockError::ShuttingDown));
+                }
+            }
+        }
+    }
+
+    async fn settle(&mut self, attempts: Vec<Attempt>, outcome: Outcome) {
+        let error = match outcome {
+            Ok(committed) => return answer_committed(attempts, committed),
+            Err(error) => error,
+        };
+        // Memory and database may now disagree. Wait until nothing of this store is in
+        // flight, so the database holds every reservation memory still counts, then
+        // reload: the stock read is then the whole truth.
+        let mut failed: Vec<(Attempt, PersistError)> =
+            attempts.into_iter().map(|a| (a, error)).collect();
+        while let Some((attempts, outcome)) = self.in_flight.next().await {
+            match outcome {
+                Ok(committed) => answer_committed(attempts, committed),
+                Err(error) => failed.extend(attempts.into_iter().map(|a| (a, error))),
+            }
+        }
+        let reloaded = self.reload().await;
+        let mut retry = Vec::new();
+        for (attempt, error) in failed {
+            match error {
+                PersistError::Refused if reloaded && !attempt.retried => retry.push(Attempt {
+                    retried: true,
+                    ..attempt
+                }),
+                PersistError::Refused if reloaded => attempt.answer(Err(LockError::Conflict)),
+                PersistError::Refused | PersistError::Unavailable => {
+                    attempt.answer(Err(LockError::Unavailable))
+                }
+                PersistError::OutcomeUnknown => attempt.answer(Err(LockError::OutcomeUnknown)),
+            }
+        }
+        if !retry.is_empty() {
+            self.decide(retry).await;
+        }
+    }
+
+    /// Replaces memory with the database's stock. Only called with nothing in flight.
+    async fn reload(&mut self) -> bool {
+        match load::store_stock(&self.db, self.store).await {
+            Ok(stock) => {
+                self.book.replace(stock);
+                self.stale_since = None;
+                let all: Vec<ProductId> = self.products.keys().copied().collect();
+                self.publish(all.into_iter());
+                tracing::info!(store = %self.store, "reloaded stock from the database");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.store, error = %e, "cannot reload stock");
+                self.stale_since = Some(Instant::now());
+                false
+            }
+        }
+    }
+
+    async fn reload_if_due(&mut self) -> bool {
+        match self.stale_since {
+            Some(since) if since.elapsed() < RELOAD_INTERVAL => false,
+            _ => self.reload().await,
+        }
+    }
+
+    fn publish(&self, products: impl Iterator<Item = ProductId>) {
+        for id in products {
+            if let Some(product) = self.products.get(&id) {
+                product.publish(self.book.get(id).unwrap_or(0));
+            }
+        }
+    }
+}
+
+fn answer_committed(attempts: Vec<Attempt>, committed: Vec<Committed>) {
+    for (attempt, committed) in attempts.into_iter().zip(committed) {
+        let details = committed
+            .detail_ids
+            .into_iter()
+            .zip(attempt.order.lines().iter().copied())
+            .collect();
+        let placed = Placed {
+            order_id: committed.order_id,
+            details,
+        };
+        attempt.answer(Ok(placed));
+    }
+}
