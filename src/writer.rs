@@ -43,7 +43,8 @@ pub struct Committed {
     pub detail_ids: Vec<OrderDetailId>,
 }
 
-pub type Outcome = Result<Vec<Committed>, PersistError>;
+/// One result per order of a submission, in the order they were submitted.
+pub type Outcome = Vec<Result<Committed, PersistError>>;
 
 /// Orders one actor decided together, answered together.
 struct Submission {
@@ -148,41 +149,66 @@ impl Writer {
     }
 
     async fn persist(&mut self, batch: Vec<Submission>) {
-        let mut rows = Vec::with_capacity(batch.len());
-        for submission in &batch {
-            let mut committed = Vec::with_capacity(submission.orders.len());
-            for order in &submission.orders {
+        let orders: Vec<(StoreId, &LockOrder)> = batch
+            .iter()
+            .flat_map(|s| s.orders.iter().map(move |o| (s.store, &**o)))
+            .collect();
+        let outcomes: Vec<Result<Committed, PersistError>> = match self.write(&orders).await {
+            Ok(committed) => committed.into_iter().map(Ok).collect(),
+            // One order the database refuses must not sink the others of the batch:
+            // write each on its own, so that only the refused ones fail.
+            Err(PersistError::Refused) if orders.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(orders.len());
+                for order in &orders {
+                    outcomes.push(
+                        self.write(std::slice::from_ref(order))
+                            .await
+                            .map(|mut c| c.remove(0)),
+                    );
+                }
+                outcomes
+            }
+            Err(error) => vec![Err(error); orders.len()],
+        };
+        drop(orders);
+        let mut outcomes = outcomes.into_iter();
+        for submission in batch {
+            let mine = outcomes.by_ref().take(submission.orders.len()).collect();
+            let _ = submission.done.send(mine);
+        }
+    }
+
+    /// Numbers the orders and writes them in one transaction.
+    async fn write(
+        &mut self,
+        orders: &[(StoreId, &LockOrder)],
+    ) -> Result<Vec<Committed>, PersistError> {
+        let committed: Vec<Committed> = orders
+            .iter()
+            .map(|(_, order)| {
                 self.last_order_id += 1;
                 let first_detail_id = self.last_detail_id + 1;
                 self.last_detail_id += order.lines().len() as i64;
-                committed.push(Committed {
+                Committed {
                     order_id: OrderId(self.last_order_id),
                     detail_ids: (first_detail_id..=self.last_detail_id)
                         .map(OrderDetailId)
                         .collect(),
-                });
-            }
-            rows.push(committed);
-        }
-        let new_orders: Vec<persist::NewOrder<'_>> = batch
-            .iter()
-            .zip(&rows)
-            .flat_map(|(submission, committed)| {
-                submission
-                    .orders
-                    .iter()
-                    .zip(committed)
-                    .map(|(order, c)| persist::NewOrder {
-                        id: c.order_id.0,
-                        buyer: order.buyer().0,
-                        store: submission.store.0,
-                        total: order.total(),
-                        first_detail_id: c.detail_ids.first().map_or(0, |d| d.0),
-                        lines: order.lines(),
-                    })
+                }
             })
             .collect();
-
+        let rows: Vec<persist::NewOrder<'_>> = orders
+            .iter()
+            .zip(&committed)
+            .map(|(&(store, order), c)| persist::NewOrder {
+                id: c.order_id.0,
+                buyer: order.buyer().0,
+                store: store.0,
+                total: order.total(),
+                first_detail_id: c.detail_ids.first().map_or(0, |d| d.0),
+                lines: order.lines(),
+            })
+            .collect();
         self.sequence += 1;
         let token = format!(
             "{:x}-{:x}-{:x}",
@@ -190,16 +216,13 @@ impl Writer {
             std::process::id(),
             self.sequence
         );
-        let outcome = self.transact(&new_orders, &token).await;
-        drop(new_orders);
+        let outcome = self.transact(&rows, &token).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
             // refused: renumber from what the database has.
             self.resync_ids().await;
         }
-        for (submission, committed) in batch.into_iter().zip(rows) {
-            let _ = submission.done.send(outcome.map(|()| committed));
-        }
+        outcome.map(|()| committed)
     }
 
     async fn transact(

@@ -48,6 +48,7 @@ enum OrderDetails {
 }
 
 #[derive(DeriveIden)]
+#[allow(clippy::enum_variant_names)] // the columns are named so
 enum Timestamps {
     CreatedAt,
     UpdatedAt,

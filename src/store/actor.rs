@@ -13,7 +13,7 @@ use super::{LockCommand, LockError, LockResult, Placed, StoreHandle};
 use crate::catalog::Product;
 use crate::db::load;
 use crate::domain::{LockOrder, ProductId, StockBook, StoreId, Verdict};
-use crate::writer::{Committed, Outcome, PersistError, WriterHandle};
+use crate::writer::{Outcome, PersistError, WriterHandle};
 
 /// While its stock is unknown (the database was unreachable), a store tries to reload it
 /// at most this often; orders in between are answered 503 at once.
@@ -146,7 +146,9 @@ impl StoreActor {
         let orders = accepted.iter().map(|a| a.order.clone()).collect();
         match self.writer.submit(self.store, orders).await {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
-                let outcome = outcome.await.unwrap_or(Err(PersistError::Unavailable));
+                let outcome = outcome
+                    .await
+                    .unwrap_or_else(|_| vec![Err(PersistError::Unavailable); accepted.len()]);
                 (accepted, outcome)
             })),
             Err(_) => {
@@ -160,20 +162,15 @@ impl StoreActor {
     }
 
     async fn settle(&mut self, attempts: Vec<Attempt>, outcome: Outcome) {
-        let error = match outcome {
-            Ok(committed) => return answer_committed(attempts, committed),
-            Err(error) => error,
-        };
+        let mut failed = answer_committed(attempts, outcome);
+        if failed.is_empty() {
+            return;
+        }
         // Memory and database may now disagree. Wait until nothing of this store is in
         // flight, so the database holds every reservation memory still counts, then
         // reload: the stock read is then the whole truth.
-        let mut failed: Vec<(Attempt, PersistError)> =
-            attempts.into_iter().map(|a| (a, error)).collect();
         while let Some((attempts, outcome)) = self.in_flight.next().await {
-            match outcome {
-                Ok(committed) => answer_committed(attempts, committed),
-                Err(error) => failed.extend(attempts.into_iter().map(|a| (a, error))),
-            }
+            failed.extend(answer_committed(attempts, outcome));
         }
         let reloaded = self.reload().await;
         let mut retry = Vec::new();
@@ -230,17 +227,24 @@ impl StoreActor {
     }
 }
 
-fn answer_committed(attempts: Vec<Attempt>, committed: Vec<Committed>) {
-    for (attempt, committed) in attempts.into_iter().zip(committed) {
-        let details = committed
-            .detail_ids
-            .into_iter()
-            .zip(attempt.order.lines().iter().copied())
-            .collect();
-        let placed = Placed {
-            order_id: committed.order_id,
-            details,
-        };
-        attempt.answer(Ok(placed));
+/// Answers the orders that committed; returns the others with why they failed.
+fn answer_committed(attempts: Vec<Attempt>, outcome: Outcome) -> Vec<(Attempt, PersistError)> {
+    let mut failed = Vec::new();
+    for (attempt, result) in attempts.into_iter().zip(outcome) {
+        match result {
+            Ok(committed) => {
+                let details = committed
+                    .detail_ids
+                    .into_iter()
+                    .zip(attempt.order.lines().iter().copied())
+                    .collect();
+                attempt.answer(Ok(Placed {
+                    order_id: committed.order_id,
+                    details,
+                }));
+            }
+            Err(error) => failed.push((attempt, error)),
+        }
     }
+    failed
 }

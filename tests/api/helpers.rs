@@ -1,0 +1,442 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kitara::config::Settings;
+use kitara::startup::Application;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// Runs each named test once per backend: `sqlite::name` and `mysql::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::Backend::Mysql.available() {
+                        super::$name($crate::helpers::Backend::Mysql).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+}
+
+const MYSQL_URL_VAR: &str = "KITARA_TEST_MYSQL_URL";
+
+impl Backend {
+    /// Whether the tests of this backend can run. Without `KITARA_TEST_MYSQL_URL` the
+    /// MariaDB tests pass as no-ops on a workstation, but fail under CI.
+    pub fn available(self) -> bool {
+        if self == Backend::Sqlite || std::env::var(MYSQL_URL_VAR).is_ok() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {MYSQL_URL_VAR} is not set: the MariaDB tests cannot run"
+        );
+        eprintln!("skipping a MariaDB test: {MYSQL_URL_VAR} is not set");
+        false
+    }
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "kitara_test_{:x}_{:x}_{}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database of the test's own, dropped when the test ends.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    name: String,
+    /// The SQLite file lives in here.
+    _dir: Option<tempfile::TempDir>,
+    pub conn: DatabaseConnection,
+}
+
+impl TestDb {
+    /// A new, empty database with Kitara's schema (no demo data).
+    pub async fn new(backend: Backend) -> Self {
+        let name = unique_name();
+        let (url, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path: PathBuf = dir.path().join("kitara.db");
+                (format!("sqlite://{}", path.display()), Some(dir))
+            }
+            Backend::Mysql => {
+                let base = std::env::var(MYSQL_URL_VAR).expect("checked by available()");
+                let base = base.trim_end_matches('/').to_owned();
+                let admin = Database::connect(&base).await.expect("connect to MariaDB");
+                admin
+                    .execute_unprepared(&format!(
+                        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                    ))
+                    .await
+                    .expect("create the test database");
+                admin.close().await.ok();
+                (format!("{base}/{name}"), None)
+            }
+        };
+        let args = database_args(&url);
+        let conn = kitara::db::connect(&args).await.expect("connect");
+        kitara::db::migrate_and_seed(&conn, false)
+            .await
+            .expect("migrate");
+        Self {
+            backend,
+            url,
+            name,
+            _dir: dir,
+            conn,
+        }
+    }
+
+    /// A database with the demo data of `kitara migrate`.
+    pub async fn with_demo_data(backend: Backend) -> Self {
+        let db = Self::new(backend).await;
+        kitara::db::migrate_and_seed(&db.conn, true)
+            .await
+            .expect("seed");
+        db
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.conn
+            .execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn query_i64s(&self, sql: &str) -> Vec<Vec<i64>> {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(self.conn.get_database_backend(), sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter()
+            .map(|row| {
+                (0..)
+                    .map_while(|i| row.try_get_by_index::<i64>(i).ok())
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.query_i64s(&format!("SELECT COUNT(*) FROM {table}")).await[0][0]
+    }
+
+    /// Stock per product id.
+    pub async fn stocks(&self) -> BTreeMap<i64, i64> {
+        self.query_i64s("SELECT id, current_stock FROM products")
+            .await
+            .into_iter()
+            .map(|r| (r[0], r[1]))
+            .collect()
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            stocks: self.stocks().await,
+            orders: self.count("orders").await,
+            details: self.count("order_details").await,
+        }
+    }
+
+    /// The invariants of SPEC.md, given each product's stock before any order (and no
+    /// restock since): no oversell, no negative stock, and every order whole.
+    pub async fn assert_invariants(&self, initial: &BTreeMap<i64, i64>) {
+        let stocks = self.stocks().await;
+        let sold: BTreeMap<i64, i64> = self
+            .query_i64s(
+                "SELECT d.product_id, CAST(SUM(d.quantity) AS SIGNED) FROM order_details d \
+                 JOIN orders o ON o.id = d.order_id WHERE o.deleted_at IS NULL \
+                 GROUP BY d.product_id",
+            )
+            .await
+            .into_iter()
+            .map(|r| (r[0], r[1]))
+            .collect();
+        for (product, &start) in initial {
+            let now = stocks[product];
+            let sold = sold.get(product).copied().unwrap_or(0);
+            assert!(now >= 0, "product {product} has negative stock {now}");
+            assert_eq!(
+                start,
+                now + sold,
+                "product {product}: initial {start} != current {now} + sold {sold}"
+            );
+        }
+        let broken = self
+            .query_i64s(
+                "SELECT o.id FROM orders o LEFT JOIN order_details d ON d.order_id = o.id \
+                 GROUP BY o.id, o.quantity HAVING COUNT(d.id) = 0 OR SUM(d.quantity) <> o.quantity",
+            )
+            .await;
+        assert!(broken.is_empty(), "orders not whole: {broken:?}");
+        let foreign = self
+            .query_i64s(
+                "SELECT d.id FROM order_details d JOIN orders o ON o.id = d.order_id \
+                 JOIN products p ON p.id = d.product_id WHERE p.store_id <> o.store_id",
+            )
+            .await;
+        assert!(foreign.is_empty(), "details outside their order's store: {foreign:?}");
+    }
+
+    /// Checks that an order answered 200 is stored exactly as answered.
+    pub async fn assert_order_stored(&self, answer: &Value, buyer: i64) {
+        let data = &answer["data"];
+        let order_id = data["order_id"].as_i64().expect("order_id");
+        let details = data["order_details"].as_array().expect("order_details");
+        let order = self
+            .query_i64s(&format!(
+                "SELECT buyer_id, quantity FROM orders WHERE id = {order_id}"
+            ))
+            .await;
+        let total: i64 = details.iter().map(|d| d["quantity"].as_i64().unwrap()).sum();
+        assert_eq!(order, vec![vec![buyer, total]], "order {order_id}");
+        let stored = self
+            .query_i64s(&format!(
+                "SELECT id, product_id, quantity FROM order_details WHERE order_id = {order_id} ORDER BY product_id"
+            ))
+            .await;
+        let answered: Vec<Vec<i64>> = details
+            .iter()
+            .map(|d| {
+                vec![
+                    d["order_detail_id"].as_i64().unwrap(),
+                    d["product_id"].as_i64().unwrap(),
+                    d["quantity"].as_i64().unwrap(),
+                ]
+            })
+            .collect();
+        assert_eq!(stored, answered, "details of order {order_id}");
+    }
+
+    pub async fn drop_database(self) {
+        if self.backend == Backend::Mysql {
+            let name = self.name.clone();
+            self.conn
+                .execute_unprepared(&format!("DROP DATABASE `{name}`"))
+                .await
+                .ok();
+        }
+        self.conn.close().await.ok();
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stocks: BTreeMap<i64, i64>,
+    pub orders: i64,
+    pub details: i64,
+}
+
+pub fn database_args(url: &str) -> kitara::config::DatabaseArgs {
+    settings(url).database
+}
+
+pub fn settings(url: &str) -> Settings {
+    use clap::Parser;
+    Settings::parse_from([
+        "kitara",
+        "--database-url",
+        url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--db-pool-size",
+        "8",
+    ])
+}
+
+/// An HTTP client for one Kitara, in-process or not.
+pub struct Api {
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Kitara running in-process; derefs to its `Api`.
+pub struct TestApp {
+    api: Api,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Starts Kitara in-process on a random port against `db`.
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        kitara::telemetry::init(kitara::config::LogFormat::Text);
+    }
+    let mut settings = settings(&db.url);
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("build Kitara");
+    let addr = app.addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        api: Api::new(addr),
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown: waits until every actor settled and the writer stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(512)
+            .build_http();
+        Self { addr, client }
+    }
+
+    /// Like `lock`, but a connection that fails (a server killed mid-request) is `None`.
+    pub async fn try_lock(&self, body: &Value) -> Option<(StatusCode, Value)> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/api/v1/order/lock", self.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = self.client.request(request).await.ok()?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, serde_json::from_slice(&bytes).ok()?))
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        let request = builder.body(Full::new(body.into())).unwrap();
+        let response = self.client.request(request).await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, headers, value)
+    }
+
+    pub async fn lock(&self, body: &Value) -> (StatusCode, Value) {
+        let (status, _, value) = self
+            .request(
+                Method::POST,
+                "/api/v1/order/lock",
+                Some("application/json"),
+                body.to_string(),
+            )
+            .await;
+        (status, value)
+    }
+
+    /// Stock per product as `GET /api/v1/products` lists it.
+    pub async fn listed_stocks(&self) -> BTreeMap<i64, i64> {
+        let (status, _, value) = self
+            .request(Method::GET, "/api/v1/products", None, Bytes::new())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        value["data"]
+            .as_array()
+            .expect("data array")
+            .iter()
+            .map(|p| (p["id"].as_i64().unwrap(), p["current_stock"].as_i64().unwrap()))
+            .collect()
+    }
+
+    /// Sends raw bytes on a new connection and returns everything the server wrote
+    /// before closing it (or within two seconds).
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut buf = [0u8; 8192];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A lock-order body.
+pub fn order(user: i64, lines: &[(i64, i64)]) -> Value {
+    serde_json::json!({
+        "user_id": user,
+        "products": lines.iter().map(|&(p, q)| serde_json::json!({"product_id": p, "quantity": q})).collect::<Vec<_>>(),
+    })
+}

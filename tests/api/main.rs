@@ -1,0 +1,10 @@
+//! Kitara's API tests: a real server on a random port, a fresh database per test, on the
+//! embedded SQLite database and (test names under `mysql::`) on MariaDB when
+//! `KITARA_TEST_MYSQL_URL` is set.
+
+mod helpers;
+
+mod burst;
+mod contract;
+mod durability;
+mod reconcile;
