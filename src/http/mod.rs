@@ -209,10 +209,7 @@ async fn lock_order(
 
 /// Rule 1: a JSON content type, then a body of at most `MAX_BODY_BYTES`, received in
 /// time. A declared length over the limit is refused before the body is read.
-async fn read_json_body(
-    request: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
+async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
     let (parts, mut body) = request.into_parts();
     let json = parts
         .headers

@@ -53,7 +53,7 @@ fn with_body(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 pub enum ApiError {
     #[error("Route not found")]
     NotFound,
-    #[error("method not allowed")]
+    #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,

@@ -2,7 +2,7 @@
 //! bursts of concurrent multi-line orders whose demand exceeds the stock, fired at a
 //! real server. Afterwards every invariant of SPEC.md is checked against the database.
 //!
-//! `KITARA_PROPTEST_CASES` raises the number of cases (default 3 per test).
+//! `KITARA_PROPTEST_CASES` sets the number of cases (default 8 per test).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,7 +67,7 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                 let line = (0..stock.len()).prop_flat_map(move |i| (Just(i), 1..=stock[i]));
                 (1i64..=3, Just(s), prop::collection::vec(line, 1..=3))
             });
-            (Just(stores), prop::collection::vec(one_order, 12..=40))
+            (Just(stores), prop::collection::vec(one_order, 12..=60))
         })
         .prop_map(|(stores, orders)| Scenario { stores, orders })
         .prop_filter("demand must exceed stock", Scenario::oversubscribed)
@@ -77,7 +77,7 @@ fn runner() -> TestRunner {
     let cases = std::env::var("KITARA_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(8);
     TestRunner::new(Config {
         cases,
         max_shrink_iters: 16,
@@ -158,14 +158,20 @@ async fn run_case(
                 db.assert_order_stored(answer, *buyer).await;
                 let mut asked: BTreeMap<i64, i64> = BTreeMap::new();
                 for line in body["products"].as_array().unwrap() {
-                    *asked.entry(line["product_id"].as_i64().unwrap()).or_insert(0) +=
-                        line["quantity"].as_i64().unwrap();
+                    *asked
+                        .entry(line["product_id"].as_i64().unwrap())
+                        .or_insert(0) += line["quantity"].as_i64().unwrap();
                 }
                 let got: BTreeMap<i64, i64> = answer["data"]["order_details"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|d| (d["product_id"].as_i64().unwrap(), d["quantity"].as_i64().unwrap()))
+                    .map(|d| {
+                        (
+                            d["product_id"].as_i64().unwrap(),
+                            d["quantity"].as_i64().unwrap(),
+                        )
+                    })
                     .collect();
                 check(got == asked, || format!("answered {got:?} for {asked:?}"))?;
             }
@@ -183,11 +189,15 @@ async fn run_case(
     check(served > 0, || "no order was served".into())?;
     check(refused > 0, || "no order was refused".into())?;
     let stored = db.count("orders").await;
-    check(stored == served, || format!("{served} answered 200 but {stored} order rows"))?;
+    check(stored == served, || {
+        format!("{served} answered 200 but {stored} order rows")
+    })?;
     db.assert_invariants(&scenario.initial_stock()).await;
     let listed = app.listed_stocks().await;
     let stocks = db.stocks().await;
-    check(listed == stocks, || format!("listed {listed:?} but stored {stocks:?}"))?;
+    check(listed == stocks, || {
+        format!("listed {listed:?} but stored {stocks:?}")
+    })?;
 
     match Arc::try_unwrap(app) {
         Ok(app) => app.stop().await,

@@ -22,7 +22,11 @@ crate::on_both_backends!(
 
 /// The envelope of SPEC.md, with `code` equal to the status.
 fn assert_envelope(status: StatusCode, body: &Value, message: &str) {
-    assert_eq!(body["code"].as_u64(), Some(status.as_u16() as u64), "{body}");
+    assert_eq!(
+        body["code"].as_u64(),
+        Some(status.as_u16() as u64),
+        "{body}"
+    );
     assert_eq!(body["message"].as_str(), Some(message), "{body}");
     let time = body["server_time"].as_str().expect("server_time");
     let parsed = chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339 server_time");
@@ -34,7 +38,10 @@ fn assert_refused(status: StatusCode, body: &Value, expected: StatusCode, needle
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["code"].as_u64(), Some(expected.as_u16() as u64));
     let message = body["message"].as_str().expect("message");
-    assert!(message.contains(needle), "message {message:?} should mention {needle:?}");
+    assert!(
+        message.contains(needle),
+        "message {message:?} should mention {needle:?}"
+    );
     assert!(body["data"].is_null());
 }
 
@@ -99,7 +106,9 @@ async fn the_sample_order_is_locked_stored_and_listed(backend: Backend) {
     db.assert_order_stored(&body, 2).await;
     let order_id = body["data"]["order_id"].as_i64().unwrap();
     let row = db
-        .query_i64s(&format!("SELECT store_id FROM orders WHERE id = {order_id}"))
+        .query_i64s(&format!(
+            "SELECT store_id FROM orders WHERE id = {order_id}"
+        ))
         .await;
     assert_eq!(row, vec![vec![1]]);
     let stocks = db.stocks().await;
@@ -118,7 +127,12 @@ async fn unknown_routes_and_wrong_methods_are_refused(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app(&db).await;
 
-    for path in ["/", "/api/v1/product", "/api/v1/products/1", "/api/v2/order/lock"] {
+    for path in [
+        "/",
+        "/api/v1/product",
+        "/api/v1/products/1",
+        "/api/v2/order/lock",
+    ] {
         let (status, _, body) = app.request(Method::GET, path, None, Bytes::new()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_envelope(status, &body, "Route not found");
@@ -147,23 +161,60 @@ async fn content_type_size_and_json_are_checked_first(backend: Backend) {
 
     for content_type in [None, Some("text/plain"), Some("application/jsonx")] {
         let (status, _, body) = app
-            .request(Method::POST, "/api/v1/order/lock", content_type, valid.clone())
+            .request(
+                Method::POST,
+                "/api/v1/order/lock",
+                content_type,
+                valid.clone(),
+            )
             .await;
-        assert_refused(status, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+        assert_refused(
+            status,
+            &body,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        );
     }
     // 415 comes before 413.
-    let huge = format!(r#"{{"user_id":2,"pad":"{}","products":[]}}"#, "x".repeat(70_000));
+    let huge = format!(
+        r#"{{"user_id":2,"pad":"{}","products":[]}}"#,
+        "x".repeat(70_000)
+    );
     let (status, _, body) = app
-        .request(Method::POST, "/api/v1/order/lock", Some("text/plain"), huge.clone())
+        .request(
+            Method::POST,
+            "/api/v1/order/lock",
+            Some("text/plain"),
+            huge.clone(),
+        )
         .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     let (status, _, body) = app
-        .request(Method::POST, "/api/v1/order/lock", Some("application/json"), huge)
+        .request(
+            Method::POST,
+            "/api/v1/order/lock",
+            Some("application/json"),
+            huge,
+        )
         .await;
     assert_refused(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "bytes");
-    for bad in ["", "[]", "1", "\"x\"", "null", "{", "{\"user_id\":2} {}", "{'user_id':2}"] {
+    for bad in [
+        "",
+        "[]",
+        "1",
+        "\"x\"",
+        "null",
+        "{",
+        "{\"user_id\":2} {}",
+        "{'user_id':2}",
+    ] {
         let (status, _, body) = app
-            .request(Method::POST, "/api/v1/order/lock", Some("application/json"), bad)
+            .request(
+                Method::POST,
+                "/api/v1/order/lock",
+                Some("application/json"),
+                bad,
+            )
             .await;
         assert_refused(status, &body, StatusCode::BAD_REQUEST, "JSON object");
     }
@@ -178,30 +229,70 @@ async fn field_rules_name_the_field_and_change_nothing(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app(&db).await;
     let before = db.snapshot().await;
-    let line = |p: &str, q: &str| format!(r#"{{"user_id":2,"products":[{{"product_id":{p},"quantity":{q}}}]}}"#);
+    let line = |p: &str, q: &str| {
+        format!(r#"{{"user_id":2,"products":[{{"product_id":{p},"quantity":{q}}}]}}"#)
+    };
     let mut cases: Vec<(String, &str)> = vec![
-        (r#"{"products":[{"product_id":1,"quantity":1}]}"#.into(), "user_id"),
-        (r#"{"user_id":null,"products":[{"product_id":1,"quantity":1}]}"#.into(), "user_id"),
+        (
+            r#"{"products":[{"product_id":1,"quantity":1}]}"#.into(),
+            "user_id",
+        ),
+        (
+            r#"{"user_id":null,"products":[{"product_id":1,"quantity":1}]}"#.into(),
+            "user_id",
+        ),
         (r#"{"user_id":2}"#.into(), "products"),
         (r#"{"user_id":2,"products":null}"#.into(), "products"),
-        (r#"{"user_id":2,"products":{"product_id":1}}"#.into(), "products"),
+        (
+            r#"{"user_id":2,"products":{"product_id":1}}"#.into(),
+            "products",
+        ),
         (r#"{"user_id":2,"products":"1"}"#.into(), "products"),
         (r#"{"user_id":2,"products":[]}"#.into(), "products"),
         (r#"{"user_id":2,"products":[1]}"#.into(), "products[0]"),
-        (r#"{"user_id":2,"products":[{"quantity":1}]}"#.into(), "product_id"),
-        (r#"{"user_id":2,"products":[{"product_id":1}]}"#.into(), "quantity"),
-        (r#"{"user_id":2,"products":[{"product_id":1,"quantity":null}]}"#.into(), "quantity"),
+        (
+            r#"{"user_id":2,"products":[{"quantity":1}]}"#.into(),
+            "product_id",
+        ),
+        (
+            r#"{"user_id":2,"products":[{"product_id":1}]}"#.into(),
+            "quantity",
+        ),
+        (
+            r#"{"user_id":2,"products":[{"product_id":1,"quantity":null}]}"#.into(),
+            "quantity",
+        ),
     ];
-    for bad in ["\"2\"", "2.5", "2.0", "1e2", "true", "0", "-1", "2147483648", "[1]"] {
-        cases.push((format!(r#"{{"user_id":{bad},"products":[{{"product_id":1,"quantity":1}}]}}"#), "user_id"));
+    for bad in [
+        "\"2\"",
+        "2.5",
+        "2.0",
+        "1e2",
+        "true",
+        "0",
+        "-1",
+        "2147483648",
+        "[1]",
+    ] {
+        cases.push((
+            format!(r#"{{"user_id":{bad},"products":[{{"product_id":1,"quantity":1}}]}}"#),
+            "user_id",
+        ));
         cases.push((line(bad, "1"), "product_id"));
         cases.push((line("1", bad), "quantity"));
     }
-    let many: Vec<Value> = (0..101).map(|_| json!({"product_id": 1, "quantity": 1})).collect();
-    cases.push((json!({"user_id": 2, "products": many}).to_string(), "products"));
+    let many: Vec<Value> = (0..101)
+        .map(|_| json!({"product_id": 1, "quantity": 1}))
+        .collect();
+    cases.push((
+        json!({"user_id": 2, "products": many}).to_string(),
+        "products",
+    ));
 
     for (body, needle) in &cases {
-        let (status, answer) = app.lock(&serde_json::from_str::<Value>(body).unwrap()).await;
+        let (status, answer) = app
+            .lock(&serde_json::from_str::<Value>(body).unwrap())
+            .await;
         assert_refused(status, &answer, StatusCode::BAD_REQUEST, needle);
     }
 
@@ -220,7 +311,12 @@ async fn duplicate_lines_are_merged_within_limits(backend: Backend) {
     let details = body["data"]["order_details"].as_array().unwrap();
     let lines: Vec<(i64, i64)> = details
         .iter()
-        .map(|d| (d["product_id"].as_i64().unwrap(), d["quantity"].as_i64().unwrap()))
+        .map(|d| {
+            (
+                d["product_id"].as_i64().unwrap(),
+                d["quantity"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(lines, [(1, 3), (2, 3)]);
     db.assert_order_stored(&body, 3).await;
@@ -234,7 +330,12 @@ async fn duplicate_lines_are_merged_within_limits(backend: Backend) {
     // 100 lines are accepted by the edge (then judged: 100 units of masker are too many).
     let hundred: Vec<(i64, i64)> = (0..100).map(|_| (1, 1)).collect();
     let (status, body) = app.lock(&order(2, &hundred)).await;
-    assert_refused(status, &body, StatusCode::BAD_REQUEST, "all product not available");
+    assert_refused(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "all product not available",
+    );
     assert_eq!(db.snapshot().await, before);
 
     app.stop().await;
@@ -243,11 +344,13 @@ async fn duplicate_lines_are_merged_within_limits(backend: Backend) {
 
 async fn user_store_and_availability_are_judged_in_order(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
-    db.exec("INSERT INTO users (id, name, deleted_at) VALUES (4, 'gone', CURRENT_TIMESTAMP)").await;
+    db.exec("INSERT INTO users (id, name, deleted_at) VALUES (4, 'gone', CURRENT_TIMESTAMP)")
+        .await;
     db.exec("INSERT INTO products (id, product_name, current_stock, store_id, deleted_at) VALUES (4, 'deleted', 5, 1, CURRENT_TIMESTAMP)").await;
     let app = spawn_app(&db).await;
     // A user added after start is found by the lookup.
-    db.exec("INSERT INTO users (id, name) VALUES (5, 'late')").await;
+    db.exec("INSERT INTO users (id, name) VALUES (5, 'late')")
+        .await;
     let before = db.snapshot().await;
 
     let cases: &[(i64, &[(i64, i64)], &str)] = &[
@@ -274,7 +377,12 @@ async fn user_store_and_availability_are_judged_in_order(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{body}");
     db.assert_order_stored(&body, 5).await;
     let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
-    assert_refused(status, &body, StatusCode::BAD_REQUEST, "all product not available");
+    assert_refused(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "all product not available",
+    );
     assert_eq!(app.listed_stocks().await[&1], 0);
     assert_a_valid_order_still_works(&app, &db).await;
 
@@ -295,7 +403,8 @@ async fn raw_tcp_abuse_is_answered_and_changes_nothing(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app_with(&db, |s| s.request_timeout_ms = 1_000).await;
     let before = db.snapshot().await;
-    let head = "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nContent-Type: application/json\r\n";
+    let head =
+        "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nContent-Type: application/json\r\n";
 
     // A Content-Length that promises more than is sent: answered when time runs out.
     let raw = app
@@ -358,11 +467,19 @@ async fn utf8_names_survive_end_to_end(backend: Backend) {
     let (_, _, body) = app
         .request(Method::GET, "/api/v1/products", None, Bytes::new())
         .await;
-    let listed = body["data"].as_array().unwrap().iter().find(|p| p["id"] == 8).cloned();
+    let listed = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == 8)
+        .cloned();
     assert_eq!(listed.unwrap()["product_name"], "masker 😷");
     let (status, body) = app.lock(&order(2, &[(8, 1)])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"]["order_details"][0]["product_name"], "masker 😷");
+    assert_eq!(
+        body["data"]["order_details"][0]["product_name"],
+        "masker 😷"
+    );
 
     app.stop().await;
     db.drop_database().await;

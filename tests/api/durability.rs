@@ -44,7 +44,8 @@ async fn start_kitara(db: &TestDb) -> (Child, Api) {
 
 async fn orders_answered_200_survive_a_sigkill(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
-    db.exec("UPDATE products SET current_stock = 100000 WHERE id IN (1, 2)").await;
+    db.exec("UPDATE products SET current_stock = 100000 WHERE id IN (1, 2)")
+        .await;
     let initial = db.stocks().await;
     let (mut child, api) = start_kitara(&db).await;
     let api = Arc::new(api);

@@ -147,7 +147,10 @@ impl TestDb {
     pub async fn query_i64s(&self, sql: &str) -> Vec<Vec<i64>> {
         let rows = self
             .conn
-            .query_all_raw(Statement::from_string(self.conn.get_database_backend(), sql))
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                sql,
+            ))
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         rows.iter()
@@ -160,7 +163,8 @@ impl TestDb {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        self.query_i64s(&format!("SELECT COUNT(*) FROM {table}")).await[0][0]
+        self.query_i64s(&format!("SELECT COUNT(*) FROM {table}"))
+            .await[0][0]
     }
 
     /// Stock per product id.
@@ -217,7 +221,10 @@ impl TestDb {
                  JOIN products p ON p.id = d.product_id WHERE p.store_id <> o.store_id",
             )
             .await;
-        assert!(foreign.is_empty(), "details outside their order's store: {foreign:?}");
+        assert!(
+            foreign.is_empty(),
+            "details outside their order's store: {foreign:?}"
+        );
     }
 
     /// Checks that an order answered 200 is stored exactly as answered.
@@ -230,7 +237,10 @@ impl TestDb {
                 "SELECT buyer_id, quantity FROM orders WHERE id = {order_id}"
             ))
             .await;
-        let total: i64 = details.iter().map(|d| d["quantity"].as_i64().unwrap()).sum();
+        let total: i64 = details
+            .iter()
+            .map(|d| d["quantity"].as_i64().unwrap())
+            .sum();
         assert_eq!(order, vec![vec![buyer, total]], "order {order_id}");
         let stored = self
             .query_i64s(&format!(
@@ -409,7 +419,12 @@ impl Api {
             .as_array()
             .expect("data array")
             .iter()
-            .map(|p| (p["id"].as_i64().unwrap(), p["current_stock"].as_i64().unwrap()))
+            .map(|p| {
+                (
+                    p["id"].as_i64().unwrap(),
+                    p["current_stock"].as_i64().unwrap(),
+                )
+            })
             .collect()
     }
 

@@ -18,7 +18,8 @@ crate::on_both_backends!(
 async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app(&db).await;
-    db.exec("UPDATE products SET current_stock = 1 WHERE id = 1").await;
+    db.exec("UPDATE products SET current_stock = 1 WHERE id = 1")
+        .await;
 
     // Memory still believes 10: the guard trips, the store reloads, and the order is
     // judged again against the truth.
@@ -28,7 +29,8 @@ async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
     assert_eq!(db.count("orders").await, 0);
     assert_eq!(app.listed_stocks().await, db.stocks().await);
 
-    db.exec("UPDATE products SET current_stock = 0 WHERE id = 2").await;
+    db.exec("UPDATE products SET current_stock = 0 WHERE id = 2")
+        .await;
     let (status, body) = app.lock(&order(2, &[(1, 1), (2, 1)])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["message"], "some product not available");
@@ -46,7 +48,8 @@ async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
 
 async fn stock_taken_behind_kitaras_back_mid_burst_never_oversells(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
-    db.exec("UPDATE products SET current_stock = 300 WHERE id IN (1, 2)").await;
+    db.exec("UPDATE products SET current_stock = 300 WHERE id IN (1, 2)")
+        .await;
     let initial = db.stocks().await;
     let app = Arc::new(spawn_app(&db).await);
 
