@@ -19,9 +19,11 @@ struct Scenario {
     /// Stock of each product, per store. Store `s` has id `s + 1`; products are numbered
     /// from 1 across stores in this order.
     stores: Vec<Vec<i64>>,
-    /// (buyer, store index, lines as (product index in the store, quantity)).
-    orders: Vec<(i64, usize, Vec<(usize, i64)>)>,
+    orders: Vec<GeneratedOrder>,
 }
+
+/// (buyer, store index, lines as (product index in the store, quantity)).
+type GeneratedOrder = (i64, usize, Vec<(usize, i64)>);
 
 impl Scenario {
     fn product_id(&self, store: usize, index: usize) -> i64 {

@@ -353,7 +353,8 @@ async fn user_store_and_availability_are_judged_in_order(backend: Backend) {
         .await;
     let before = db.snapshot().await;
 
-    let cases: &[(i64, &[(i64, i64)], &str)] = &[
+    type Case<'a> = (i64, &'a [(i64, i64)], &'a str);
+    let cases: &[Case] = &[
         (99, &[(1, 1), (3, 1)], "user not found"),
         (4, &[(1, 1)], "user not found"),
         (2, &[(1, 1), (3, 1)], "product must in same store"),
