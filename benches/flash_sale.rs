@@ -1,6 +1,867 @@
-//! Placeholder for the flash-sale benchmark. `cargo bench` passes `--bench`; it is
-//! ignored.
+//! The flash-sale benchmark: Kitara against a plain row-lock service, over HTTP, in one
+//! run on one machine, so that ratios — not absolute figures — carry the verdict.
+//!
+//! `cargo bench --bench flash_sale` (cargo's `--bench` argument is ignored). It uses
+//! MariaDB/MySQL when `KITARA_BENCH_MYSQL_URL` is set (an account that may create and drop
+//! databases), SQLite otherwise; `KITARA_BENCH_QUICK=1` shortens every workload.
+//!
+//! Every workload gets a fresh database and a fresh server started in-process on a random
+//! port; an in-process load generator drives it over N keep-alive HTTP/1.1 connections,
+//! each sending its next request when the previous answer arrives (closed loop). After each
+//! workload the SPEC.md invariants are checked against the database and the benchmark
+//! aborts loudly if they fail.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kitara::config::Settings;
+use kitara::http::response;
+use kitara::startup::Application;
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait, Value,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const CONNECTIONS: usize = 256;
+const USERS: i64 = 1_000;
+const SELL_OUT_STOCK: i64 = 10_000;
+const HUGE_STOCK: i64 = 1_000_000_000;
 
 fn main() {
-    println!("flash_sale: no benchmark yet");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+#[derive(Clone)]
+struct Bench {
+    mysql: Option<String>,
+    quick: bool,
+}
+
+impl Bench {
+    fn duration(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(10)
+        }
+    }
+}
+
+async fn run() {
+    let bench = Bench {
+        mysql: std::env::var("KITARA_BENCH_MYSQL_URL").ok(),
+        quick: std::env::var("KITARA_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty()),
+    };
+    println!("flash_sale benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "database: {}",
+        match &bench.mysql {
+            Some(_) => "MySQL/MariaDB (KITARA_BENCH_MYSQL_URL)".to_owned(),
+            None => "SQLite (set KITARA_BENCH_MYSQL_URL for MySQL)".to_owned(),
+        }
+    );
+    println!(
+        "mode: {}; {CONNECTIONS} closed-loop keep-alive connections; load generator in the same process",
+        if bench.quick { "quick" } else { "full" }
+    );
+    println!();
+
+    let mut table = Vec::new();
+    let hot_kitara = hot(&bench, Server::Kitara).await;
+    table.push(hot_kitara.clone());
+    table.push(sell_out(&bench).await);
+    let spread_kitara = spread(&bench, Server::Kitara).await;
+    let rss = rss_mib();
+    table.push(spread_kitara.clone());
+    let storm = storm(&bench).await;
+    table.push(storm.clone());
+    let ceiling = ceiling(&bench).await;
+    table.push(ceiling.clone());
+    let hot_rowlock = hot(&bench, Server::RowLock).await;
+    table.push(hot_rowlock.clone());
+    let spread_rowlock = spread(&bench, Server::RowLock).await;
+    table.push(spread_rowlock.clone());
+
+    println!();
+    println!("| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | note |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for row in &table {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            row.name, row.answers, row.ok, row.rate, row.p50, row.p99, row.p999, row.note
+        );
+    }
+    println!();
+    if let Some(rss) = rss {
+        println!("RSS of the benchmark process after the spread workload: {rss:.0} MiB");
+    }
+    println!(
+        "ratio hot kitara/row-lock: {:.2}",
+        hot_kitara.rate / hot_rowlock.rate
+    );
+    println!(
+        "ratio spread kitara/row-lock: {:.2}",
+        spread_kitara.rate / spread_rowlock.rate
+    );
+    println!(
+        "ratio hot kitara/ceiling: {:.2}",
+        hot_kitara.rate / ceiling.rate
+    );
+    println!(
+        "ratio storm kitara/ceiling: {:.2}",
+        storm.rate / ceiling.rate
+    );
+}
+
+/// One line of the result table.
+#[derive(Clone)]
+struct Row {
+    name: &'static str,
+    answers: u64,
+    ok: u64,
+    /// Committed orders per second (200 answers), or answers per second for the
+    /// workloads that commit nothing.
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    note: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Kitara,
+    RowLock,
+}
+
+// ---------------------------------------------------------------------------------------
+// Workloads
+
+/// One product, huge stock, orders of one unit.
+async fn hot(bench: &Bench, server: Server) -> Row {
+    let db = BenchDb::create(bench, 1, 1, HUGE_STOCK).await;
+    let running = Running::start(&db, server).await;
+    let load = drive(
+        running.addr,
+        bench.duration(),
+        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+    )
+    .await;
+    running.stop().await;
+    let stored = db.check_invariants().await;
+    assert_eq!(stored, load.ok, "hot: every 200 must be an order row");
+    db.drop().await;
+    load.row(
+        match server {
+            Server::Kitara => "hot (kitara)",
+            Server::RowLock => "hot (row-lock)",
+        },
+        true,
+        String::new(),
+    )
+}
+
+/// One product with 10,000 units: time until they are gone, and exactly 10,000 sold.
+async fn sell_out(bench: &Bench) -> Row {
+    let db = BenchDb::create(bench, 1, 1, SELL_OUT_STOCK).await;
+    let running = Running::start(&db, Server::Kitara).await;
+    let load = drive_until_refused(
+        running.addr,
+        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+    )
+    .await;
+    // After the sell-out every answer must be a not-available 400.
+    let later = drive_count(
+        running.addr,
+        CONNECTIONS,
+        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+    )
+    .await;
+    running.stop().await;
+    let stored = db.check_invariants().await;
+    let stock = db.stock_of(1).await;
+    assert_eq!(
+        load.ok, SELL_OUT_STOCK as u64,
+        "sell-out: exactly {SELL_OUT_STOCK} answers of 200"
+    );
+    assert_eq!(
+        stored, SELL_OUT_STOCK as u64,
+        "sell-out: {SELL_OUT_STOCK} order rows"
+    );
+    assert_eq!(stock, 0, "sell-out: stock 0");
+    assert_eq!(load.other, 0, "sell-out: only 200s and not-available 400s");
+    assert_eq!(
+        (later.ok, later.refused),
+        (0, CONNECTIONS as u64),
+        "sell-out: every later answer is a not-available 400"
+    );
+    db.drop().await;
+    let sold_out_in = load.last_ok.as_secs_f64();
+    let mut row = load.row("sell-out 10,000 (kitara)", true, String::new());
+    row.rate = SELL_OUT_STOCK as f64 / sold_out_in;
+    row.note = format!(
+        "sold out in {:.3} s; 10,000 × 200, then only 400s",
+        sold_out_in
+    );
+    row
+}
+
+/// 1,000 stores × 10 products, orders of one unit of a random product.
+async fn spread(bench: &Bench, server: Server) -> Row {
+    let db = BenchDb::create(bench, 1_000, 10, HUGE_STOCK).await;
+    let running = Running::start(&db, server).await;
+    let load = drive(
+        running.addr,
+        bench.duration(),
+        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, rng.below(10_000) + 1))),
+    )
+    .await;
+    running.stop().await;
+    let stored = db.check_invariants().await;
+    assert_eq!(stored, load.ok, "spread: every 200 must be an order row");
+    db.drop().await;
+    load.row(
+        match server {
+            Server::Kitara => "spread 1,000×10 (kitara)",
+            Server::RowLock => "spread 1,000×10 (row-lock)",
+        },
+        true,
+        String::new(),
+    )
+}
+
+/// Every order refused: the product is sold out.
+async fn storm(bench: &Bench) -> Row {
+    let db = BenchDb::create(bench, 1, 1, 0).await;
+    let running = Running::start(&db, Server::Kitara).await;
+    let load = drive(
+        running.addr,
+        bench.duration() / 2,
+        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+    )
+    .await;
+    running.stop().await;
+    let stored = db.check_invariants().await;
+    assert_eq!((stored, load.ok), (0, 0), "storm: nothing may be sold");
+    assert_eq!(load.other, 0, "storm: every answer a not-available 400");
+    db.drop().await;
+    load.row(
+        "sold-out storm (kitara)",
+        false,
+        "answers/s, all 400".into(),
+    )
+}
+
+/// `GET /healthz` of the same server: the front end's own ceiling here.
+async fn ceiling(bench: &Bench) -> Row {
+    let db = BenchDb::create(bench, 1, 1, 0).await;
+    let running = Running::start(&db, Server::Kitara).await;
+    let load = drive(
+        running.addr,
+        bench.duration() / 2,
+        Arc::new(|_: &mut Rng| {
+            Some(
+                Request::get("/healthz")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        }),
+    )
+    .await;
+    running.stop().await;
+    db.drop().await;
+    load.row("ceiling GET /healthz", false, "answers/s".into())
+}
+
+fn lock_request(user: i64, product: i64) -> Request<Full<Bytes>> {
+    let body =
+        format!(r#"{{"user_id":{user},"products":[{{"product_id":{product},"quantity":1}}]}}"#);
+    Request::post("/api/v1/order/lock")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Load generator
+
+/// A small xorshift generator: the load generator needs speed, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: i64) -> i64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as i64
+    }
+}
+
+type MakeRequest = Arc<dyn Fn(&mut Rng) -> Option<Request<Full<Bytes>>> + Send + Sync>;
+
+#[derive(Default)]
+struct Load {
+    elapsed: Duration,
+    ok: u64,
+    /// Not-available 400s.
+    refused: u64,
+    other: u64,
+    /// When the last 200 arrived, from the start.
+    last_ok: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Load {
+    fn merge(&mut self, other: Load) {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.other += other.other;
+        self.last_ok = self.last_ok.max(other.last_ok);
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn row(mut self, name: &'static str, commits: bool, note: String) -> Row {
+        self.latencies_us.sort_unstable();
+        let pick = |q: f64| {
+            if self.latencies_us.is_empty() {
+                return 0.0;
+            }
+            let i =
+                ((self.latencies_us.len() as f64 * q) as usize).min(self.latencies_us.len() - 1);
+            self.latencies_us[i] as f64 / 1000.0
+        };
+        let answers = self.ok + self.refused + self.other;
+        let counted = if commits { self.ok } else { answers };
+        Row {
+            name,
+            answers,
+            ok: self.ok,
+            rate: counted as f64 / self.elapsed.as_secs_f64(),
+            p50: pick(0.50),
+            p99: pick(0.99),
+            p999: pick(0.999),
+            note,
+        }
+    }
+}
+
+/// Runs `CONNECTIONS` closed-loop connections for `duration`.
+async fn drive(addr: SocketAddr, duration: Duration, make: MakeRequest) -> Load {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let make = make.clone();
+            tokio::spawn(connection(addr, start, c as u64, make, move |_, sent| {
+                sent < deadline
+            }))
+        })
+        .collect();
+    collect(tasks, start).await
+}
+
+/// Runs until each connection has seen three not-available refusals in a row.
+async fn drive_until_refused(addr: SocketAddr, make: MakeRequest) -> Load {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let make = make.clone();
+            tokio::spawn(connection(
+                addr,
+                start,
+                c as u64,
+                make,
+                move |load: &Load, _| {
+                    load.refused < 3 && start.elapsed() < Duration::from_secs(120)
+                },
+            ))
+        })
+        .collect();
+    collect(tasks, start).await
+}
+
+/// One request on each of `n` connections.
+async fn drive_count(addr: SocketAddr, n: usize, make: MakeRequest) -> Load {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|c| {
+            let make = make.clone();
+            tokio::spawn(connection(addr, start, c as u64, make, |load: &Load, _| {
+                load.ok + load.refused + load.other == 0
+            }))
+        })
+        .collect();
+    collect(tasks, start).await
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Load>>, start: Instant) -> Load {
+    let mut total = Load::default();
+    for task in tasks {
+        total.merge(task.await.expect("connection task"));
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+async fn connection(
+    addr: SocketAddr,
+    start: Instant,
+    seed: u64,
+    make: MakeRequest,
+    go_on: impl Fn(&Load, Instant) -> bool,
+) -> Load {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).ok();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut load = Load::default();
+    loop {
+        let sent = Instant::now();
+        if !go_on(&load, sent) {
+            break;
+        }
+        let Some(mut request) = make(&mut rng) else {
+            break;
+        };
+        request
+            .headers_mut()
+            .insert("host", hyper::header::HeaderValue::from_static("kitara"));
+        if sender.ready().await.is_err() {
+            load.other += 1;
+            break;
+        }
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(_) => {
+                load.other += 1;
+                break;
+            }
+        };
+        let status = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes());
+        let now = Instant::now();
+        load.latencies_us.push((now - sent).as_micros() as u32);
+        match (status, body) {
+            (StatusCode::OK, Ok(_)) => {
+                load.ok += 1;
+                load.last_ok = now - start;
+            }
+            (StatusCode::BAD_REQUEST, Ok(body))
+                if body.windows(13).any(|w| w == b"not available") =>
+            {
+                load.refused += 1
+            }
+            _ => load.other += 1,
+        }
+    }
+    load
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(db: &BenchDb, server: Server) -> Self {
+        let settings = settings(&db.url);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        match server {
+            Server::Kitara => {
+                let app = Application::build(settings).await.expect("build Kitara");
+                let addr = app.addr();
+                let task = tokio::spawn(app.run_until(stopped));
+                Running { addr, stop, task }
+            }
+            Server::RowLock => {
+                let pool = kitara::db::connect(&settings.database)
+                    .await
+                    .expect("connect");
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("address");
+                let task = tokio::spawn(row_lock_server(listener, pool, stopped));
+                Running { addr, stop, task }
+            }
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn settings(url: &str) -> Settings {
+    use clap::Parser;
+    Settings::parse_from([
+        "kitara",
+        "--database-url",
+        url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ])
+}
+
+/// The baseline: what a careful conventional service does. One transaction per order
+/// that locks the order's product rows (`SELECT … FOR UPDATE`), checks the stock, then
+/// decrements and inserts; no actor, no batching. Same pool and connection settings as
+/// Kitara, served by the same kind of hyper server.
+async fn row_lock_server(
+    listener: TcpListener,
+    pool: DatabaseConnection,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let pool = Arc::new(pool);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = &mut stop => break,
+        };
+        stream.set_nodelay(true).ok();
+        let pool = pool.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let pool = pool.clone();
+            async move { Ok::<_, Infallible>(row_lock_order(&pool, request).await) }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+async fn row_lock_order(
+    pool: &DatabaseConnection,
+    request: Request<Incoming>,
+) -> Response<response::Body> {
+    let refuse = |status, message: &str| response::json::<()>(status, message, None);
+    let Ok(body) = request.into_body().collect().await else {
+        return refuse(StatusCode::BAD_REQUEST, "unreadable body");
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "request body must be one JSON object",
+        );
+    };
+    let buyer = value["user_id"].as_i64().unwrap_or(0);
+    let mut lines: BTreeMap<i64, i64> = BTreeMap::new();
+    for line in value["products"].as_array().into_iter().flatten() {
+        *lines
+            .entry(line["product_id"].as_i64().unwrap_or(0))
+            .or_insert(0) += line["quantity"].as_i64().unwrap_or(0);
+    }
+    match row_lock_transaction(pool, buyer, &lines).await {
+        Ok(Some((order_id, store))) => response::json(
+            StatusCode::OK,
+            "OK",
+            Some(serde_json::json!({"order_id": order_id, "store_id": store})),
+        ),
+        Ok(None) => refuse(StatusCode::BAD_REQUEST, "all product not available"),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}
+
+async fn row_lock_transaction(
+    pool: &DatabaseConnection,
+    buyer: i64,
+    lines: &BTreeMap<i64, i64>,
+) -> Result<Option<(i64, i64)>, sea_orm::DbErr> {
+    let backend = pool.get_database_backend();
+    let txn = pool
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    let mut store = 0;
+    for (&product, &quantity) in lines {
+        let sql = match backend {
+            DbBackend::MySql => {
+                "SELECT current_stock, store_id FROM products WHERE id = ? FOR UPDATE"
+            }
+            _ => "SELECT current_stock, store_id FROM products WHERE id = ?",
+        };
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [Value::from(product)],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stock: i64 = row.try_get_by_index(0)?;
+        store = row.try_get_by_index(1)?;
+        if stock < quantity {
+            return Ok(None);
+        }
+    }
+    let now = chrono::Utc::now().naive_utc();
+    for (&product, &quantity) in lines {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "UPDATE products SET current_stock = current_stock - ?, updated_at = ? WHERE id = ?",
+            [quantity.into(), now.into(), product.into()],
+        ))
+        .await?;
+    }
+    let total: i64 = lines.values().sum();
+    let order = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO orders (buyer_id, quantity, store_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [buyer.into(), total.into(), store.into(), now.into(), now.into()],
+        ))
+        .await?;
+    let order_id = order.last_insert_id() as i64;
+    for (&product, &quantity) in lines {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO order_details (order_id, product_id, quantity, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [order_id.into(), product.into(), quantity.into(), now.into(), now.into()],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(Some((order_id, store)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Databases
+
+struct BenchDb {
+    url: String,
+    name: String,
+    mysql: bool,
+    conn: DatabaseConnection,
+    initial: BTreeMap<i64, i64>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl BenchDb {
+    /// A fresh database with `stores` stores of `products` products each (`stock` units
+    /// apiece) and `USERS` users.
+    async fn create(bench: &Bench, stores: i64, products: i64, stock: i64) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "kitara_bench_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let (url, dir) = match &bench.mysql {
+            Some(base) => {
+                let base = base.trim_end_matches('/');
+                let admin = Database::connect(base).await.expect("connect to MySQL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+                    .await
+                    .expect("create database");
+                admin.close().await.ok();
+                (format!("{base}/{name}"), None)
+            }
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                (url, Some(dir))
+            }
+        };
+        let conn = kitara::db::connect(&settings(&url).database)
+            .await
+            .expect("connect");
+        kitara::db::migrate_and_seed(&conn, false)
+            .await
+            .expect("migrate");
+
+        let mut sql = String::from("INSERT INTO users (id, name) VALUES ");
+        for id in 1..=USERS {
+            let _ = write!(sql, "{}({id}, 'user {id}')", if id > 1 { ", " } else { "" });
+        }
+        conn.execute_unprepared(&sql).await.expect("users");
+        let mut initial = BTreeMap::new();
+        for chunk in (1..=stores).collect::<Vec<_>>().chunks(200) {
+            let mut stores_sql =
+                String::from("INSERT INTO stores (id, store_name, user_id) VALUES ");
+            let mut products_sql = String::from(
+                "INSERT INTO products (id, product_name, current_stock, store_id) VALUES ",
+            );
+            for (i, &store) in chunk.iter().enumerate() {
+                let _ = write!(
+                    stores_sql,
+                    "{}({store}, 'store {store}', 1)",
+                    if i > 0 { ", " } else { "" }
+                );
+                for p in 0..products {
+                    let id = (store - 1) * products + p + 1;
+                    initial.insert(id, stock);
+                    let sep = if i > 0 || p > 0 { ", " } else { "" };
+                    let _ = write!(
+                        products_sql,
+                        "{sep}({id}, 'product {id}', {stock}, {store})"
+                    );
+                }
+            }
+            conn.execute_unprepared(&stores_sql).await.expect("stores");
+            conn.execute_unprepared(&products_sql)
+                .await
+                .expect("products");
+        }
+        BenchDb {
+            url,
+            name,
+            mysql: bench.mysql.is_some(),
+            conn,
+            initial,
+            _dir: dir,
+        }
+    }
+
+    async fn query_pairs(&self, sql: &str) -> Vec<(i64, i64)> {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                sql,
+            ))
+            .await
+            .expect(sql);
+        rows.iter()
+            .map(|r| {
+                (
+                    r.try_get_by_index(0).unwrap(),
+                    r.try_get_by_index(1).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    async fn stock_of(&self, product: i64) -> i64 {
+        self.query_pairs(&format!(
+            "SELECT id, current_stock FROM products WHERE id = {product}"
+        ))
+        .await[0]
+            .1
+    }
+
+    /// Checks SPEC.md's invariants and returns the number of order rows.
+    async fn check_invariants(&self) -> u64 {
+        let stocks: BTreeMap<i64, i64> = self
+            .query_pairs("SELECT id, current_stock FROM products")
+            .await
+            .into_iter()
+            .collect();
+        let sold: BTreeMap<i64, i64> = self
+            .query_pairs(
+                "SELECT product_id, CAST(SUM(quantity) AS SIGNED) FROM order_details GROUP BY product_id",
+            )
+            .await
+            .into_iter()
+            .collect();
+        for (product, start) in &self.initial {
+            let now = stocks[product];
+            let sold = sold.get(product).copied().unwrap_or(0);
+            assert!(
+                now >= 0,
+                "INVARIANT BROKEN: product {product} has stock {now}"
+            );
+            assert_eq!(
+                *start,
+                now + sold,
+                "INVARIANT BROKEN (oversell): product {product}: initial {start} != {now} + sold {sold}"
+            );
+        }
+        let broken = self
+            .query_pairs(
+                "SELECT o.id, o.quantity FROM orders o LEFT JOIN order_details d ON d.order_id = o.id \
+                 GROUP BY o.id, o.quantity HAVING COUNT(d.id) = 0 OR SUM(d.quantity) <> o.quantity",
+            )
+            .await;
+        assert!(
+            broken.is_empty(),
+            "INVARIANT BROKEN: orders not whole: {broken:?}"
+        );
+        self.query_pairs("SELECT COUNT(*), 0 FROM orders").await[0].0 as u64
+    }
+
+    async fn drop(self) {
+        if self.mysql {
+            self.conn
+                .execute_unprepared(&format!("DROP DATABASE `{}`", self.name))
+                .await
+                .ok();
+        }
+        self.conn.close().await.ok();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The machine
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB", kb / 1024.0 / 1024.0)
+        });
+    format!("{cpus} cores ({model}){memory}")
+}
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }

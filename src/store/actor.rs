@@ -53,8 +53,9 @@ pub fn spawn(
 struct Attempt {
     order: Arc<LockOrder>,
     respond_to: oneshot::Sender<LockResult>,
-    /// Set when the database refused it once and it is being retried against the
-    /// reloaded stock; a second refusal is answered 503.
+    /// Set when its first write failed (refused, or the connection was lost before
+    /// COMMIT) and it is being judged again against the reloaded stock; a second failure
+    /// is answered 503.
     retried: bool,
 }
 
@@ -107,6 +108,11 @@ impl StoreActor {
                         retried: false,
                     });
                     self.decide(attempts.collect()).await;
+                }
+                // While the stock is unknown, keep trying to reload it, so the store is
+                // ready again soon after the database is, even before the next order.
+                () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() => {
+                    self.reload_if_due().await;
                 }
                 else => break,
             }
@@ -176,10 +182,15 @@ impl StoreActor {
         let mut retry = Vec::new();
         for (attempt, error) in failed {
             match error {
-                PersistError::Refused if reloaded && !attempt.retried => retry.push(Attempt {
-                    retried: true,
-                    ..attempt
-                }),
+                // Nothing of it committed: judge it once more against the truth.
+                PersistError::Refused | PersistError::Unavailable
+                    if reloaded && !attempt.retried =>
+                {
+                    retry.push(Attempt {
+                        retried: true,
+                        ..attempt
+                    })
+                }
                 PersistError::Refused if reloaded => attempt.answer(Err(LockError::Conflict)),
                 PersistError::Refused | PersistError::Unavailable => {
                     attempt.answer(Err(LockError::Unavailable))

@@ -143,3 +143,137 @@ async fn stock_taken_behind_kitaras_back_mid_burst_never_oversells(backend: Back
     Arc::try_unwrap(app).ok().unwrap().stop().await;
     db.drop_database().await;
 }
+
+/// MariaDB only: SQLite has no connections to kill.
+mod mysql_connections {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_mid_burst_lose_no_answered_order_mysql() {
+        if Backend::Mysql.available() {
+            database_connections_killed_mid_burst(Backend::Mysql).await;
+        }
+    }
+}
+
+async fn database_connections_killed_mid_burst(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Database};
+
+    let db = TestDb::with_demo_data(backend).await;
+    db.exec("UPDATE products SET current_stock = 2000").await;
+    let initial = db.stocks().await;
+    let app = Arc::new(spawn_app(&db).await);
+    let database = db.url.rsplit('/').next().unwrap().to_owned();
+
+    // Another session kills every connection to Kitara's database, again and again.
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        let base = std::env::var("KITARA_TEST_MYSQL_URL").unwrap();
+        tokio::spawn(async move {
+            let admin = Database::connect(base.trim_end_matches('/')).await.unwrap();
+            let mut killed = 0;
+            while !done.load(Ordering::Relaxed) && killed < 200 {
+                let rows = admin
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        admin.get_database_backend(),
+                        format!(
+                            "SELECT id FROM information_schema.processlist \
+                             WHERE db = '{database}' AND id <> CONNECTION_ID()"
+                        ),
+                    ))
+                    .await
+                    .unwrap_or_default();
+                for row in rows {
+                    let id: i64 = row.try_get_by_index(0).unwrap();
+                    if admin
+                        .execute_unprepared(&format!("KILL {id}"))
+                        .await
+                        .is_ok()
+                    {
+                        killed += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            admin.close().await.ok();
+            killed
+        })
+    };
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..30 {
+                    let lines: Vec<(i64, i64)> = if c % 4 == 0 {
+                        vec![(3, 1 + i % 2)]
+                    } else {
+                        vec![(1, 1), (2, 1 + (c + i) % 3)]
+                    };
+                    answers.push(app.lock(&order(1 + c % 3, &lines)).await);
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut served = Vec::new();
+    let mut unknown = 0;
+    for client in clients {
+        for (status, body) in client.await.unwrap() {
+            match status {
+                StatusCode::OK => served.push(body),
+                StatusCode::BAD_REQUEST => panic!("nothing should run out: {body}"),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    if body["message"] == "order outcome unknown" {
+                        unknown += 1;
+                    }
+                }
+                other => panic!("status {other}: {body}"),
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "the test must have killed connections");
+
+    // Kitara recovers within moments: new orders are served, and memory matches the
+    // database.
+    for product in [1, 3] {
+        let mut attempts = 0;
+        loop {
+            let (status, body) = app.lock(&order(2, &[(product, 1)])).await;
+            if status == StatusCode::OK {
+                served.push(body);
+                break;
+            }
+            attempts += 1;
+            assert!(attempts < 30, "not recovered after the kills: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let stored = db.count("orders").await;
+    assert!(
+        stored >= served.len() as i64 && stored <= (served.len() + unknown) as i64,
+        "{stored} order rows for {} answers of 200 and {unknown} unknown outcomes",
+        served.len()
+    );
+    for body in &served {
+        let order_id = body["data"]["order_id"].as_i64().unwrap();
+        let rows = db
+            .query_i64s(&format!(
+                "SELECT COUNT(*) FROM orders WHERE id = {order_id}"
+            ))
+            .await;
+        assert_eq!(
+            rows,
+            vec![vec![1]],
+            "order {order_id} answered 200 is stored"
+        );
+    }
+    db.assert_invariants(&initial).await;
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+
+    Arc::try_unwrap(app).ok().unwrap().stop().await;
+    db.drop_database().await;
+}
