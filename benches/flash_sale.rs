@@ -51,9 +51,31 @@ fn main() {
 struct Bench {
     mysql: Option<String>,
     quick: bool,
+    /// `KITARA_BENCH_ONLY=hot,ceiling` runs only those workloads (for profiling).
+    only: Option<Vec<String>>,
 }
 
 impl Bench {
+    /// Runs a workload unless `KITARA_BENCH_ONLY` leaves it out; its row joins the table.
+    async fn run(
+        &self,
+        name: &str,
+        workload: impl std::future::Future<Output = Row>,
+        table: &mut Vec<Row>,
+    ) -> Row {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|o| o == name))
+        {
+            return Row::skipped(name);
+        }
+        let row = workload.await;
+        println!("{}: {:.0}/s (p99 {:.2} ms)", row.name, row.rate, row.p99);
+        table.push(row.clone());
+        row
+    }
+
     fn duration(&self) -> Duration {
         if self.quick {
             Duration::from_millis(1500)
@@ -67,6 +89,9 @@ async fn run() {
     let bench = Bench {
         mysql: std::env::var("KITARA_BENCH_MYSQL_URL").ok(),
         quick: std::env::var("KITARA_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty()),
+        only: std::env::var("KITARA_BENCH_ONLY")
+            .ok()
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
     };
     println!("flash_sale benchmark");
     println!("machine: {}", machine());
@@ -84,20 +109,26 @@ async fn run() {
     println!();
 
     let mut table = Vec::new();
-    let hot_kitara = hot(&bench, Server::Kitara).await;
-    table.push(hot_kitara.clone());
-    table.push(sell_out(&bench).await);
-    let spread_kitara = spread(&bench, Server::Kitara).await;
+    let hot_kitara = bench
+        .run("hot", hot(&bench, Server::Kitara), &mut table)
+        .await;
+    bench.run("sell-out", sell_out(&bench), &mut table).await;
+    let spread_kitara = bench
+        .run("spread", spread(&bench, Server::Kitara), &mut table)
+        .await;
     let rss = rss_mib();
-    table.push(spread_kitara.clone());
-    let storm = storm(&bench).await;
-    table.push(storm.clone());
-    let ceiling = ceiling(&bench).await;
-    table.push(ceiling.clone());
-    let hot_rowlock = hot(&bench, Server::RowLock).await;
-    table.push(hot_rowlock.clone());
-    let spread_rowlock = spread(&bench, Server::RowLock).await;
-    table.push(spread_rowlock.clone());
+    let storm = bench.run("storm", storm(&bench), &mut table).await;
+    let ceiling = bench.run("ceiling", ceiling(&bench), &mut table).await;
+    let hot_rowlock = bench
+        .run("hot-row-lock", hot(&bench, Server::RowLock), &mut table)
+        .await;
+    let spread_rowlock = bench
+        .run(
+            "spread-row-lock",
+            spread(&bench, Server::RowLock),
+            &mut table,
+        )
+        .await;
 
     println!();
     println!("| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | note |");
@@ -145,6 +176,21 @@ struct Row {
     note: String,
 }
 
+impl Row {
+    fn skipped(name: &str) -> Row {
+        Row {
+            name: "skipped",
+            answers: 0,
+            ok: 0,
+            rate: f64::NAN,
+            p50: 0.0,
+            p99: 0.0,
+            p999: 0.0,
+            note: format!("{name} skipped"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Kitara,
@@ -167,6 +213,7 @@ async fn hot(bench: &Bench, server: Server) -> Row {
     running.stop().await;
     let stored = db.check_invariants().await;
     assert_eq!(stored, load.ok, "hot: every 200 must be an order row");
+    let note = db.batching_note().await;
     db.drop().await;
     load.row(
         match server {
@@ -174,7 +221,7 @@ async fn hot(bench: &Bench, server: Server) -> Row {
             Server::RowLock => "hot (row-lock)",
         },
         true,
-        String::new(),
+        note,
     )
 }
 
@@ -236,6 +283,7 @@ async fn spread(bench: &Bench, server: Server) -> Row {
     running.stop().await;
     let stored = db.check_invariants().await;
     assert_eq!(stored, load.ok, "spread: every 200 must be an order row");
+    let note = db.batching_note().await;
     db.drop().await;
     load.row(
         match server {
@@ -243,7 +291,7 @@ async fn spread(bench: &Bench, server: Server) -> Row {
             Server::RowLock => "spread 1,000×10 (row-lock)",
         },
         true,
-        String::new(),
+        note,
     )
 }
 
@@ -813,6 +861,19 @@ impl BenchDb {
             "INVARIANT BROKEN: orders not whole: {broken:?}"
         );
         self.query_pairs("SELECT COUNT(*), 0 FROM orders").await[0].0 as u64
+    }
+
+    /// Orders per transaction, from the transaction tokens Kitara stores.
+    async fn batching_note(&self) -> String {
+        let (orders, commits) = self
+            .query_pairs(
+                "SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM kitara_commits)",
+            )
+            .await[0];
+        if commits == 0 {
+            return "one transaction per order".into();
+        }
+        format!("{:.1} orders per commit", orders as f64 / commits as f64)
     }
 
     async fn drop(self) {

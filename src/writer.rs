@@ -210,12 +210,11 @@ impl Writer {
             })
             .collect();
         self.sequence += 1;
-        let token = format!(
-            "{:x}-{:x}-{:x}",
+        let token = persist::Token::new(&[
             self.boot,
-            std::process::id(),
-            self.sequence
-        );
+            u128::from(std::process::id()),
+            u128::from(self.sequence),
+        ]);
         let outcome = self.transact(&rows, &token).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
@@ -228,7 +227,7 @@ impl Writer {
     async fn transact(
         &self,
         orders: &[persist::NewOrder<'_>],
-        token: &str,
+        token: &persist::Token,
     ) -> Result<(), PersistError> {
         let options = TransactionOptions {
             // SQLite: take the write lock at BEGIN, so the transaction never has to
@@ -240,8 +239,7 @@ impl Writer {
             tracing::warn!(error = %e, "cannot begin a transaction");
             PersistError::Unavailable
         })?;
-        let now = chrono::Utc::now().naive_utc();
-        if let Err(e) = persist::write_batch(&txn, orders, token, now).await {
+        if let Err(e) = persist::write_batch(&txn, orders, token).await {
             // Dropping `txn` rolls it back.
             return Err(match e {
                 persist::WriteError::GuardTripped { .. } => {
@@ -261,7 +259,7 @@ impl Writer {
         match txn.commit().await {
             Ok(()) => Ok(()),
             Err(e) => {
-                tracing::error!(error = %e, token, "COMMIT failed; looking up its outcome");
+                tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
                 self.resolve(token).await
             }
         }
@@ -269,7 +267,8 @@ impl Writer {
 
     /// After a failed COMMIT, asks the database whether the transaction's token is
     /// there, retrying on fresh connections until the deadline.
-    async fn resolve(&self, token: &str) -> Result<(), PersistError> {
+    async fn resolve(&self, token: &persist::Token) -> Result<(), PersistError> {
+        let token = token.as_str();
         let deadline = Instant::now() + self.outcome_deadline;
         let mut pause = Duration::from_millis(20);
         loop {

@@ -35,7 +35,14 @@ enum Orders {
     BuyerId,
     Quantity,
     StoreId,
-    TxToken,
+}
+
+#[derive(DeriveIden)]
+enum KitaraCommits {
+    Table,
+    Token,
+    /// How many orders the transaction wrote.
+    Orders,
 }
 
 #[derive(DeriveIden)]
@@ -173,10 +180,6 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Orders::BuyerId).big_integer().not_null())
                     .col(ColumnDef::new(Orders::Quantity).big_integer().not_null())
                     .col(ColumnDef::new(Orders::StoreId).big_integer().not_null())
-                    // The token of the transaction that wrote the order: after a
-                    // connection dies during COMMIT, looking it up tells whether the
-                    // commit happened. NULL for rows written by other tools.
-                    .col(ColumnDef::new(Orders::TxToken).string_len(64).null())
                     .foreign_key(&mut foreign_key(
                         "fk_orders_store",
                         (Orders::Table, Orders::StoreId),
@@ -186,15 +189,26 @@ impl MigrationTrait for Migration {
             ))
             .await?;
 
+        // One row per transaction that wrote orders, inserted by that transaction: after
+        // a connection dies during COMMIT, finding the token tells that it committed.
+        // One row per transaction, not per order, keeps the order rows lean.
         manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_orders_tx_token")
-                    .table(Orders::Table)
-                    .col(Orders::TxToken)
+            .create_table(timestamps(
+                &mut table(KitaraCommits::Table, backend)
+                    .col(
+                        ColumnDef::new(KitaraCommits::Token)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(KitaraCommits::Orders)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .to_owned(),
-            )
+            ))
             .await?;
 
         manager
@@ -236,6 +250,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
+            KitaraCommits::Table.into_iden(),
             OrderDetails::Table.into_iden(),
             Orders::Table.into_iden(),
             Products::Table.into_iden(),

@@ -81,7 +81,7 @@ pub async fn max_ids(db: &impl ConnectionTrait) -> Result<(i64, i64), DbErr> {
     Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
 }
 
-/// Whether a transaction with this token committed (its order rows exist).
+/// Whether the transaction with this token committed (its `kitara_commits` row exists).
 ///
 /// On MySQL the read is a locking read: if the server is still finishing that
 /// transaction (its connection died with the COMMIT on the wire), the read waits for
@@ -89,8 +89,8 @@ pub async fn max_ids(db: &impl ConnectionTrait) -> Result<(i64, i64), DbErr> {
 pub async fn token_committed(db: &impl ConnectionTrait, token: &str) -> Result<bool, DbErr> {
     let backend = db.get_database_backend();
     let sql = match backend {
-        DbBackend::MySql => "SELECT id FROM orders WHERE tx_token = ? LIMIT 1 FOR UPDATE",
-        _ => "SELECT id FROM orders WHERE tx_token = ? LIMIT 1",
+        DbBackend::MySql => "SELECT token FROM kitara_commits WHERE token = ? FOR UPDATE",
+        _ => "SELECT token FROM kitara_commits WHERE token = ?",
     };
     let row = db
         .query_one_raw(Statement::from_sql_and_values(

@@ -1,20 +1,23 @@
 //! The write-through transaction of a batch of decided orders (layer 4 of SPEC.md).
 //!
 //! One transaction holds a guarded decrement per product for the batch's total, the
-//! order rows and their detail rows. Statements come in a few fixed sizes (powers of two
-//! up to `MAX_CHUNK`) so that every connection's prepared-statement cache holds all of
-//! them and never evicts.
+//! order rows, their detail rows, and the transaction's token. Besides BEGIN and COMMIT
+//! it takes two round trips: the decrement, whose "rows affected" must be checked on its
+//! own, then every insert in one multi-statement request.
+//!
+//! These statements are sent as text, not prepared: a batch's size changes every time,
+//! and prepared statements of ever-new shapes would churn sqlx's statement cache (each
+//! eviction costs MySQL a round trip that stalls ~40 ms behind Nagle's algorithm) and
+//! pay the server's per-parameter binding for thousands of values. Only integers Kitara
+//! produced and its own hexadecimal token are written into the SQL, through `Sql`, which
+//! accepts nothing else.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use chrono::NaiveDateTime;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
 use crate::domain::{OrderLine, ProductId};
-
-/// Largest number of rows one statement writes.
-const MAX_CHUNK: usize = 256;
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]
@@ -28,6 +31,26 @@ pub struct NewOrder<'a> {
     pub lines: &'a [OrderLine],
 }
 
+/// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
+/// written into SQL text as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(parts: &[u128]) -> Self {
+        let text = parts
+            .iter()
+            .map(|p| format!("{p:x}"))
+            .collect::<Vec<_>>()
+            .join("-");
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// A guarded decrement matched fewer rows than products: the database has less
@@ -38,101 +61,108 @@ pub enum WriteError {
     Db(#[from] DbErr),
 }
 
+/// SQL text that only ever receives integers and tokens.
+struct Sql(String);
+
+impl Sql {
+    fn new(head: &str) -> Self {
+        Self(String::from(head))
+    }
+
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.0.push_str(text);
+        self
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        let _ = write!(self.0, "{value}");
+        self
+    }
+
+    fn token(&mut self, token: &Token) -> &mut Self {
+        let _ = write!(self.0, "'{}'", token.0);
+        self
+    }
+
+    /// `(a, b, c)` for one row of integers.
+    fn row(&mut self, first: bool, values: &[i64]) -> &mut Self {
+        self.text(if first { "(" } else { ", (" });
+        for (i, &value) in values.iter().enumerate() {
+            if i > 0 {
+                self.text(", ");
+            }
+            self.int(value);
+        }
+        self.text(")")
+    }
+}
+
 /// Writes the batch inside `txn`; the caller commits.
 pub async fn write_batch(
     txn: &DatabaseTransaction,
     orders: &[NewOrder<'_>],
-    token: &str,
-    now: NaiveDateTime,
+    token: &Token,
 ) -> Result<(), WriteError> {
     let mut totals: BTreeMap<ProductId, i64> = BTreeMap::new();
     for line in orders.iter().flat_map(|o| o.lines) {
         *totals.entry(line.product).or_insert(0) += line.quantity;
     }
-    // Ascending product id: concurrent transactions lock rows in one order.
-    let totals: Vec<(ProductId, i64)> = totals.into_iter().collect();
-    for chunk in totals.chunks(MAX_CHUNK) {
-        decrement(txn, chunk, now).await?;
-    }
+    decrement(txn, &totals).await?;
 
-    let mut rest = orders;
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
-        insert_orders(txn, chunk, token, now).await?;
-        rest = tail;
+    let mut sql = Sql::new("INSERT INTO orders (id, buyer_id, quantity, store_id) VALUES ");
+    for (i, o) in orders.iter().enumerate() {
+        sql.row(i == 0, &[o.id, o.buyer, o.total, o.store]);
     }
-
-    let details: Vec<(i64, i64, &OrderLine)> = orders
-        .iter()
-        .flat_map(|o| {
-            o.lines
-                .iter()
-                .enumerate()
-                .map(move |(i, line)| (o.first_detail_id + i as i64, o.id, line))
-        })
-        .collect();
-    let mut rest = &details[..];
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
-        insert_details(txn, chunk, now).await?;
-        rest = tail;
+    sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
+    let mut first = true;
+    for o in orders {
+        for (i, line) in o.lines.iter().enumerate() {
+            let id = o.first_detail_id + i as i64;
+            sql.row(first, &[id, o.id, line.product.0, line.quantity]);
+            first = false;
+        }
     }
+    sql.text("; INSERT INTO kitara_commits (token, orders) VALUES (")
+        .token(token)
+        .text(", ")
+        .int(orders.len() as i64)
+        .text(")");
+    txn.execute_unprepared(&sql.0).await?;
     Ok(())
 }
 
-/// The largest power of two not above `n`, capped at `MAX_CHUNK`.
-fn chunk_len(n: usize) -> usize {
-    debug_assert!(n > 0);
-    MAX_CHUNK.min(1 << n.ilog2())
-}
-
-/// `SET current_stock = current_stock - q WHERE id = ? AND current_stock >= q` for up to
-/// `MAX_CHUNK` products in one statement. Every product matches at most one row, so
-/// "rows affected = number of products" proves that each product's guard held. The list
-/// is padded with product 0 (never an id) to a power of two to keep the shapes few.
+/// `SET current_stock = current_stock - q WHERE id = ? AND current_stock >= q` for every
+/// product of the batch in one statement. Each product matches at most one row, so "rows
+/// affected = number of products" proves that every product's guard held (MySQL counts
+/// matched rows here, as SQLite does). Ascending id: concurrent writers lock rows in one
+/// order.
 async fn decrement(
     txn: &DatabaseTransaction,
-    chunk: &[(ProductId, i64)],
-    now: NaiveDateTime,
+    totals: &BTreeMap<ProductId, i64>,
 ) -> Result<(), WriteError> {
-    let padded = chunk.len().next_power_of_two();
-    let mut case = String::from("CASE id");
-    for _ in 0..padded {
-        case.push_str(" WHEN ? THEN ?");
+    let mut case = Sql::new("CASE id");
+    for (product, quantity) in totals {
+        case.text(" WHEN ")
+            .int(product.0)
+            .text(" THEN ")
+            .int(*quantity);
     }
-    case.push_str(" END");
-    let mut sql = format!(
-        "UPDATE products SET current_stock = current_stock - ({case}), updated_at = ? \
-         WHERE deleted_at IS NULL AND current_stock >= ({case}) AND id IN ("
-    );
-    push_placeholders(&mut sql, padded);
-    sql.push(')');
+    case.text(" END");
+    let mut sql = Sql::new("UPDATE products SET current_stock = current_stock - (");
+    sql.text(&case.0)
+        .text("), updated_at = CURRENT_TIMESTAMP WHERE deleted_at IS NULL AND current_stock >= (")
+        .text(&case.0)
+        .text(") AND id IN (");
+    for (i, product) in totals.keys().enumerate() {
+        if i > 0 {
+            sql.text(", ");
+        }
+        sql.int(product.0);
+    }
+    sql.text(")");
 
-    let pairs = chunk
-        .iter()
-        .map(|&(p, q)| (p.0, q))
-        .chain(std::iter::repeat((0, 0)))
-        .take(padded);
-    let mut values: Vec<Value> = Vec::with_capacity(padded * 5 + 1);
-    for (p, q) in pairs.clone() {
-        values.push(p.into());
-        values.push(q.into());
-    }
-    values.push(now.into());
-    for (p, q) in pairs.clone() {
-        values.push(p.into());
-        values.push(q.into());
-    }
-    values.extend(pairs.map(|(p, _)| Value::from(p)));
-
-    let result = txn
-        .execute_raw(Statement::from_sql_and_values(
-            txn.get_database_backend(),
-            sql,
-            values,
-        ))
-        .await?;
-    let expected = chunk.len() as u64;
+    let result = txn.execute_unprepared(&sql.0).await?;
+    let expected = totals.len() as u64;
     let matched = result.rows_affected();
     if matched != expected {
         return Err(WriteError::GuardTripped { expected, matched });
@@ -140,101 +170,23 @@ async fn decrement(
     Ok(())
 }
 
-async fn insert_orders(
-    txn: &DatabaseTransaction,
-    chunk: &[NewOrder<'_>],
-    token: &str,
-    now: NaiveDateTime,
-) -> Result<(), DbErr> {
-    let mut sql = String::from(
-        "INSERT INTO orders (id, buyer_id, quantity, store_id, tx_token, created_at, updated_at) VALUES ",
-    );
-    push_rows(&mut sql, chunk.len(), 7);
-    let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
-    for o in chunk {
-        values.extend([
-            o.id.into(),
-            o.buyer.into(),
-            o.total.into(),
-            o.store.into(),
-            token.into(),
-            now.into(),
-            now.into(),
-        ]);
-    }
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        sql,
-        values,
-    ))
-    .await?;
-    Ok(())
-}
-
-async fn insert_details(
-    txn: &DatabaseTransaction,
-    chunk: &[(i64, i64, &OrderLine)],
-    now: NaiveDateTime,
-) -> Result<(), DbErr> {
-    let mut sql = String::from(
-        "INSERT INTO order_details (id, order_id, product_id, quantity, created_at, updated_at) VALUES ",
-    );
-    push_rows(&mut sql, chunk.len(), 6);
-    let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
-    for &(id, order, line) in chunk {
-        values.extend([
-            id.into(),
-            order.into(),
-            line.product.0.into(),
-            line.quantity.into(),
-            now.into(),
-            now.into(),
-        ]);
-    }
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        sql,
-        values,
-    ))
-    .await?;
-    Ok(())
-}
-
-/// `(?, ?, ?), (?, ?, ?)` for `rows` rows of `columns` values.
-fn push_rows(sql: &mut String, rows: usize, columns: usize) {
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        push_placeholders(sql, columns);
-        sql.push(')');
-    }
-}
-
-fn push_placeholders(sql: &mut String, n: usize) {
-    for i in 0..n {
-        let _ = write!(sql, "{}?", if i > 0 { ", " } else { "" });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn chunks_are_powers_of_two_up_to_the_cap() {
-        assert_eq!(chunk_len(1), 1);
-        assert_eq!(chunk_len(3), 2);
-        assert_eq!(chunk_len(255), 128);
-        assert_eq!(chunk_len(256), 256);
-        assert_eq!(chunk_len(10_000), 256);
+    fn rows_hold_only_integers() {
+        let mut sql = Sql::new("VALUES ");
+        sql.row(true, &[1, -2]).row(false, &[3, 4]);
+        assert_eq!(sql.0, "VALUES (1, -2), (3, 4)");
     }
 
     #[test]
-    fn rows_have_one_placeholder_per_column() {
-        let mut sql = String::new();
-        push_rows(&mut sql, 2, 3);
-        assert_eq!(sql, "(?, ?, ?), (?, ?, ?)");
+    fn tokens_are_hexadecimal() {
+        let token = Token::new(&[255, 16, 1]);
+        assert_eq!(token.as_str(), "ff-10-1");
+        let mut sql = Sql::new("");
+        sql.token(&token);
+        assert_eq!(sql.0, "'ff-10-1'");
     }
 }
