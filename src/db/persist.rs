@@ -2,8 +2,7 @@
 //!
 //! One transaction holds a guarded decrement per product for the batch's total, the
 //! order rows, their detail rows, and the transaction's token. Besides BEGIN and COMMIT
-//! it takes two round trips: the decrement, whose "rows affected" must be checked on its
-//! own, then every insert in one multi-statement request.
+//! it takes one round trip: all of it as one multi-statement request.
 //!
 //! These statements are sent as text, not prepared: a batch's size changes every time,
 //! and prepared statements of ever-new shapes would churn sqlx's statement cache (each
@@ -98,6 +97,10 @@ impl Sql {
 }
 
 /// Writes the batch inside `txn`; the caller commits.
+///
+/// The database reports the rows affected by all statements together. Every insert
+/// either writes all its rows or fails the request, so what is left for the decrement
+/// is exactly the number of products whose guard held.
 pub async fn write_batch(
     txn: &DatabaseTransaction,
     orders: &[NewOrder<'_>],
@@ -107,19 +110,20 @@ pub async fn write_batch(
     for line in orders.iter().flat_map(|o| o.lines) {
         *totals.entry(line.product).or_insert(0) += line.quantity;
     }
-    decrement(txn, &totals).await?;
+    let mut sql = Sql::new("");
+    decrement(&mut sql, &totals);
 
-    let mut sql = Sql::new("INSERT INTO orders (id, buyer_id, quantity, store_id) VALUES ");
+    sql.text("; INSERT INTO orders (id, buyer_id, quantity, store_id) VALUES ");
     for (i, o) in orders.iter().enumerate() {
         sql.row(i == 0, &[o.id, o.buyer, o.total, o.store]);
     }
     sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
-    let mut first = true;
+    let mut details = 0u64;
     for o in orders {
         for (i, line) in o.lines.iter().enumerate() {
             let id = o.first_detail_id + i as i64;
-            sql.row(first, &[id, o.id, line.product.0, line.quantity]);
-            first = false;
+            sql.row(details == 0, &[id, o.id, line.product.0, line.quantity]);
+            details += 1;
         }
     }
     sql.text("; INSERT INTO kitara_commits (token, orders) VALUES (")
@@ -127,7 +131,14 @@ pub async fn write_batch(
         .text(", ")
         .int(orders.len() as i64)
         .text(")");
-    txn.execute_unprepared(&sql.0).await?;
+
+    let affected = txn.execute_unprepared(&sql.0).await?.rows_affected();
+    let inserted = orders.len() as u64 + details + 1;
+    let expected = totals.len() as u64;
+    let matched = affected.saturating_sub(inserted);
+    if matched != expected {
+        return Err(WriteError::GuardTripped { expected, matched });
+    }
     Ok(())
 }
 
@@ -136,20 +147,14 @@ pub async fn write_batch(
 /// affected = number of products" proves that every product's guard held (MySQL counts
 /// matched rows here, as SQLite does). Ascending id: concurrent writers lock rows in one
 /// order.
-async fn decrement(
-    txn: &DatabaseTransaction,
-    totals: &BTreeMap<ProductId, i64>,
-) -> Result<(), WriteError> {
+fn decrement(sql: &mut Sql, totals: &BTreeMap<ProductId, i64>) {
     let mut case = Sql::new("CASE id");
     for (product, quantity) in totals {
-        case.text(" WHEN ")
-            .int(product.0)
-            .text(" THEN ")
-            .int(*quantity);
+        case.text(" WHEN ").int(product.0).text(" THEN ").int(*quantity);
     }
     case.text(" END");
-    let mut sql = Sql::new("UPDATE products SET current_stock = current_stock - (");
-    sql.text(&case.0)
+    sql.text("UPDATE products SET current_stock = current_stock - (")
+        .text(&case.0)
         .text("), updated_at = CURRENT_TIMESTAMP WHERE deleted_at IS NULL AND current_stock >= (")
         .text(&case.0)
         .text(") AND id IN (");
@@ -160,14 +165,6 @@ async fn decrement(
         sql.int(product.0);
     }
     sql.text(")");
-
-    let result = txn.execute_unprepared(&sql.0).await?;
-    let expected = totals.len() as u64;
-    let matched = result.rows_affected();
-    if matched != expected {
-        return Err(WriteError::GuardTripped { expected, matched });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
