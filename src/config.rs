@@ -87,6 +87,11 @@ pub struct Settings {
     #[arg(long, env = "KITARA_BATCH_SIZE", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_size: u32,
 
+    /// Database writer tasks, each with one transaction in flight. More than one pays off
+    /// when the database is far away (round trips overlap); on SQLite it is always 1.
+    #[arg(long, env = "KITARA_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub writers: u32,
+
     /// Orders a store's mailbox holds before further orders are answered 503
     #[arg(long, env = "KITARA_MAILBOX_SIZE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub mailbox_size: u32,

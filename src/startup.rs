@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -26,7 +26,7 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     db: DatabaseConnection,
-    writer: JoinHandle<()>,
+    writers: Vec<JoinHandle<()>>,
     actors: Vec<JoinHandle<()>>,
     server: ServerConfig,
 }
@@ -38,12 +38,17 @@ impl Application {
 
         let catalog = Catalog::new(load::products(&db).await?);
         let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
-        let (writer, writer_task) = writer::spawn(
+        let writers = match db.get_database_backend() {
+            DbBackend::Sqlite => 1,
+            _ => settings.writers as usize,
+        };
+        let (writer, writer_tasks) = writer::spawn(
             db.clone(),
             WriterConfig {
                 batch_size: settings.batch_size as usize,
                 queue: settings.writer_queue as usize,
                 outcome_deadline: settings.outcome_deadline(),
+                writers,
             },
             load::max_ids(&db).await?,
         );
@@ -87,7 +92,7 @@ impl Application {
                 memory_check: settings.memory_check,
             }),
             db,
-            writer: writer_task,
+            writers: writer_tasks,
             actors,
             server: ServerConfig {
                 max_connections: settings.max_connections.max(1) as usize,
@@ -116,7 +121,9 @@ impl Application {
         for actor in self.actors {
             let _ = actor.await;
         }
-        let _ = self.writer.await;
+        for writer in self.writers {
+            let _ = writer.await;
+        }
         let _ = self.db.close().await;
         tracing::info!("stopped");
     }

@@ -12,10 +12,11 @@
 //! actor decides its stock" holds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sea_orm::{DatabaseConnection, SqliteTransactionMode, TransactionOptions, TransactionTrait};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::{self, load, persist};
 use crate::domain::{LockOrder, OrderDetailId, OrderId, StoreId};
@@ -89,63 +90,93 @@ pub struct WriterConfig {
     pub batch_size: usize,
     pub queue: usize,
     pub outcome_deadline: Duration,
+    /// Writer tasks, each with its own transaction in flight: while one commits, the
+    /// next batch is already on its way to the database.
+    pub writers: usize,
 }
 
-/// Starts the writer task. `next_ids` are the largest order and detail ids in the
+/// Starts the writer tasks. `last_ids` are the largest order and detail ids in the
 /// database.
 pub fn spawn(
     db: DatabaseConnection,
     config: WriterConfig,
-    next_ids: (i64, i64),
-) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    last_ids: (i64, i64),
+) -> (WriterHandle, Vec<tokio::task::JoinHandle<()>>) {
     let (sender, receiver) = mpsc::channel(config.queue);
-    let writer = Writer {
-        db,
-        receiver,
-        batch_size: config.batch_size,
-        outcome_deadline: config.outcome_deadline,
-        last_order_id: next_ids.0,
-        last_detail_id: next_ids.1,
-        boot: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-        sequence: 0,
-    };
-    (WriterHandle { sender }, tokio::spawn(writer.run()))
+    let receiver = Arc::new(Mutex::new(receiver));
+    let ids = Arc::new(Ids {
+        order: AtomicI64::new(last_ids.0),
+        detail: AtomicI64::new(last_ids.1),
+    });
+    let boot = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tasks = (0..config.writers.max(1))
+        .map(|number| {
+            let writer = Writer {
+                db: db.clone(),
+                receiver: receiver.clone(),
+                batch_size: config.batch_size,
+                outcome_deadline: config.outcome_deadline,
+                ids: ids.clone(),
+                token_prefix: [boot, u128::from(std::process::id()), number as u128],
+                sequence: 0,
+            };
+            tokio::spawn(writer.run())
+        })
+        .collect();
+    (WriterHandle { sender }, tasks)
+}
+
+/// Kitara numbers order and detail rows itself (it owns the database while it runs),
+/// so one multi-row insert can write a batch and still answer every id. Ids of a failed
+/// batch are not reused.
+struct Ids {
+    /// The last order id handed out.
+    order: AtomicI64,
+    /// The last detail id handed out.
+    detail: AtomicI64,
 }
 
 struct Writer {
     db: DatabaseConnection,
-    receiver: mpsc::Receiver<Submission>,
+    /// Shared by the writers: whoever holds it gathers the next batch.
+    receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     batch_size: usize,
     outcome_deadline: Duration,
-    /// Kitara numbers order and detail rows itself (it owns the database while it runs);
-    /// ids of a failed batch are not reused.
-    last_order_id: i64,
-    last_detail_id: i64,
-    /// With `sequence`, makes every transaction token unique across restarts.
-    boot: u128,
+    ids: Arc<Ids>,
+    /// Boot time, process and writer number: with `sequence`, makes every transaction
+    /// token unique across writers and restarts.
+    token_prefix: [u128; 3],
     sequence: u64,
 }
 
 impl Writer {
     async fn run(mut self) {
-        while let Some(first) = self.receiver.recv().await {
-            let mut count = first.orders.len();
-            let mut batch = vec![first];
-            while count < self.batch_size {
-                match self.receiver.try_recv() {
-                    Ok(next) => {
-                        count += next.orders.len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = self.next_batch().await {
             self.persist(batch).await;
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Waits for the first submission, then takes whatever else is queued, up to the
+    /// batch size: a lone order never waits for company.
+    async fn next_batch(&self) -> Option<Vec<Submission>> {
+        let mut receiver = self.receiver.lock().await;
+        let first = receiver.recv().await?;
+        let mut count = first.orders.len();
+        let mut batch = vec![first];
+        while count < self.batch_size {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    count += next.orders.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        Some(batch)
     }
 
     async fn persist(&mut self, batch: Vec<Submission>) {
@@ -183,17 +214,21 @@ impl Writer {
         &mut self,
         orders: &[(StoreId, &LockOrder)],
     ) -> Result<Vec<Committed>, PersistError> {
+        let lines: usize = orders.iter().map(|(_, o)| o.lines().len()).sum();
+        let mut order_id = self
+            .ids
+            .order
+            .fetch_add(orders.len() as i64, Ordering::Relaxed);
+        let mut detail_id = self.ids.detail.fetch_add(lines as i64, Ordering::Relaxed);
         let committed: Vec<Committed> = orders
             .iter()
             .map(|(_, order)| {
-                self.last_order_id += 1;
-                let first_detail_id = self.last_detail_id + 1;
-                self.last_detail_id += order.lines().len() as i64;
+                order_id += 1;
+                let first_detail_id = detail_id + 1;
+                detail_id += order.lines().len() as i64;
                 Committed {
-                    order_id: OrderId(self.last_order_id),
-                    detail_ids: (first_detail_id..=self.last_detail_id)
-                        .map(OrderDetailId)
-                        .collect(),
+                    order_id: OrderId(order_id),
+                    detail_ids: (first_detail_id..=detail_id).map(OrderDetailId).collect(),
                 }
             })
             .collect();
@@ -210,11 +245,8 @@ impl Writer {
             })
             .collect();
         self.sequence += 1;
-        let token = persist::Token::new(&[
-            self.boot,
-            u128::from(std::process::id()),
-            u128::from(self.sequence),
-        ]);
+        let [boot, process, writer] = self.token_prefix;
+        let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
         let outcome = self.transact(&rows, &token).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
@@ -294,11 +326,11 @@ impl Writer {
         }
     }
 
-    async fn resync_ids(&mut self) {
+    async fn resync_ids(&self) {
         match load::max_ids(&self.db).await {
             Ok((orders, details)) => {
-                self.last_order_id = self.last_order_id.max(orders);
-                self.last_detail_id = self.last_detail_id.max(details);
+                self.ids.order.fetch_max(orders, Ordering::Relaxed);
+                self.ids.detail.fetch_max(details, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the largest ids"),
         }

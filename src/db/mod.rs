@@ -21,6 +21,9 @@ use crate::error::StartupError;
 /// writing the file) before it gives up. Kitara itself has a single writer.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a pooled connection may sit idle before it is pinged on checkout.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// Prepared statements each MySQL connection keeps. Kitara's statements come in a few
 /// dozen shapes; a cache that never evicts avoids sqlx's "close statement" round trip,
 /// which stalls ~40 ms behind Nagle and delayed ACK. Times the pool size it must stay
@@ -36,6 +39,10 @@ pub async fn connect(args: &DatabaseArgs) -> Result<DatabaseConnection, DbErr> {
         .min_connections(1)
         .acquire_timeout(args.acquire_timeout())
         .connect_timeout(args.acquire_timeout())
+        // A ping on every checkout would add a round trip to every batch; ping only a
+        // connection that sat idle long enough to have been dropped. A connection that
+        // died while busy fails its statement, and the order path retries once.
+        .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.create_if_missing(true)

@@ -150,7 +150,10 @@ pub async fn write_batch(
 fn decrement(sql: &mut Sql, totals: &BTreeMap<ProductId, i64>) {
     let mut case = Sql::new("CASE id");
     for (product, quantity) in totals {
-        case.text(" WHEN ").int(product.0).text(" THEN ").int(*quantity);
+        case.text(" WHEN ")
+            .int(product.0)
+            .text(" THEN ")
+            .int(*quantity);
     }
     case.text(" END");
     sql.text("UPDATE products SET current_stock = current_stock - (")

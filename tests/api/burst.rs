@@ -20,6 +20,8 @@ struct Scenario {
     /// from 1 across stores in this order.
     stores: Vec<Vec<i64>>,
     orders: Vec<GeneratedOrder>,
+    /// Database writer tasks (SQLite always uses one).
+    writers: u32,
 }
 
 /// (buyer, store index, lines as (product index in the store, quantity)).
@@ -69,9 +71,17 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                 let line = (0..stock.len()).prop_flat_map(move |i| (Just(i), 1..=stock[i]));
                 (1i64..=3, Just(s), prop::collection::vec(line, 1..=3))
             });
-            (Just(stores), prop::collection::vec(one_order, 12..=60))
+            (
+                Just(stores),
+                prop::collection::vec(one_order, 12..=60),
+                1u32..=3,
+            )
         })
-        .prop_map(|(stores, orders)| Scenario { stores, orders })
+        .prop_map(|(stores, orders, writers)| Scenario {
+            stores,
+            orders,
+            writers,
+        })
         .prop_filter("demand must exceed stock", Scenario::oversubscribed)
 }
 
@@ -125,7 +135,13 @@ async fn run_case(
     memory_check: bool,
 ) -> Result<(), TestCaseError> {
     reset(db, scenario).await;
-    let app = Arc::new(spawn_app_with(db, |s| s.memory_check = memory_check).await);
+    let app = Arc::new(
+        spawn_app_with(db, |s| {
+            s.memory_check = memory_check;
+            s.writers = scenario.writers;
+        })
+        .await,
+    );
 
     let bodies: Vec<(i64, Value)> = scenario
         .orders
