@@ -24,10 +24,10 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pooled connection may sit idle before it is pinged on checkout.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
-/// Prepared statements each MySQL connection keeps. Kitara's statements come in a few
-/// dozen shapes; a cache that never evicts avoids sqlx's "close statement" round trip,
-/// which stalls ~40 ms behind Nagle and delayed ACK. Times the pool size it must stay
-/// below the server's `max_prepared_stmt_count` (16,382 by default).
+/// Prepared statements each MySQL connection keeps. Kitara prepares only its reads, a
+/// handful of shapes, so the cache never evicts (an eviction costs sqlx a "close
+/// statement" round trip that stalls ~40 ms behind Nagle and delayed ACK). Times the
+/// pool size it stays far below the server's `max_prepared_stmt_count` (16,382).
 const MYSQL_STATEMENT_CACHE: usize = 256;
 
 /// Opens the pool. SQLite gets WAL (readers never wait for the writer),
