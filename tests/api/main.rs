@@ -7,4 +7,5 @@ mod helpers;
 mod burst;
 mod contract;
 mod durability;
+mod outcome;
 mod reconcile;

@@ -1,0 +1,254 @@
+//! MariaDB only: the connection dies while COMMIT is in flight. A proxy between Kitara
+//! and the server cuts the connection at the COMMIT packet, either after passing it on
+//! (the transaction commits, the reply is lost) or instead of passing it on (the
+//! transaction rolls back). Kitara must not guess: it looks its transaction token up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::helpers::{Backend, TestApp, TestDb, order, spawn_app_with};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Pass everything.
+    Never,
+    /// Pass the next COMMIT to the server, then cut the client's connection.
+    AfterCommit,
+    /// Drop the next COMMIT and cut the connection: the server rolls back.
+    InsteadOfCommit,
+    /// Like `InsteadOfCommit`, and from then on the database is unreachable: every
+    /// connection is cut and new ones are refused.
+    InsteadOfCommitThenBlackout,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: Option<Cut>,
+    /// While set, every connection is cut and new ones are refused.
+    blackout: bool,
+    pipes: Vec<JoinHandle<()>>,
+}
+
+struct Proxy {
+    port: u16,
+    state: Arc<Mutex<ProxyState>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(ProxyState {
+            cut: Some(Cut::Never),
+            ..ProxyState::default()
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if shared.lock().unwrap().blackout {
+                    continue;
+                }
+                let pipe = tokio::spawn(pipe(client, upstream.clone(), shared.clone()));
+                shared.lock().unwrap().pipes.push(pipe);
+            }
+        });
+        Proxy { port, state, task }
+    }
+
+    fn cut_next_commit(&self, cut: Cut) {
+        self.state.lock().unwrap().cut = Some(cut);
+    }
+
+    fn blackout(&self, on: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.blackout = on;
+        if on {
+            for pipe in state.pipes.drain(..) {
+                pipe.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.blackout(true);
+    }
+}
+
+/// Copies both ways; the client-to-server direction watches for a COMMIT command
+/// (`COM_QUERY` = 0x03 followed by the text).
+async fn pipe(client: TcpStream, upstream: String, state: Arc<Mutex<ProxyState>>) {
+    let Ok(server) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match client_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let is_commit = chunk.windows(7).any(|w| w == b"\x03COMMIT");
+        let cut = if is_commit {
+            let mut state = state.lock().unwrap();
+            let cut = state.cut.unwrap_or(Cut::Never);
+            state.cut = Some(Cut::Never);
+            cut
+        } else {
+            Cut::Never
+        };
+        match cut {
+            Cut::Never => {
+                if server_write.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Cut::AfterCommit => {
+                let _ = server_write.write_all(chunk).await;
+                // The client loses the reply; give the server time to finish the commit
+                // before its side closes too.
+                back.abort();
+                drop(client_read);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            Cut::InsteadOfCommit => {
+                back.abort();
+                return;
+            }
+            Cut::InsteadOfCommitThenBlackout => {
+                back.abort();
+                let mut state = state.lock().unwrap();
+                state.blackout = true;
+                for pipe in state.pipes.drain(..) {
+                    pipe.abort();
+                }
+                return;
+            }
+        }
+    }
+    back.abort();
+}
+
+mod mysql {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_whose_reply_is_lost_is_found_by_its_token_mysql() {
+        if Backend::Mysql.available() {
+            commit_reply_lost().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_never_arrived_is_retried_once_mysql() {
+        if Backend::Mysql.available() {
+            commit_never_arrived().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_database_answers_outcome_unknown_then_recovers_mysql() {
+        if Backend::Mysql.available() {
+            outcome_unknown().await;
+        }
+    }
+}
+
+async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
+    let db = TestDb::with_demo_data(Backend::Mysql).await;
+    let (server, name) = db.url.rsplit_once('/').unwrap();
+    let upstream = server.rsplit('@').next().unwrap().to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let credentials = server.rsplit_once('@').unwrap().0;
+    let url = format!("{credentials}@127.0.0.1:{}/{name}", proxy.port);
+    let app = spawn_app_with(&db, |s| {
+        s.database.database_url = url;
+        s.outcome_deadline_ms = deadline_ms;
+        s.database.db_acquire_timeout_ms = 300;
+    })
+    .await;
+    (db, proxy, app)
+}
+
+async fn commit_reply_lost() {
+    let (db, proxy, app) = through_proxy(5_000).await;
+    proxy.cut_next_commit(Cut::AfterCommit);
+
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(db.count("orders").await, 1);
+    assert_eq!(db.stocks().await[&1], 8);
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+async fn commit_never_arrived() {
+    let (db, proxy, app) = through_proxy(5_000).await;
+    proxy.cut_next_commit(Cut::InsteadOfCommit);
+
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+
+    // Not committed: the store reloaded and the order was written again, once.
+    assert_eq!(status, StatusCode::OK, "{body}");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(db.count("orders").await, 1);
+    assert_eq!(db.stocks().await[&1], 8);
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+async fn outcome_unknown() {
+    let (db, proxy, app) = through_proxy(500).await;
+    let before = db.snapshot().await;
+    proxy.cut_next_commit(Cut::InsteadOfCommitThenBlackout);
+
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["message"], "order outcome unknown");
+    // The COMMIT never reached the server, so nothing was stored.
+    assert_eq!(db.snapshot().await, before);
+
+    // While the database is unreachable, orders are refused with 503.
+    let (status, _) = app.lock(&order(2, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Once it is back, the store reloads and serves again from the truth.
+    proxy.blackout(false);
+    let mut served = None;
+    for _ in 0..50 {
+        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
+        if status == StatusCode::OK {
+            served = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = served.expect("Kitara serves again once the database is back");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(db.stocks().await[&1], 9);
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
