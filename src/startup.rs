@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbBackend};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
@@ -73,10 +73,12 @@ impl Application {
             "loaded stock"
         );
 
-        let addr = format!("{}:{}", settings.host, settings.port);
-        let listener = TcpListener::bind(&addr)
+        let listener = bind(&settings.host, settings.port)
             .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+            .map_err(|source| StartupError::Bind {
+                addr: format!("{}:{}", settings.host, settings.port),
+                source,
+            })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: format!("{}:{}", settings.host, settings.port),
             source,
@@ -127,6 +129,29 @@ impl Application {
         let _ = self.db.close().await;
         tracing::info!("stopped");
     }
+}
+
+/// Connections a burst may open before Kitara accepts them (tokio's default is 1,024).
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
 }
 
 /// `kitara serve`: runs until Ctrl-C or SIGTERM.

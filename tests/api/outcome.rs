@@ -149,14 +149,14 @@ mod mysql {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_whose_reply_is_lost_is_found_by_its_token_mysql() {
         if Backend::Mysql.available() {
-            commit_reply_lost().await;
+            order_stored_once_despite(Cut::AfterCommit).await;
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_that_never_arrived_is_retried_once_mysql() {
         if Backend::Mysql.available() {
-            commit_never_arrived().await;
+            order_stored_once_despite(Cut::InsteadOfCommit).await;
         }
     }
 
@@ -184,29 +184,14 @@ async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
     (db, proxy, app)
 }
 
-async fn commit_reply_lost() {
+/// Whether the COMMIT reached the server or not, the order is stored exactly once:
+/// found by its token, or written again after the store reloaded.
+async fn order_stored_once_despite(cut: Cut) {
     let (db, proxy, app) = through_proxy(5_000).await;
-    proxy.cut_next_commit(Cut::AfterCommit);
+    proxy.cut_next_commit(cut);
 
     let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
 
-    assert_eq!(status, StatusCode::OK, "{body}");
-    db.assert_order_stored(&body, 2).await;
-    assert_eq!(db.count("orders").await, 1);
-    assert_eq!(db.stocks().await[&1], 8);
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
-    app.stop().await;
-    drop(proxy);
-    db.drop_database().await;
-}
-
-async fn commit_never_arrived() {
-    let (db, proxy, app) = through_proxy(5_000).await;
-    proxy.cut_next_commit(Cut::InsteadOfCommit);
-
-    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
-
-    // Not committed: the store reloaded and the order was written again, once.
     assert_eq!(status, StatusCode::OK, "{body}");
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.count("orders").await, 1);
