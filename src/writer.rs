@@ -303,6 +303,9 @@ impl Writer {
         let token = token.as_str();
         let deadline = Instant::now() + self.outcome_deadline;
         let mut pause = Duration::from_millis(20);
+        // The pool may hold other connections that died with this one; each failed
+        // attempt discards one, so the first few retries go without a pause.
+        let mut quick_retries = 4;
         loop {
             match load::token_committed(&self.db, token).await {
                 Ok(true) => {
@@ -319,6 +322,10 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, token, "cannot look the outcome up yet");
+                    if quick_retries > 0 {
+                        quick_retries -= 1;
+                        continue;
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }

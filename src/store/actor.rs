@@ -19,6 +19,9 @@ use crate::writer::{Outcome, PersistError, WriterHandle};
 /// at most this often; orders in between are answered 503 at once.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Reads one reload makes before it gives up until the next interval.
+const RELOAD_ATTEMPTS: u32 = 3;
+
 pub struct ActorConfig {
     pub mailbox: usize,
     pub batch_size: usize,
@@ -205,21 +208,27 @@ impl StoreActor {
 
     /// Replaces memory with the database's stock. Only called with nothing in flight.
     async fn reload(&mut self) -> bool {
-        match load::store_stock(&self.db, self.store).await {
-            Ok(stock) => {
-                self.book.replace(stock);
-                self.stale_since = None;
-                let all: Vec<ProductId> = self.products.keys().copied().collect();
-                self.publish(all.into_iter());
-                tracing::info!(store = %self.store, "reloaded stock from the database");
-                true
+        // A connection that died with the batch may still sit in the pool; a failed
+        // read discards it, so a couple of immediate retries reach a live one.
+        let mut attempts = RELOAD_ATTEMPTS;
+        let stock = loop {
+            attempts -= 1;
+            match load::store_stock(&self.db, self.store).await {
+                Ok(stock) => break stock,
+                Err(e) if attempts == 0 => {
+                    tracing::warn!(store = %self.store, error = %e, "cannot reload stock");
+                    self.stale_since = Some(Instant::now());
+                    return false;
+                }
+                Err(_) => {}
             }
-            Err(e) => {
-                tracing::warn!(store = %self.store, error = %e, "cannot reload stock");
-                self.stale_since = Some(Instant::now());
-                false
-            }
-        }
+        };
+        self.book.replace(stock);
+        self.stale_since = None;
+        let all: Vec<ProductId> = self.products.keys().copied().collect();
+        self.publish(all.into_iter());
+        tracing::info!(store = %self.store, "reloaded stock from the database");
+        true
     }
 
     async fn reload_if_due(&mut self) -> bool {

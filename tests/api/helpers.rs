@@ -137,6 +137,14 @@ impl TestDb {
         db
     }
 
+    /// A fresh pool, for a test that killed the connections of the old one.
+    pub async fn reconnect(&mut self) {
+        let conn = kitara::db::connect(&database_args(&self.url))
+            .await
+            .expect("reconnect");
+        std::mem::replace(&mut self.conn, conn).close().await.ok();
+    }
+
     pub async fn exec(&self, sql: &str) {
         self.conn
             .execute_unprepared(sql)

@@ -159,7 +159,7 @@ mod mysql_connections {
 async fn database_connections_killed_mid_burst(backend: Backend) {
     use sea_orm::{ConnectionTrait, Database};
 
-    let db = TestDb::with_demo_data(backend).await;
+    let mut db = TestDb::with_demo_data(backend).await;
     db.exec("UPDATE products SET current_stock = 2000").await;
     let initial = db.stocks().await;
     let app = Arc::new(spawn_app(&db).await);
@@ -172,8 +172,14 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
         let base = std::env::var("KITARA_TEST_MYSQL_URL").unwrap();
         tokio::spawn(async move {
             let admin = Database::connect(base.trim_end_matches('/')).await.unwrap();
+            // A storm of kills for a while, then the database is left alone, so that
+            // Kitara can be seen to recover.
+            let storm = std::time::Instant::now();
             let mut killed = 0;
-            while !done.load(Ordering::Relaxed) && killed < 200 {
+            while !done.load(Ordering::Relaxed)
+                && killed < 200
+                && storm.elapsed() < Duration::from_millis(400)
+            {
                 let rows = admin
                     .query_all_raw(sea_orm::Statement::from_string(
                         admin.get_database_backend(),
@@ -236,6 +242,8 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
     done.store(true, Ordering::Relaxed);
     let killed = killer.await.unwrap();
     assert!(killed > 0, "the test must have killed connections");
+    // The test's own connections to the database were killed too.
+    db.reconnect().await;
 
     // Kitara recovers within moments: new orders are served, and memory matches the
     // database.
