@@ -108,13 +108,16 @@ async fn route(
     request: Request<Incoming>,
     request_timeout: Duration,
 ) -> Response<Body> {
-    let result = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/api/v1/products") => Ok(list_products(state)),
-        (_, "/api/v1/products") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
-        (&Method::POST, "/api/v1/order/lock") => lock_order(state, request, request_timeout).await,
-        (_, "/api/v1/order/lock") => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        (&Method::GET, "/healthz") => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
-        (_, "/healthz") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+    // HEAD is answered like GET; hyper leaves the body out.
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let result = match request.uri().path() {
+        "/api/v1/products" if read => Ok(list_products(state)),
+        "/healthz" if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
+        "/api/v1/products" | "/healthz" => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        "/api/v1/order/lock" if request.method() == Method::POST => {
+            lock_order(state, request, request_timeout).await
+        }
+        "/api/v1/order/lock" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(|error| {

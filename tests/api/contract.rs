@@ -147,7 +147,21 @@ async fn unknown_routes_and_wrong_methods_are_refused(backend: Backend) {
         .request(Method::DELETE, "/api/v1/products", None, Bytes::new())
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(headers["allow"], "GET");
+    assert_eq!(headers["allow"], "GET, HEAD");
+    let raw = app
+        .raw(b"HEAD /api/v1/products HTTP/1.1\r\nHost: kitara\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "HEAD has no body: {raw}");
+    let (status, _, body) = app
+        .request(Method::GET, "/healthz", None, Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_envelope(status, &body, "OK");
+    let (status, _, _) = app
+        .request(Method::POST, "/healthz", None, Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
     app.stop().await;
     db.drop_database().await;
