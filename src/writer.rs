@@ -1,12 +1,16 @@
 //! The writer: persists what store actors decided, many orders per transaction.
 //!
-//! Actors decide and reserve in memory, then hand their decided orders to the one
-//! writer task with a oneshot for the outcome. The writer takes everything that queued
-//! while its previous transaction was in flight (up to the batch size), writes it in one
-//! transaction, and reports the outcome to every submission only after COMMIT. A lone
-//! order never waits for company: the writer starts a transaction as soon as anything is
-//! queued. Actors send to the writer through a bounded channel; the writer answers
-//! through oneshots, which never block, so there is no cycle of bounded channels.
+//! Actors decide and reserve in memory, then hand their decided orders to the writer
+//! with a oneshot for the outcome. A writer task takes everything that queued while the
+//! previous transaction was in flight (up to the batch size), from every store, writes
+//! it in one transaction, and reports the outcome of every order only after COMMIT. A
+//! lone order never waits for company: a transaction starts as soon as anything is
+//! queued. Actors send through a bounded channel; the writer answers through oneshots,
+//! which never block, so there is no cycle of bounded channels.
+//!
+//! When the database refuses a batch, its orders are written again one per transaction,
+//! so that only the orders the database really refuses fail. When the connection dies
+//! during COMMIT, the transaction's token tells whether it committed.
 //!
 //! The writer decides nothing about stock: it only persists decisions, so "only a store
 //! actor decides its stock" holds.
