@@ -104,7 +104,8 @@ pub struct Settings {
     #[arg(long, env = "KITARA_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
 
-    /// How long a client may take to send its request headers or body
+    /// How long a client may take to send its request headers or body; a keep-alive
+    /// connection idle this long is closed
     #[arg(long, env = "KITARA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 
