@@ -536,7 +536,7 @@ struct Running {
 
 impl Running {
     async fn start(db: &BenchDb, server: Server) -> Self {
-        let settings = settings(&db.url);
+        let settings = Settings::local(&db.url);
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
@@ -564,19 +564,6 @@ impl Running {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
-}
-
-fn settings(url: &str) -> Settings {
-    use clap::Parser;
-    Settings::parse_from([
-        "kitara",
-        "--database-url",
-        url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ])
 }
 
 /// The baseline: what a careful conventional service does. One transaction per order
@@ -746,7 +733,7 @@ impl BenchDb {
                 (url, Some(dir))
             }
         };
-        let conn = kitara::db::connect(&settings(&url).database)
+        let conn = kitara::db::connect(&Settings::local(&url).database)
             .await
             .expect("connect");
         kitara::db::migrate_and_seed(&conn, false)

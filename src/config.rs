@@ -129,6 +129,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The defaults (and whatever the environment sets) with this database, listening on
+    /// 127.0.0.1 on a free port: for tests and benchmarks that run Kitara in-process.
+    pub fn local(database_url: &str) -> Self {
+        Self::parse_from([
+            "kitara",
+            "--database-url",
+            database_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

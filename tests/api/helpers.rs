@@ -292,18 +292,9 @@ pub fn database_args(url: &str) -> kitara::config::DatabaseArgs {
 }
 
 pub fn settings(url: &str) -> Settings {
-    use clap::Parser;
-    Settings::parse_from([
-        "kitara",
-        "--database-url",
-        url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--db-pool-size",
-        "8",
-    ])
+    let mut settings = Settings::local(url);
+    settings.database.db_pool_size = 8;
+    settings
 }
 
 /// An HTTP client for one Kitara, in-process or not.
