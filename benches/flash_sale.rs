@@ -202,27 +202,39 @@ enum Server {
 
 /// One product, huge stock, orders of one unit.
 async fn hot(bench: &Bench, server: Server) -> Row {
-    let db = BenchDb::create(bench, 1, 1, HUGE_STOCK).await;
+    let name = match server {
+        Server::Kitara => "hot (kitara)",
+        Server::RowLock => "hot (row-lock)",
+    };
+    committed_orders(bench, server, name, 1, 1).await
+}
+
+/// `stores` × `products` products with huge stock, orders of one unit of a random
+/// product: committed orders per second, checked against the order rows.
+async fn committed_orders(
+    bench: &Bench,
+    server: Server,
+    name: &'static str,
+    stores: i64,
+    products: i64,
+) -> Row {
+    let db = BenchDb::create(bench, stores, products, HUGE_STOCK).await;
     let running = Running::start(&db, server).await;
+    let catalog = stores * products;
     let load = drive(
         running.addr,
         bench.duration(),
-        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+        Arc::new(move |rng: &mut Rng| {
+            Some(lock_request(rng.below(USERS) + 1, rng.below(catalog) + 1))
+        }),
     )
     .await;
     running.stop().await;
     let stored = db.check_invariants().await;
-    assert_eq!(stored, load.ok, "hot: every 200 must be an order row");
+    assert_eq!(stored, load.ok, "{name}: every 200 must be an order row");
     let note = db.batching_note().await;
     db.drop().await;
-    load.row(
-        match server {
-            Server::Kitara => "hot (kitara)",
-            Server::RowLock => "hot (row-lock)",
-        },
-        true,
-        note,
-    )
+    load.row(name, true, note)
 }
 
 /// One product with 10,000 units: time until they are gone, and exactly 10,000 sold.
@@ -272,27 +284,11 @@ async fn sell_out(bench: &Bench) -> Row {
 
 /// 1,000 stores × 10 products, orders of one unit of a random product.
 async fn spread(bench: &Bench, server: Server) -> Row {
-    let db = BenchDb::create(bench, 1_000, 10, HUGE_STOCK).await;
-    let running = Running::start(&db, server).await;
-    let load = drive(
-        running.addr,
-        bench.duration(),
-        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, rng.below(10_000) + 1))),
-    )
-    .await;
-    running.stop().await;
-    let stored = db.check_invariants().await;
-    assert_eq!(stored, load.ok, "spread: every 200 must be an order row");
-    let note = db.batching_note().await;
-    db.drop().await;
-    load.row(
-        match server {
-            Server::Kitara => "spread 1,000×10 (kitara)",
-            Server::RowLock => "spread 1,000×10 (row-lock)",
-        },
-        true,
-        note,
-    )
+    let name = match server {
+        Server::Kitara => "spread 1,000×10 (kitara)",
+        Server::RowLock => "spread 1,000×10 (row-lock)",
+    };
+    committed_orders(bench, server, name, 1_000, 10).await
 }
 
 /// Every order refused: the product is sold out.
