@@ -34,6 +34,11 @@ use sea_orm::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// The allocator of the `kitara` binary (see `src/main.rs`): the benchmark measures
+/// Kitara as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONNECTIONS: usize = 256;
 const USERS: i64 = 1_000;
 const SELL_OUT_STOCK: i64 = 10_000;
