@@ -19,8 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sea_orm::{DatabaseConnection, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::db::{self, load, persist};
 use crate::domain::{LockOrder, OrderDetailId, OrderId, StoreId};
@@ -105,7 +109,7 @@ pub fn spawn(
     db: DatabaseConnection,
     config: WriterConfig,
     last_ids: (i64, i64),
-) -> (WriterHandle, Vec<tokio::task::JoinHandle<()>>) {
+) -> (WriterHandle, Vec<JoinHandle<()>>) {
     let (sender, receiver) = mpsc::channel(config.queue);
     let receiver = Arc::new(Mutex::new(receiver));
     let ids = Arc::new(Ids {
@@ -126,11 +130,21 @@ pub fn spawn(
                 ids: ids.clone(),
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
+                opening: None,
             };
             tokio::spawn(writer.run())
         })
         .collect();
     (WriterHandle { sender }, tasks)
+}
+
+fn transaction_options() -> TransactionOptions {
+    TransactionOptions {
+        // SQLite: take the write lock at BEGIN, so the transaction never has to upgrade
+        // a read lock (which can fail with SQLITE_BUSY).
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    }
 }
 
 /// Kitara numbers order and detail rows itself (it owns the database while it runs),
@@ -154,12 +168,27 @@ struct Writer {
     /// token unique across writers and restarts.
     token_prefix: [u128; 3],
     sequence: u64,
+    /// MySQL: the transaction the next batch will use, opened while the current one is
+    /// in flight, so that BEGIN's round trip is off the path every order waits on.
+    /// Always `None` on SQLite, where an open `BEGIN IMMEDIATE` would hold the
+    /// database's write lock while idle.
+    opening: Option<JoinHandle<(Result<DatabaseTransaction, DbErr>, Instant)>>,
 }
+
+/// A transaction opened ahead is used only if it waited less than this: after a longer
+/// pause its connection may have been dropped, so a fresh one is opened instead (from
+/// the pool, which pings a connection that sat idle this long).
+const OPENED_AHEAD_FOR_AT_MOST: Duration = db::IDLE_BEFORE_PING;
 
 impl Writer {
     async fn run(mut self) {
         while let Some(batch) = self.next_batch().await {
             self.persist(batch).await;
+        }
+        if let Some(opening) = self.opening.take()
+            && let Ok((Ok(txn), _)) = opening.await
+        {
+            let _ = txn.rollback().await;
         }
         tracing::debug!("writer stopped");
     }
@@ -261,20 +290,18 @@ impl Writer {
     }
 
     async fn transact(
-        &self,
+        &mut self,
         orders: &[persist::NewOrder<'_>],
         token: &persist::Token,
     ) -> Result<(), PersistError> {
-        let options = TransactionOptions {
-            // SQLite: take the write lock at BEGIN, so the transaction never has to
-            // upgrade a read lock (which can fail with SQLITE_BUSY).
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        };
-        let txn = self.db.begin_with_options(options).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot begin a transaction");
-            PersistError::Unavailable
-        })?;
+        let txn = self.begin().await?;
+        if self.db.get_database_backend() == DbBackend::MySql {
+            let db = self.db.clone();
+            self.opening = Some(tokio::spawn(async move {
+                let txn = db.begin_with_options(transaction_options()).await;
+                (txn, Instant::now())
+            }));
+        }
         if let Err(e) = persist::write_batch(&txn, orders, token).await {
             // Dropping `txn` rolls it back.
             return Err(match e {
@@ -299,6 +326,24 @@ impl Writer {
                 self.resolve(token).await
             }
         }
+    }
+
+    /// The transaction opened ahead if it is fresh, otherwise a new one.
+    async fn begin(&mut self) -> Result<DatabaseTransaction, PersistError> {
+        let opened = match self.opening.take() {
+            Some(opening) => opening.await.ok(),
+            None => None,
+        };
+        let result = match opened {
+            // It failed just now: the database is unreachable.
+            Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
+            // None opened, or it waited too long (dropping it rolls it back).
+            _ => self.db.begin_with_options(transaction_options()).await,
+        };
+        result.map_err(|e| {
+            tracing::warn!(error = %e, "cannot begin a transaction");
+            PersistError::Unavailable
+        })
     }
 
     /// After a failed COMMIT, asks the database whether the transaction's token is

@@ -22,7 +22,7 @@ use crate::error::StartupError;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a pooled connection may sit idle before it is pinged on checkout.
-const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+pub(crate) const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// Prepared statements each MySQL connection keeps. Kitara prepares only its reads, a
 /// handful of shapes, so the cache never evicts (an eviction costs sqlx a "close
