@@ -1,8 +1,13 @@
 //! Parsing the lock-order body (rules 1 to 3 of the judging order) into a `LockOrder`.
 //!
-//! The body is read as a `serde_json::Value` first so that every rule can name the field
-//! it is about, and so that `2.0`, `1e2`, `"2"` and `true` are told apart from integers.
+//! A well-formed body is read straight into integers (`Body`). Any other body is read
+//! again as a `serde_json::Value`, so that every rule can name the field it is about and
+//! `2.0`, `1e2`, `"2"` and `true` are told apart from integers. The first reading is
+//! only a shortcut: it accepts a body only if the second would accept it too, with the
+//! same result (a property test below checks this), so all the judging lives in
+//! `parse_checked`.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::domain::{LockOrder, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
@@ -10,6 +15,44 @@ use crate::domain::{LockOrder, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
 use super::response::ApiError;
 
 pub fn parse_lock_order(body: &[u8]) -> Result<LockOrder, ApiError> {
+    match parse_well_formed(body) {
+        Some(order) => Ok(order),
+        None => parse_checked(body),
+    }
+}
+
+/// A body of the expected shape; serde refuses a float, a string or a boolean where an
+/// `i64` is expected, and ignores unknown fields, as `parse_checked` does.
+#[derive(Deserialize)]
+struct Body {
+    user_id: i64,
+    products: Vec<Line>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    product_id: i64,
+    quantity: i64,
+}
+
+/// The order, if the body is well formed and every rule up to merging holds; `None`
+/// sends it to `parse_checked` for a precise answer. `LockOrder::new` checks the lines'
+/// count and quantities; the ids are checked here.
+fn parse_well_formed(body: &[u8]) -> Option<LockOrder> {
+    let body: Body = serde_json::from_slice(body).ok()?;
+    let in_range = |n: i64| (1..=MAX_QUANTITY).contains(&n);
+    if !in_range(body.user_id) || !body.products.iter().all(|l| in_range(l.product_id)) {
+        return None;
+    }
+    let lines = body
+        .products
+        .iter()
+        .map(|l| (ProductId(l.product_id), l.quantity));
+    LockOrder::new(UserId(body.user_id), lines).ok()
+}
+
+/// Judges any body by rules 1 to 3, naming the field a refusal is about.
+fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|_| bad("request body must be one JSON object"))?;
     let Value::Object(object) = value else {
@@ -119,5 +162,98 @@ mod tests {
             .map(|l| (l.product.0, l.quantity))
             .collect();
         assert_eq!(lines, [(1, 2), (2, 4)]);
+    }
+
+    #[test]
+    fn a_well_formed_body_takes_the_shortcut() {
+        let body = br#"{"user_id":2,"products":[{"product_id":1,"quantity":2},{"product_id":2,"quantity":1}]}"#;
+        let order = parse_well_formed(body).expect("a well-formed body is read directly");
+        assert_eq!(order, parse_checked(body).unwrap());
+        // Merging is judged by `LockOrder::new` either way: an overflow goes the long way.
+        let body = br#"{"user_id":1,"products":[{"product_id":1,"quantity":2147483647},{"product_id":1,"quantity":1}]}"#;
+        assert!(parse_well_formed(body).is_none());
+    }
+
+    mod shortcut {
+        use proptest::prelude::*;
+
+        use super::super::{parse_checked, parse_lock_order, parse_well_formed};
+
+        /// JSON values an integer field may hold in a real or hostile request.
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => (-2i64..5).prop_map(|n| n.to_string()),
+                1 => Just("2147483647".to_owned()),
+                1 => Just("2147483648".to_owned()),
+                1 => Just("9223372036854775807".to_owned()),
+                1 => Just("18446744073709551616".to_owned()),
+                1 => Just("-0".to_owned()),
+                1 => prop_oneof![Just("2.0"), Just("2.5"), Just("1e2"), Just("1E0")].prop_map(str::to_owned),
+                1 => prop_oneof![Just("\"2\""), Just("true"), Just("null"), Just("[]"), Just("{}")].prop_map(str::to_owned),
+            ]
+        }
+
+        /// An object from (key, value) entries; keys may repeat, as JSON allows.
+        fn object(entries: Vec<(String, String)>) -> String {
+            let fields: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                4 => Just("product_id"),
+                4 => Just("quantity"),
+                1 => Just("note"),
+            ];
+            prop::collection::vec((key.prop_map(str::to_owned), scalar()), 0..4).prop_map(object)
+        }
+
+        fn products() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop::collection::vec(line(), 0..4).prop_map(|l| format!("[{}]", l.join(","))),
+                1 => scalar(),
+            ]
+        }
+
+        fn body() -> impl Strategy<Value = String> {
+            let entry = prop_oneof![
+                3 => scalar().prop_map(|v| ("user_id".to_owned(), v)),
+                3 => products().prop_map(|v| ("products".to_owned(), v)),
+                1 => scalar().prop_map(|v| ("extra".to_owned(), v)),
+            ];
+            prop_oneof![
+                12 => prop::collection::vec(entry, 0..4).prop_map(object),
+                1 => Just("[]".to_owned()),
+                1 => Just("{\"user_id\":1,".to_owned()),
+            ]
+        }
+
+        /// A body shaped like a real order, so that the shortcut is often taken.
+        fn plausible_body() -> impl Strategy<Value = String> {
+            let line = (scalar(), scalar())
+                .prop_map(|(p, q)| format!("{{\"product_id\":{p},\"quantity\":{q}}}"));
+            (scalar(), prop::collection::vec(line, 0..4)).prop_map(|(user, lines)| {
+                format!("{{\"user_id\":{user},\"products\":[{}]}}", lines.join(","))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn the_shortcut_never_changes_the_verdict(
+                body in prop_oneof![body(), plausible_body()]
+            ) {
+                let body = body.as_bytes();
+                if let Some(order) = parse_well_formed(body) {
+                    prop_assert_eq!(Some(order), parse_checked(body).ok());
+                }
+                prop_assert_eq!(
+                    format!("{:?}", parse_lock_order(body)),
+                    format!("{:?}", parse_checked(body))
+                );
+            }
+        }
     }
 }
