@@ -100,6 +100,12 @@ pub struct Settings {
     #[arg(long, env = "KITARA_WRITER_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub writer_queue: u32,
 
+    /// Threads that serve HTTP and run the store actors and the writer; 0 means one per
+    /// core. One is plenty for the order path (the database's commit rate is the limit)
+    /// and leaves the other cores to a database on the same machine.
+    #[arg(long, env = "KITARA_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: u32,
+
     /// Most HTTP connections served at once; more wait in the listen backlog
     #[arg(long, env = "KITARA_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,

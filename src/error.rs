@@ -12,6 +12,8 @@ pub enum StartupError {
         "the database schema is missing or behind ({pending} pending migration(s)): run `kitara migrate` first"
     )]
     SchemaBehind { pending: usize },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kitara::config::{Cli, Command, LogFormat};
+use kitara::error::StartupError;
 use kitara::{db, startup, telemetry};
 
 /// Every lock request allocates a little (its parsed body, its answer, its trip through
@@ -11,19 +12,24 @@ use kitara::{db, startup, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Flags > environment > .env > defaults: `.env` never overrides the environment.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(settings) => {
             telemetry::init(settings.log_format);
-            startup::serve(settings).await
+            startup::runtime(settings.worker_threads)
+                .map_err(StartupError::Runtime)
+                .and_then(|runtime| runtime.block_on(startup::serve(settings)))
         }
         Command::Migrate(args) => {
             telemetry::init(LogFormat::Text);
-            db::migrate(&args.database, !args.no_demo).await
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(StartupError::Runtime)
+                .and_then(|runtime| runtime.block_on(db::migrate(&args.database, !args.no_demo)))
         }
     };
     match result {

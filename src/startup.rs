@@ -154,6 +154,16 @@ async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
 }
 
+/// The Tokio runtime `kitara serve` runs on: `worker_threads` threads, or one per core
+/// when it is 0. The benchmark builds Kitara's runtime with this too.
+pub fn runtime(worker_threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads as usize);
+    }
+    builder.thread_name("kitara-worker").enable_all().build()
+}
+
 /// `kitara serve`: runs until Ctrl-C or SIGTERM.
 pub async fn serve(settings: Settings) -> Result<(), StartupError> {
     let app = Application::build(settings).await?;
