@@ -44,12 +44,28 @@ const USERS: i64 = 1_000;
 const SELL_OUT_STOCK: i64 = 10_000;
 const HUGE_STOCK: i64 = 1_000_000_000;
 
+/// The load generator runs on this (main) runtime; every server runs on
+/// `server_runtime`, so that load-generator tasks never share a worker's queue with the
+/// server's, as if the client were another process.
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load-generator")
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(run());
+}
+
+/// The runtime `kitara serve` would build with the same environment
+/// (`KITARA_WORKER_THREADS` included); the row-lock baseline runs on it too.
+fn server_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let settings = Settings::local("sqlite://unused");
+            kitara::startup::runtime(settings.worker_threads).expect("server runtime")
+        })
+        .handle()
 }
 
 #[derive(Clone)]
@@ -107,8 +123,14 @@ async fn run() {
             None => "SQLite (set KITARA_BENCH_MYSQL_URL for MySQL)".to_owned(),
         }
     );
+    let database = bench.mysql.as_ref().and_then(|_| find_database_process());
+    match &database {
+        Some((pid, name)) => println!("database CPU: the local {name} process (pid {pid})"),
+        None => println!("database CPU: not measured (no local MariaDB/MySQL process in use)"),
+    }
+    let _ = DATABASE_PID.set(database.map(|(pid, _)| pid));
     println!(
-        "mode: {}; {CONNECTIONS} closed-loop keep-alive connections; load generator in the same process",
+        "mode: {}; {CONNECTIONS} closed-loop keep-alive connections; load generator in the same process, on its own runtime",
         if bench.quick { "quick" } else { "full" }
     );
     println!();
@@ -136,14 +158,30 @@ async fn run() {
         .await;
 
     println!();
-    println!("| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | note |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | CPU µs: bench process | CPU µs: database | idle | note |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for row in &table {
+        let (process, database, idle) = match row.cpu {
+            Some(cpu) => (
+                format!("{:.1}", cpu.process),
+                cpu.database.map_or("n/a".into(), |d| format!("{d:.1}")),
+                format!("{:.0} %", cpu.idle * 100.0),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {process} | {database} | {idle} | {} |",
             row.name, row.answers, row.ok, row.rate, row.p50, row.p99, row.p999, row.note
         );
     }
+    println!();
+    println!(
+        "CPU µs are per counted answer (committed order, or answer where nothing commits): \
+         the bench process is Kitara (or the baseline) and the load generator; the database \
+         is the local mysqld/mariadbd process when one is visible; idle is the machine's."
+    );
     println!();
     if let Some(rss) = rss {
         println!("RSS of the benchmark process after the spread workload: {rss:.0} MiB");
@@ -178,6 +216,8 @@ struct Row {
     p50: f64,
     p99: f64,
     p999: f64,
+    /// Where the CPU went, per counted answer (see `CpuUse`).
+    cpu: Option<CpuUse>,
     note: String,
 }
 
@@ -191,6 +231,7 @@ impl Row {
             p50: 0.0,
             p99: 0.0,
             p999: 0.0,
+            cpu: None,
             note: format!("{name} skipped"),
         }
     }
@@ -375,6 +416,8 @@ struct Load {
     /// When the last 200 arrived, from the start.
     last_ok: Duration,
     latencies_us: Vec<u32>,
+    /// CPU time spent while the connections ran.
+    cpu: Option<CpuUse>,
 }
 
 impl Load {
@@ -398,10 +441,12 @@ impl Load {
         };
         let answers = self.ok + self.refused + self.other;
         let counted = if commits { self.ok } else { answers };
+        let cpu = self.cpu.map(|cpu| cpu.per(counted));
         Row {
             name,
             answers,
             ok: self.ok,
+            cpu,
             rate: counted as f64 / self.elapsed.as_secs_f64(),
             p50: pick(0.50),
             p99: pick(0.99),
@@ -413,6 +458,7 @@ impl Load {
 
 /// Runs `CONNECTIONS` closed-loop connections for `duration`.
 async fn drive(addr: SocketAddr, duration: Duration, make: MakeRequest) -> Load {
+    let clock = CpuClock::now();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..CONNECTIONS)
@@ -423,11 +469,12 @@ async fn drive(addr: SocketAddr, duration: Duration, make: MakeRequest) -> Load 
             }))
         })
         .collect();
-    collect(tasks, start).await
+    collect(tasks, start, clock).await
 }
 
 /// Runs until each connection has seen three not-available refusals in a row.
 async fn drive_until_refused(addr: SocketAddr, make: MakeRequest) -> Load {
+    let clock = CpuClock::now();
     let start = Instant::now();
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|c| {
@@ -443,11 +490,12 @@ async fn drive_until_refused(addr: SocketAddr, make: MakeRequest) -> Load {
             ))
         })
         .collect();
-    collect(tasks, start).await
+    collect(tasks, start, clock).await
 }
 
 /// One request on each of `n` connections.
 async fn drive_count(addr: SocketAddr, n: usize, make: MakeRequest) -> Load {
+    let clock = CpuClock::now();
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|c| {
@@ -457,15 +505,20 @@ async fn drive_count(addr: SocketAddr, n: usize, make: MakeRequest) -> Load {
             }))
         })
         .collect();
-    collect(tasks, start).await
+    collect(tasks, start, clock).await
 }
 
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Load>>, start: Instant) -> Load {
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Load>>,
+    start: Instant,
+    clock: Option<CpuClock>,
+) -> Load {
     let mut total = Load::default();
     for task in tasks {
         total.merge(task.await.expect("connection task"));
     }
     total.elapsed = start.elapsed();
+    total.cpu = clock.and_then(|clock| clock.used());
     total
 }
 
@@ -536,29 +589,35 @@ struct Running {
 }
 
 impl Running {
+    /// Builds and starts the server on the server runtime, so that its listener, pool
+    /// and tasks all belong to that runtime.
     async fn start(db: &BenchDb, server: Server) -> Self {
         let settings = Settings::local(&db.url);
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
         };
-        match server {
-            Server::Kitara => {
-                let app = Application::build(settings).await.expect("build Kitara");
-                let addr = app.addr();
-                let task = tokio::spawn(app.run_until(stopped));
-                Running { addr, stop, task }
-            }
-            Server::RowLock => {
-                let pool = kitara::db::connect(&settings.database)
-                    .await
-                    .expect("connect");
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let addr = listener.local_addr().expect("address");
-                let task = tokio::spawn(row_lock_server(listener, pool, stopped));
-                Running { addr, stop, task }
-            }
-        }
+        let (addr, task) = server_runtime()
+            .spawn(async move {
+                match server {
+                    Server::Kitara => {
+                        let app = Application::build(settings).await.expect("build Kitara");
+                        let addr = app.addr();
+                        (addr, tokio::spawn(app.run_until(stopped)))
+                    }
+                    Server::RowLock => {
+                        let pool = kitara::db::connect(&settings.database)
+                            .await
+                            .expect("connect");
+                        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                        let addr = listener.local_addr().expect("address");
+                        (addr, tokio::spawn(row_lock_server(listener, pool, stopped)))
+                    }
+                }
+            })
+            .await
+            .expect("start the server");
+        Running { addr, stop, task }
     }
 
     async fn stop(self) {
@@ -873,6 +932,111 @@ impl BenchDb {
         }
         self.conn.close().await.ok();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the CPU goes
+
+/// CPU seconds used so far, read from /proc (Linux; `None` elsewhere).
+#[derive(Clone, Copy)]
+struct CpuClock {
+    at: Instant,
+    /// This process: Kitara or the baseline, and the load generator.
+    process: f64,
+    /// The database server, when it runs on this machine.
+    database: Option<f64>,
+    /// Idle and I/O-wait time of all cores together.
+    idle: f64,
+}
+
+/// CPU used between two readings; `per` turns it into microseconds per answer.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    process: f64,
+    database: Option<f64>,
+    /// Fraction of the machine's cores that sat idle.
+    idle: f64,
+}
+
+/// Linux reports process and system times in USER_HZ ticks, 100 per second.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuClock {
+    fn now() -> Option<CpuClock> {
+        Some(CpuClock {
+            at: Instant::now(),
+            process: process_cpu_seconds("self")?,
+            database: database_pid().and_then(|pid| process_cpu_seconds(&pid.to_string())),
+            idle: idle_seconds()?,
+        })
+    }
+
+    fn used(self) -> Option<CpuUse> {
+        let now = CpuClock::now()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = (now.at - self.at).as_secs_f64();
+        Some(CpuUse {
+            process: now.process - self.process,
+            database: now.database.zip(self.database).map(|(b, a)| b - a),
+            idle: ((now.idle - self.idle) / (wall * cores)).clamp(0.0, 1.0),
+        })
+    }
+}
+
+impl CpuUse {
+    /// Microseconds per answer (the idle share stays a fraction).
+    fn per(self, answers: u64) -> CpuUse {
+        let per = |seconds: f64| seconds * 1e6 / answers.max(1) as f64;
+        CpuUse {
+            process: per(self.process),
+            database: self.database.map(per),
+            idle: self.idle,
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in seconds.
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SECOND)
+}
+
+/// Idle + iowait of all cores, from the first line of `/proc/stat`.
+fn idle_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    Some((fields.get(3)? + fields.get(4)?) / TICKS_PER_SECOND)
+}
+
+/// The database server process whose CPU is reported; set once at the start.
+static DATABASE_PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+fn database_pid() -> Option<u32> {
+    DATABASE_PID.get().copied().flatten()
+}
+
+/// A MariaDB/MySQL server process on this machine (the benchmark cannot tell whether it
+/// is the one `KITARA_BENCH_MYSQL_URL` names; it says which one it found).
+fn find_database_process() -> Option<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            matches!(comm, "mariadbd" | "mysqld").then(|| (pid, comm.to_owned()))
+        })
 }
 
 // ---------------------------------------------------------------------------------------
