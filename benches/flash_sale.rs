@@ -92,7 +92,7 @@ impl Bench {
             return Row::skipped(name);
         }
         let row = workload.await;
-        println!("{}: {:.0}/s (p99 {:.2} ms)", row.name, row.rate, row.p99);
+        println!("{}: {:.0}/s (p99 {} ms)", row.name, row.rate, ms(row.p99));
         table.push(row.clone());
         row
     }
@@ -146,6 +146,9 @@ async fn run() {
     let rss = rss_mib();
     let storm = bench.run("storm", storm(&bench), &mut table).await;
     let ceiling = bench.run("ceiling", ceiling(&bench), &mut table).await;
+    let database_alone = bench
+        .run("database-alone", database_alone(&bench), &mut table)
+        .await;
     let hot_rowlock = bench
         .run("hot-row-lock", hot(&bench, Server::RowLock), &mut table)
         .await;
@@ -172,8 +175,15 @@ async fn run() {
             None => ("n/a".into(), "n/a".into(), "n/a".into()),
         };
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {process} | {database} | {idle} | {} |",
-            row.name, row.answers, row.ok, row.rate, row.p50, row.p99, row.p999, row.note
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {process} | {database} | {idle} | {} |",
+            row.name,
+            row.answers,
+            row.ok,
+            row.rate,
+            ms(row.p50),
+            ms(row.p99),
+            ms(row.p999),
+            row.note
         );
     }
     println!();
@@ -202,6 +212,19 @@ async fn run() {
         "ratio storm kitara/ceiling: {:.2}",
         storm.rate / ceiling.rate
     );
+    println!(
+        "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
+        database_alone.rate / ceiling.rate
+    );
+}
+
+/// A latency in milliseconds, or a dash where nothing was timed.
+fn ms(value: f64) -> String {
+    if value.is_nan() {
+        "–".into()
+    } else {
+        format!("{value:.2}")
+    }
 }
 
 /// One line of the result table.
@@ -380,6 +403,64 @@ async fn ceiling(bench: &Bench) -> Row {
     load.row("ceiling GET /healthz", false, "answers/s".into())
 }
 
+/// Batches shaped like the writer's under the hot workload, written back to back by
+/// Kitara's own batch statement on one connection, with no HTTP and no actor: what the
+/// database alone costs per order, and how fast it goes with the machine to itself.
+async fn database_alone(bench: &Bench) -> Row {
+    use kitara::db::persist::{NewOrder, Token, write_batch};
+    use kitara::domain::{OrderLine, ProductId};
+
+    const BATCH: i64 = 128;
+    let db = BenchDb::create(bench, 1, 1, HUGE_STOCK).await;
+    let line = [OrderLine {
+        product: ProductId(1),
+        quantity: 1,
+    }];
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut written = 0i64;
+    let clock = CpuClock::now();
+    let start = Instant::now();
+    while start.elapsed() < bench.duration() {
+        let orders: Vec<NewOrder<'_>> = (written + 1..=written + BATCH)
+            .map(|id| NewOrder {
+                id,
+                buyer: rng.below(USERS) + 1,
+                store: 1,
+                total: 1,
+                first_detail_id: id,
+                lines: &line,
+            })
+            .collect();
+        let txn = db
+            .conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        write_batch(&txn, &orders, &Token::new(&[0, written as u128]))
+            .await
+            .expect("write a batch");
+        txn.commit().await.expect("commit");
+        written += BATCH;
+    }
+    let load = Load {
+        elapsed: start.elapsed(),
+        ok: written as u64,
+        cpu: clock.and_then(|clock| clock.used()),
+        ..Load::default()
+    };
+    let stored = db.check_invariants().await;
+    assert_eq!(stored, written as u64, "database alone: every batch stored");
+    db.drop().await;
+    load.row(
+        "database alone (no HTTP)",
+        true,
+        format!("batches of {BATCH} by Kitara's batch statement, one connection"),
+    )
+}
+
 fn lock_request(user: i64, product: i64) -> Request<Full<Bytes>> {
     let body =
         format!(r#"{{"user_id":{user},"products":[{{"product_id":{product},"quantity":1}}]}}"#);
@@ -433,7 +514,7 @@ impl Load {
         self.latencies_us.sort_unstable();
         let pick = |q: f64| {
             if self.latencies_us.is_empty() {
-                return 0.0;
+                return f64::NAN;
             }
             let i =
                 ((self.latencies_us.len() as f64 * q) as usize).min(self.latencies_us.len() - 1);
