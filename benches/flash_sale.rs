@@ -28,8 +28,7 @@ use kitara::config::Settings;
 use kitara::http::response;
 use kitara::startup::Application;
 use sea_orm::{
-    ConnectionTrait, Database, DatabaseConnection, DbBackend, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait, Value,
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -433,10 +432,7 @@ async fn database_alone(bench: &Bench) -> Row {
             .collect();
         let txn = db
             .conn
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
+            .begin_with_options(kitara::db::write_transaction_options())
             .await
             .expect("begin");
         write_batch(&txn, &orders, &Token::new(&[0, written as u128]))
@@ -778,10 +774,7 @@ async fn row_lock_transaction(
 ) -> Result<Option<(i64, i64)>, sea_orm::DbErr> {
     let backend = pool.get_database_backend();
     let txn = pool
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
+        .begin_with_options(kitara::db::write_transaction_options())
         .await?;
     let mut store = 0;
     for (&product, &quantity) in lines {

@@ -19,10 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -136,15 +133,6 @@ pub fn spawn(
         })
         .collect();
     (WriterHandle { sender }, tasks)
-}
-
-fn transaction_options() -> TransactionOptions {
-    TransactionOptions {
-        // SQLite: take the write lock at BEGIN, so the transaction never has to upgrade
-        // a read lock (which can fail with SQLITE_BUSY).
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    }
 }
 
 /// Kitara numbers order and detail rows itself (it owns the database while it runs),
@@ -296,9 +284,11 @@ impl Writer {
     ) -> Result<(), PersistError> {
         let txn = self.begin().await?;
         if self.db.get_database_backend() == DbBackend::MySql {
-            let db = self.db.clone();
+            let pool = self.db.clone();
             self.opening = Some(tokio::spawn(async move {
-                let txn = db.begin_with_options(transaction_options()).await;
+                let txn = pool
+                    .begin_with_options(db::write_transaction_options())
+                    .await;
                 (txn, Instant::now())
             }));
         }
@@ -335,10 +325,14 @@ impl Writer {
             None => None,
         };
         let result = match opened {
-            // It failed just now: the database is unreachable.
+            // Opened (or refused) just now: use it, or report why it could not open.
             Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
             // None opened, or it waited too long (dropping it rolls it back).
-            _ => self.db.begin_with_options(transaction_options()).await,
+            _ => {
+                self.db
+                    .begin_with_options(db::write_transaction_options())
+                    .await
+            }
         };
         result.map_err(|e| {
             tracing::warn!(error = %e, "cannot begin a transaction");

@@ -12,7 +12,10 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::mysql::MySqlConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    SqliteTransactionMode, TransactionOptions,
+};
 
 use crate::config::DatabaseArgs;
 use crate::error::StartupError;
@@ -93,6 +96,16 @@ pub async fn prepare_for_serve(db: &DatabaseConnection) -> Result<(), StartupErr
             }
             Ok(())
         }
+    }
+}
+
+/// How every write transaction begins. On SQLite it takes the write lock at BEGIN
+/// (`IMMEDIATE`), so the transaction never has to upgrade a read lock, which can fail
+/// with `SQLITE_BUSY`.
+pub fn write_transaction_options() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
     }
 }
 
