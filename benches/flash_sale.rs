@@ -7,9 +7,10 @@
 //!
 //! Every workload gets a fresh database and a fresh server started in-process on a random
 //! port; an in-process load generator drives it over N keep-alive HTTP/1.1 connections,
-//! each sending its next request when the previous answer arrives (closed loop). After each
-//! workload the SPEC.md invariants are checked against the database and the benchmark
-//! aborts loudly if they fail.
+//! each sending its next request when the previous answer arrives (closed loop). The
+//! workloads that ratios compare run in alternating slices, so that a machine whose speed
+//! drifts during the run favours none of them. After each workload the SPEC.md invariants
+//! are checked against the database and the benchmark aborts loudly if they fail.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,6 +43,18 @@ const CONNECTIONS: usize = 256;
 const USERS: i64 = 1_000;
 const SELL_OUT_STOCK: i64 = 10_000;
 const HUGE_STOCK: i64 = 1_000_000_000;
+
+/// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
+const TABLE_ORDER: [&str; 8] = [
+    "hot",
+    "sell-out",
+    "spread",
+    "storm",
+    "ceiling",
+    "database-alone",
+    "hot-row-lock",
+    "spread-row-lock",
+];
 
 /// The load generator runs on this (main) runtime; every server runs on
 /// `server_runtime`, so that load-generator tasks never share a worker's queue with the
@@ -76,32 +89,40 @@ struct Bench {
 }
 
 impl Bench {
-    /// Runs a workload unless `KITARA_BENCH_ONLY` leaves it out; its row joins the table.
+    /// Whether `KITARA_BENCH_ONLY` leaves the workload in.
+    fn selected(&self, key: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == key))
+    }
+
+    /// Runs a workload of its own unless `KITARA_BENCH_ONLY` leaves it out.
     async fn run(
         &self,
-        name: &str,
+        key: &str,
         workload: impl std::future::Future<Output = Row>,
-        table: &mut Vec<Row>,
-    ) -> Row {
-        if self
-            .only
-            .as_ref()
-            .is_some_and(|only| !only.iter().any(|o| o == name))
-        {
-            return Row::skipped(name);
+    ) -> Option<Row> {
+        if !self.selected(key) {
+            return None;
         }
         let row = workload.await;
         println!("{}: {:.0}/s (p99 {} ms)", row.name, row.rate, ms(row.p99));
-        table.push(row.clone());
-        row
+        Some(row)
     }
 
+    /// How long the main workloads run in all: hot, spread and the baselines this long,
+    /// storm and ceiling half of it.
     fn duration(&self) -> Duration {
         if self.quick {
             Duration::from_millis(1500)
         } else {
             Duration::from_secs(10)
         }
+    }
+
+    /// Rounds of the interleaved workloads: each round gives every one of them a slice.
+    fn rounds(&self) -> u32 {
+        if self.quick { 3 } else { 5 }
     }
 }
 
@@ -134,37 +155,25 @@ async fn run() {
     );
     println!();
 
-    let mut table = Vec::new();
-    let hot_kitara = bench
-        .run("hot", hot(&bench, Server::Kitara), &mut table)
-        .await;
-    bench.run("sell-out", sell_out(&bench), &mut table).await;
-    let spread_kitara = bench
-        .run("spread", spread(&bench, Server::Kitara), &mut table)
-        .await;
-    let rss = rss_mib();
-    let storm = bench.run("storm", storm(&bench), &mut table).await;
-    let ceiling = bench.run("ceiling", ceiling(&bench), &mut table).await;
-    let database_alone = bench
-        .run("database-alone", database_alone(&bench), &mut table)
-        .await;
-    let hot_rowlock = bench
-        .run("hot-row-lock", hot(&bench, Server::RowLock), &mut table)
-        .await;
-    let spread_rowlock = bench
-        .run(
-            "spread-row-lock",
-            spread(&bench, Server::RowLock),
-            &mut table,
-        )
-        .await;
+    let Interleaved { mut rows, rss } = interleaved(&bench).await;
+    for row in TABLE_ORDER.iter().filter_map(|key| rows.get(key)) {
+        println!("{}: {:.0}/s (p99 {} ms)", row.name, row.rate, ms(row.p99));
+    }
+    if let Some(row) = bench.run("sell-out", sell_out(&bench)).await {
+        rows.insert("sell-out", row);
+    }
+    if let Some(row) = bench.run("database-alone", database_alone(&bench)).await {
+        rows.insert("database-alone", row);
+    }
+    let table: Vec<&Row> = TABLE_ORDER.iter().filter_map(|key| rows.get(key)).collect();
+    let rate = |key: &str| rows.get(key).map_or(f64::NAN, |row| row.rate);
 
     println!();
     println!(
         "| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | CPU µs: bench process | CPU µs: database | idle | note |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for row in &table {
+    for row in table {
         let (process, database, idle) = match row.cpu {
             Some(cpu) => (
                 format!("{:.1}", cpu.process),
@@ -193,27 +202,30 @@ async fn run() {
     );
     println!();
     if let Some(rss) = rss {
-        println!("RSS of the benchmark process after the spread workload: {rss:.0} MiB");
+        println!(
+            "RSS of the benchmark process after the spread workload (and the other \
+             interleaved ones, their servers still running): {rss:.0} MiB"
+        );
     }
     println!(
         "ratio hot kitara/row-lock: {:.2}",
-        hot_kitara.rate / hot_rowlock.rate
+        rate("hot") / rate("hot-row-lock")
     );
     println!(
         "ratio spread kitara/row-lock: {:.2}",
-        spread_kitara.rate / spread_rowlock.rate
+        rate("spread") / rate("spread-row-lock")
     );
     println!(
         "ratio hot kitara/ceiling: {:.2}",
-        hot_kitara.rate / ceiling.rate
+        rate("hot") / rate("ceiling")
     );
     println!(
         "ratio storm kitara/ceiling: {:.2}",
-        storm.rate / ceiling.rate
+        rate("storm") / rate("ceiling")
     );
     println!(
         "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
-        database_alone.rate / ceiling.rate
+        rate("database-alone") / rate("ceiling")
     );
 }
 
@@ -239,24 +251,8 @@ struct Row {
     p99: f64,
     p999: f64,
     /// Where the CPU went, per counted answer (see `CpuUse`).
-    cpu: Option<CpuUse>,
+    cpu: Option<PerAnswer>,
     note: String,
-}
-
-impl Row {
-    fn skipped(name: &str) -> Row {
-        Row {
-            name: "skipped",
-            answers: 0,
-            ok: 0,
-            rate: f64::NAN,
-            p50: 0.0,
-            p99: 0.0,
-            p999: 0.0,
-            cpu: None,
-            note: format!("{name} skipped"),
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -268,41 +264,167 @@ enum Server {
 // ---------------------------------------------------------------------------------------
 // Workloads
 
-/// One product, huge stock, orders of one unit.
-async fn hot(bench: &Bench, server: Server) -> Row {
-    let name = match server {
-        Server::Kitara => "hot (kitara)",
-        Server::RowLock => "hot (row-lock)",
-    };
-    committed_orders(bench, server, name, 1, 1).await
+/// The workloads that the ratios compare, measured in alternating slices: every round
+/// gives each of them a slice (hot, spread and the baselines two units, storm and
+/// ceiling one). On a shared VM the machine's speed drifts by tens of percent within
+/// minutes; measured one after the other, a ratio would partly compare two moments.
+/// Every workload keeps its own database and server for the whole phase.
+struct Interleaved {
+    rows: BTreeMap<&'static str, Row>,
+    /// RSS of the process while all their servers still run.
+    rss: Option<f64>,
 }
 
-/// `stores` × `products` products with huge stock, orders of one unit of a random
-/// product: committed orders per second, checked against the order rows.
-async fn committed_orders(
-    bench: &Bench,
-    server: Server,
+/// What a workload of the interleaved phase checks when it is over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Every 200 is an order row (hot, spread, the baselines).
+    Commits,
+    /// Nothing sold, every answer a not-available 400 (storm).
+    AllRefused,
+    /// Nothing to check in the database (ceiling).
+    Nothing,
+}
+
+struct Sliced {
+    key: &'static str,
     name: &'static str,
-    stores: i64,
-    products: i64,
-) -> Row {
-    let db = BenchDb::create(bench, stores, products, HUGE_STOCK).await;
-    let running = Running::start(&db, server).await;
-    let catalog = stores * products;
-    let load = drive(
-        running.addr,
-        bench.duration(),
-        Arc::new(move |rng: &mut Rng| {
-            Some(lock_request(rng.below(USERS) + 1, rng.below(catalog) + 1))
-        }),
-    )
-    .await;
-    running.stop().await;
-    let stored = db.check_invariants().await;
-    assert_eq!(stored, load.ok, "{name}: every 200 must be an order row");
-    let note = db.batching_note().await;
-    db.drop().await;
-    load.row(name, true, note)
+    db: BenchDb,
+    running: Running,
+    make: MakeRequest,
+    /// Slice length in units (see `Interleaved`).
+    units: u32,
+    expect: Expect,
+    load: Load,
+}
+
+async fn interleaved(bench: &Bench) -> Interleaved {
+    let mut workloads = Vec::new();
+    for (key, name, server, (stores, products, stock), units, expect) in [
+        (
+            "hot",
+            "hot (kitara)",
+            Server::Kitara,
+            (1, 1, HUGE_STOCK),
+            2,
+            Expect::Commits,
+        ),
+        (
+            "spread",
+            "spread 1,000×10 (kitara)",
+            Server::Kitara,
+            (1_000, 10, HUGE_STOCK),
+            2,
+            Expect::Commits,
+        ),
+        (
+            "storm",
+            "sold-out storm (kitara)",
+            Server::Kitara,
+            (1, 1, 0),
+            1,
+            Expect::AllRefused,
+        ),
+        (
+            "ceiling",
+            "ceiling GET /healthz",
+            Server::Kitara,
+            (1, 1, 0),
+            1,
+            Expect::Nothing,
+        ),
+        (
+            "hot-row-lock",
+            "hot (row-lock)",
+            Server::RowLock,
+            (1, 1, HUGE_STOCK),
+            2,
+            Expect::Commits,
+        ),
+        (
+            "spread-row-lock",
+            "spread 1,000×10 (row-lock)",
+            Server::RowLock,
+            (1_000, 10, HUGE_STOCK),
+            2,
+            Expect::Commits,
+        ),
+    ] {
+        if !bench.selected(key) {
+            continue;
+        }
+        let db = BenchDb::create(bench, stores, products, stock).await;
+        let running = Running::start(&db, server).await;
+        let catalog = stores * products;
+        let make: MakeRequest = if expect == Expect::Nothing {
+            Arc::new(|_: &mut Rng| {
+                Some(
+                    Request::get("/healthz")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+            })
+        } else {
+            Arc::new(move |rng: &mut Rng| {
+                Some(lock_request(rng.below(USERS) + 1, rng.below(catalog) + 1))
+            })
+        };
+        workloads.push(Sliced {
+            key,
+            name,
+            db,
+            running,
+            make,
+            units,
+            expect,
+            load: Load::default(),
+        });
+    }
+
+    let unit = bench.duration() / (2 * bench.rounds());
+    for _ in 0..bench.rounds() {
+        for workload in &mut workloads {
+            let slice = drive(
+                workload.running.addr,
+                unit * workload.units,
+                workload.make.clone(),
+            )
+            .await;
+            workload.load.then(slice);
+        }
+    }
+    let rss = rss_mib();
+
+    let mut rows = BTreeMap::new();
+    for Sliced {
+        key,
+        name,
+        db,
+        running,
+        expect,
+        load,
+        ..
+    } in workloads
+    {
+        running.stop().await;
+        let note = match expect {
+            Expect::Commits => {
+                let stored = db.check_invariants().await;
+                assert_eq!(stored, load.ok, "{name}: every 200 must be an order row");
+                db.batching_note().await
+            }
+            Expect::AllRefused => {
+                let stored = db.check_invariants().await;
+                assert_eq!((stored, load.ok), (0, 0), "{name}: nothing may be sold");
+                assert_eq!(load.other, 0, "{name}: every answer a not-available 400");
+                "answers/s, all 400".into()
+            }
+            Expect::Nothing => "answers/s".into(),
+        };
+        db.drop().await;
+        rows.insert(key, load.row(name, expect == Expect::Commits, note));
+    }
+    Interleaved { rows, rss }
 }
 
 /// One product with 10,000 units: time until they are gone, and exactly 10,000 sold.
@@ -348,58 +470,6 @@ async fn sell_out(bench: &Bench) -> Row {
         sold_out_in
     );
     row
-}
-
-/// 1,000 stores × 10 products, orders of one unit of a random product.
-async fn spread(bench: &Bench, server: Server) -> Row {
-    let name = match server {
-        Server::Kitara => "spread 1,000×10 (kitara)",
-        Server::RowLock => "spread 1,000×10 (row-lock)",
-    };
-    committed_orders(bench, server, name, 1_000, 10).await
-}
-
-/// Every order refused: the product is sold out.
-async fn storm(bench: &Bench) -> Row {
-    let db = BenchDb::create(bench, 1, 1, 0).await;
-    let running = Running::start(&db, Server::Kitara).await;
-    let load = drive(
-        running.addr,
-        bench.duration() / 2,
-        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
-    )
-    .await;
-    running.stop().await;
-    let stored = db.check_invariants().await;
-    assert_eq!((stored, load.ok), (0, 0), "storm: nothing may be sold");
-    assert_eq!(load.other, 0, "storm: every answer a not-available 400");
-    db.drop().await;
-    load.row(
-        "sold-out storm (kitara)",
-        false,
-        "answers/s, all 400".into(),
-    )
-}
-
-/// `GET /healthz` of the same server: the front end's own ceiling here.
-async fn ceiling(bench: &Bench) -> Row {
-    let db = BenchDb::create(bench, 1, 1, 0).await;
-    let running = Running::start(&db, Server::Kitara).await;
-    let load = drive(
-        running.addr,
-        bench.duration() / 2,
-        Arc::new(|_: &mut Rng| {
-            Some(
-                Request::get("/healthz")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-        }),
-    )
-    .await;
-    running.stop().await;
-    db.drop().await;
-    load.row("ceiling GET /healthz", false, "answers/s".into())
 }
 
 /// Batches shaped like the writer's under the hot workload, written back to back by
@@ -498,12 +568,28 @@ struct Load {
 }
 
 impl Load {
+    /// Adds the answers of connections that ran at the same time.
     fn merge(&mut self, other: Load) {
         self.ok += other.ok;
         self.refused += other.refused;
         self.other += other.other;
         self.last_ok = self.last_ok.max(other.last_ok);
         self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// Appends a later slice of the same workload: times and CPU add up.
+    fn then(&mut self, next: Load) {
+        let before = self.elapsed;
+        self.elapsed += next.elapsed;
+        self.cpu = match (self.cpu.take(), next.cpu) {
+            (Some(a), Some(b)) => Some(a.add(b)),
+            (a, b) if before.is_zero() => b.or(a),
+            _ => None,
+        };
+        self.merge(Load {
+            last_ok: before + next.last_ok,
+            ..next
+        });
     }
 
     fn row(mut self, name: &'static str, commits: bool, note: String) -> Row {
@@ -1023,9 +1109,20 @@ struct CpuClock {
     idle: f64,
 }
 
-/// CPU used between two readings; `per` turns it into microseconds per answer.
+/// CPU used between two readings, in seconds; `per` turns it into microseconds per
+/// answer.
 #[derive(Clone, Copy)]
 struct CpuUse {
+    process: f64,
+    database: Option<f64>,
+    /// Idle core-seconds, and the core-seconds the machine had in all.
+    idle: f64,
+    capacity: f64,
+}
+
+/// CPU per counted answer, as the table shows it.
+#[derive(Clone, Copy)]
+struct PerAnswer {
     process: f64,
     database: Option<f64>,
     /// Fraction of the machine's cores that sat idle.
@@ -1048,23 +1145,31 @@ impl CpuClock {
     fn used(self) -> Option<CpuUse> {
         let now = CpuClock::now()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let wall = (now.at - self.at).as_secs_f64();
         Some(CpuUse {
             process: now.process - self.process,
             database: now.database.zip(self.database).map(|(b, a)| b - a),
-            idle: ((now.idle - self.idle) / (wall * cores)).clamp(0.0, 1.0),
+            idle: now.idle - self.idle,
+            capacity: (now.at - self.at).as_secs_f64() * cores,
         })
     }
 }
 
 impl CpuUse {
-    /// Microseconds per answer (the idle share stays a fraction).
-    fn per(self, answers: u64) -> CpuUse {
-        let per = |seconds: f64| seconds * 1e6 / answers.max(1) as f64;
+    fn add(self, other: CpuUse) -> CpuUse {
         CpuUse {
+            process: self.process + other.process,
+            database: self.database.zip(other.database).map(|(a, b)| a + b),
+            idle: self.idle + other.idle,
+            capacity: self.capacity + other.capacity,
+        }
+    }
+
+    fn per(self, answers: u64) -> PerAnswer {
+        let per = |seconds: f64| seconds * 1e6 / answers.max(1) as f64;
+        PerAnswer {
             process: per(self.process),
             database: self.database.map(per),
-            idle: self.idle,
+            idle: (self.idle / self.capacity).clamp(0.0, 1.0),
         }
     }
 }
