@@ -232,6 +232,18 @@ async fn content_type_size_and_json_are_checked_first(backend: Backend) {
             .await;
         assert_refused(status, &body, StatusCode::BAD_REQUEST, "JSON object");
     }
+    // Not UTF-8, even if only in a field Kitara would ignore: not JSON either.
+    let not_utf8: &'static [u8] =
+        b"{\"user_id\":2,\"note\":\"\xff\",\"products\":[{\"product_id\":1,\"quantity\":1}]}";
+    let (status, _, body) = app
+        .request(
+            Method::POST,
+            "/api/v1/order/lock",
+            Some("application/json"),
+            not_utf8,
+        )
+        .await;
+    assert_refused(status, &body, StatusCode::BAD_REQUEST, "JSON object");
 
     assert_eq!(db.snapshot().await, before);
     assert_a_valid_order_still_works(&app, &db).await;
