@@ -214,12 +214,16 @@ async fn lock_order(
 /// time. A declared length over the limit is refused before the body is read.
 async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
     let (parts, mut body) = request.into_parts();
-    let json = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    // Exactly one Content-Type: with several, which one the client meant is a guess.
+    let mut content_types = parts.headers.get_all(CONTENT_TYPE).iter();
+    let json = match (content_types.next(), content_types.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json")),
+        _ => false,
+    };
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)

@@ -476,6 +476,19 @@ async fn raw_tcp_abuse_is_answered_and_changes_nothing(backend: Backend) {
     let raw = app.raw(&bytes).await;
     assert_eq!(status_of(&raw), Some(400), "{raw}");
 
+    // Two Content-Types that disagree: which one is meant is anyone's guess.
+    let body = order(2, &[(1, 1)]).to_string();
+    let raw = app
+        .raw(
+            format!(
+                "{head}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(status_of(&raw), Some(415), "{raw}");
+
     // Garbage that is not HTTP: hyper answers it itself and closes.
     let raw = app.raw(b"\x00\x01\x02 nonsense\r\n\r\n").await;
     assert!(raw.is_empty() || status_of(&raw) == Some(400), "{raw}");
