@@ -7,7 +7,11 @@
 //! same result (a property test below checks this), so all the judging lives in
 //! `parse_checked`.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::domain::{LockOrder, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
@@ -22,17 +26,80 @@ pub fn parse_lock_order(body: &[u8]) -> Result<LockOrder, ApiError> {
 }
 
 /// A body of the expected shape; serde refuses a float, a string or a boolean where an
-/// `i64` is expected, and ignores unknown fields, as `parse_checked` does.
-#[derive(Deserialize)]
+/// `i64` is expected, and unknown fields are skipped, as `parse_checked` ignores them.
 struct Body {
     user_id: i64,
     products: Vec<Line>,
 }
 
-#[derive(Deserialize)]
 struct Line {
     product_id: i64,
     quantity: i64,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (user_id, products) =
+            deserializer.deserialize_map(Object::new(["user_id", "products"]))?;
+        Ok(Body { user_id, products })
+    }
+}
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (product_id, quantity) =
+            deserializer.deserialize_map(Object::new(["product_id", "quantity"]))?;
+        Ok(Line {
+            product_id,
+            quantity,
+        })
+    }
+}
+
+/// Reads a JSON object with two required fields and skips the others. Not serde's derive:
+/// a derived struct also accepts an array of its fields (`[2, [[1, 1]]]`), which is not
+/// the JSON object rule 1 asks for. A repeated field, or a key with escapes, fails the
+/// shortcut and leaves the verdict to `parse_checked`.
+struct Object<X, Y> {
+    names: [&'static str; 2],
+    fields: PhantomData<(X, Y)>,
+}
+
+impl<X, Y> Object<X, Y> {
+    fn new(names: [&'static str; 2]) -> Self {
+        Self {
+            names,
+            fields: PhantomData,
+        }
+    }
+}
+
+impl<'de, X: Deserialize<'de>, Y: Deserialize<'de>> Visitor<'de> for Object<X, Y> {
+    type Value = (X, Y);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an object with {} and {}", self.names[0], self.names[1])
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(X, Y), M::Error> {
+        let [first_name, second_name] = self.names;
+        let (mut first, mut second) = (None, None);
+        while let Some(key) = map.next_key::<&str>()? {
+            if key == first_name && first.is_none() {
+                first = Some(map.next_value()?);
+            } else if key == second_name && second.is_none() {
+                second = Some(map.next_value()?);
+            } else if key == first_name || key == second_name {
+                return Err(de::Error::custom("a field appears twice"));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok((
+            first.ok_or_else(|| de::Error::missing_field(first_name))?,
+            second.ok_or_else(|| de::Error::missing_field(second_name))?,
+        ))
+    }
 }
 
 /// The order, if the body is well formed and every rule up to merging holds; `None`
@@ -178,6 +245,16 @@ mod tests {
     }
 
     #[test]
+    fn an_array_is_not_an_object() {
+        assert!(message("[2,[[1,2],[2,1]]]").contains("JSON object"));
+        assert!(message(r#"[2,[{"product_id":1,"quantity":1}]]"#).contains("JSON object"));
+        assert!(
+            message(r#"{"user_id":2,"products":[[1,2]]}"#)
+                .contains("products[0] must be an object")
+        );
+    }
+
+    #[test]
     fn a_well_formed_body_takes_the_shortcut() {
         let body = br#"{"user_id":2,"products":[{"product_id":1,"quantity":2},{"product_id":2,"quantity":1}]}"#;
         let order = parse_well_formed(body).expect("a well-formed body is read directly");
@@ -215,13 +292,17 @@ mod tests {
             format!("{{{}}}", fields.join(","))
         }
 
+        /// A line as an object, or as an array of its values (which is not a line).
         fn line() -> impl Strategy<Value = String> {
             let key = prop_oneof![
                 4 => Just("product_id"),
                 4 => Just("quantity"),
                 1 => Just("note"),
             ];
-            prop::collection::vec((key.prop_map(str::to_owned), scalar()), 0..4).prop_map(object)
+            prop_oneof![
+                6 => prop::collection::vec((key.prop_map(str::to_owned), scalar()), 0..4).prop_map(object),
+                1 => (scalar(), scalar()).prop_map(|(p, q)| format!("[{p},{q}]")),
+            ]
         }
 
         fn products() -> impl Strategy<Value = String> {
@@ -241,13 +322,17 @@ mod tests {
                 12 => prop::collection::vec(entry, 0..4).prop_map(object),
                 1 => Just("[]".to_owned()),
                 1 => Just("{\"user_id\":1,".to_owned()),
+                // The fields' values in an array, as a derived serde struct would take them.
+                2 => (scalar(), products()).prop_map(|(u, p)| format!("[{u},{p}]")),
             ]
         }
 
         /// A body shaped like a real order, so that the shortcut is often taken.
         fn plausible_body() -> impl Strategy<Value = String> {
-            let line = (scalar(), scalar())
-                .prop_map(|(p, q)| format!("{{\"product_id\":{p},\"quantity\":{q}}}"));
+            let line = (scalar(), scalar(), 0..8).prop_map(|(p, q, shape)| match shape {
+                0 => format!("[{p},{q}]"),
+                _ => format!("{{\"product_id\":{p},\"quantity\":{q}}}"),
+            });
             (scalar(), prop::collection::vec(line, 0..4)).prop_map(|(user, lines)| {
                 format!("{{\"user_id\":{user},\"products\":[{}]}}", lines.join(","))
             })
@@ -257,9 +342,16 @@ mod tests {
         fn valid_body() -> impl Strategy<Value = String> {
             let line = (1i64..20, 1i64..5)
                 .prop_map(|(p, q)| format!("{{\"product_id\":{p},\"quantity\":{q}}}"));
-            (1i64..5, prop::collection::vec(line, 1..4)).prop_map(|(user, lines)| {
-                format!("{{\"user_id\":{user},\"products\":[{}]}}", lines.join(","))
-            })
+            (1i64..5, prop::collection::vec(line, 1..4), any::<bool>()).prop_map(
+                |(user, lines, as_array)| {
+                    let lines = lines.join(",");
+                    if as_array {
+                        format!("[{user},[{lines}]]")
+                    } else {
+                        format!("{{\"user_id\":{user},\"products\":[{lines}]}}")
+                    }
+                },
+            )
         }
 
         /// A body's bytes, sometimes with an unknown field whose string is not UTF-8.

@@ -221,6 +221,9 @@ async fn content_type_size_and_json_are_checked_first(backend: Backend) {
         "{",
         "{\"user_id\":2} {}",
         "{'user_id':2}",
+        // An order's values in an array, in the order of its fields.
+        "[2,[[1,1]]]",
+        "[2,[{\"product_id\":1,\"quantity\":1}]]",
     ] {
         let (status, _, body) = app
             .request(
