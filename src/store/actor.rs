@@ -113,8 +113,10 @@ impl StoreActor {
                     self.decide(attempts.collect()).await;
                 }
                 // While the stock is unknown, keep trying to reload it, so the store is
-                // ready again soon after the database is, even before the next order.
-                () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() => {
+                // ready again soon after the database is, even before the next order. Not
+                // once the mailbox is closed: a store that is shutting down has nothing to
+                // serve, and must not wait for the database to come back.
+                () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() && open => {
                     self.reload_if_due().await;
                 }
                 else => break,
@@ -196,6 +198,13 @@ impl StoreActor {
                 }
                 PersistError::Refused if reloaded => attempt.answer(Err(LockError::Conflict)),
                 PersistError::Refused | PersistError::Unavailable => {
+                    if !reloaded {
+                        // Nothing of it committed, and memory, not replaced by a reload,
+                        // still counts its reservation: give it back, or the published
+                        // stock would turn orders away for units nobody bought.
+                        self.book.release(attempt.order.lines());
+                        self.publish(attempt.order.lines().iter().map(|l| l.product));
+                    }
                     attempt.answer(Err(LockError::Unavailable))
                 }
                 PersistError::OutcomeUnknown => attempt.answer(Err(LockError::OutcomeUnknown)),

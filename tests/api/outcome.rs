@@ -166,6 +166,20 @@ mod mysql {
             outcome_unknown().await;
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn orders_that_failed_while_unreachable_hold_no_stock_mysql() {
+        if Backend::Mysql.available() {
+            failed_orders_hold_no_stock().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_cannot_reload_does_not_hold_up_shutdown_mysql() {
+        if Backend::Mysql.available() {
+            shutdown_while_unreachable().await;
+        }
+    }
 }
 
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
@@ -234,6 +248,63 @@ async fn outcome_unknown() {
     assert_eq!(db.stocks().await[&1], 9);
     assert_eq!(app.listed_stocks().await, db.stocks().await);
     app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// An order that failed because the database was unreachable committed nothing, so it
+/// must not keep its units reserved while the store waits for the database: they stay
+/// listed, and a larger order is answered 503 (database unavailable), not "not
+/// available".
+async fn failed_orders_hold_no_stock() {
+    let (db, proxy, app) = through_proxy(500).await;
+    let before = db.snapshot().await;
+    let listed = app.listed_stocks().await;
+    assert_eq!(listed[&1], 10);
+    proxy.blackout(true);
+
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["message"], "database unavailable");
+
+    assert_eq!(
+        app.listed_stocks().await,
+        listed,
+        "no units held by a failed order"
+    );
+    let (status, body) = app.lock(&order(2, &[(1, 9)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    proxy.blackout(false);
+    let mut served = None;
+    for _ in 0..50 {
+        let (status, body) = app.lock(&order(2, &[(1, 9)])).await;
+        if status == StatusCode::OK {
+            served = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = served.expect("Kitara serves again once the database is back");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(db.stocks().await[&1], 1);
+    assert_ne!(db.snapshot().await, before);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// A store whose stock is unknown (its reload failed) keeps retrying the reload while it
+/// serves; shutting down must not wait for the database to come back.
+async fn shutdown_while_unreachable() {
+    let (db, proxy, app) = through_proxy(500).await;
+    proxy.cut_next_commit(Cut::InsteadOfCommitThenBlackout);
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("Kitara stops although the database is still unreachable");
     drop(proxy);
     db.drop_database().await;
 }
