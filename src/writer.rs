@@ -9,7 +9,8 @@
 //! which never block, so there is no cycle of bounded channels.
 //!
 //! When the database refuses a batch, its orders are written again one per transaction,
-//! so that only the orders the database really refuses fail. When the connection dies
+//! so that only the orders the database really refuses fail, unless the database turns
+//! out to be unreachable, which fails the rest at once. When the connection dies
 //! during COMMIT, the transaction's token tells whether it committed.
 //!
 //! The writer decides nothing about stock: it only persists decisions, so "only a store
@@ -208,15 +209,25 @@ impl Writer {
         let outcomes: Vec<Result<Committed, PersistError>> = match self.write(&orders).await {
             Ok(committed) => committed.into_iter().map(Ok).collect(),
             // One order the database refuses must not sink the others of the batch:
-            // write each on its own, so that only the refused ones fail.
+            // write each on its own, so that only the refused ones fail. Once the
+            // database turns out to be unreachable, the rest fail at once (nothing of
+            // them committed) instead of each waiting for it in turn.
             Err(PersistError::Refused) if orders.len() > 1 => {
                 let mut outcomes = Vec::with_capacity(orders.len());
+                let mut unreachable = false;
                 for order in &orders {
-                    outcomes.push(
+                    let outcome = if unreachable {
+                        Err(PersistError::Unavailable)
+                    } else {
                         self.write(std::slice::from_ref(order))
                             .await
-                            .map(|mut c| c.remove(0)),
+                            .map(|mut c| c.remove(0))
+                    };
+                    unreachable = matches!(
+                        outcome,
+                        Err(PersistError::Unavailable | PersistError::OutcomeUnknown)
                     );
+                    outcomes.push(outcome);
                 }
                 outcomes
             }

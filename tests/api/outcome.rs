@@ -26,11 +26,22 @@ enum Cut {
     InsteadOfCommitThenBlackout,
 }
 
+/// Holds the first batch statement back for a moment, so that the orders sent meanwhile
+/// queue up for the next batch; turns that next batch into a statement the server
+/// refuses; then makes the database unreachable.
+const HOLD_THEN_REFUSE_THEN_BLACKOUT: usize = 2;
+
 #[derive(Default)]
 struct ProxyState {
     cut: Option<Cut>,
+    /// Batch statements (`INSERT INTO orders`) left to hold back and then refuse; see
+    /// `HOLD_THEN_REFUSE_THEN_BLACKOUT`.
+    refuse_plan: usize,
     /// While set, every connection is cut and new ones are refused.
     blackout: bool,
+    /// The task that accepts connections: aborting it closes the port, so that
+    /// connecting fails with "connection refused", as when the server is down.
+    accepting: Option<tokio::task::AbortHandle>,
     pipes: Vec<JoinHandle<()>>,
 }
 
@@ -58,11 +69,16 @@ impl Proxy {
                 shared.lock().unwrap().pipes.push(pipe);
             }
         });
+        state.lock().unwrap().accepting = Some(task.abort_handle());
         Proxy { port, state, task }
     }
 
     fn cut_next_commit(&self, cut: Cut) {
         self.state.lock().unwrap().cut = Some(cut);
+    }
+
+    fn hold_then_refuse_then_blackout(&self) {
+        self.state.lock().unwrap().refuse_plan = HOLD_THEN_REFUSE_THEN_BLACKOUT;
     }
 
     fn blackout(&self, on: bool) {
@@ -100,6 +116,39 @@ async fn pipe(client: TcpStream, upstream: String, state: Arc<Mutex<ProxyState>>
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let chunk = &mut buf[..n];
+        if chunk.windows(18).any(|w| w == b"INSERT INTO orders") {
+            let step = {
+                let mut state = state.lock().unwrap();
+                let step = state.refuse_plan;
+                state.refuse_plan = step.saturating_sub(1);
+                step
+            };
+            if step == 2 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            } else if step == 1 && chunk.len() > 5 {
+                // Same packet length, other text: the server answers with an error.
+                let text = b"SELECT * FROM kitara_no_such_table";
+                let sql = &mut chunk[5..];
+                sql.fill(b' ');
+                let end = text.len().min(sql.len());
+                sql[..end].copy_from_slice(&text[..end]);
+                // The refusal still reaches Kitara; whatever any connection sends
+                // after it is not passed on, and the port closes.
+                if server_write.write_all(chunk).await.is_err() {
+                    break;
+                }
+                let mut state = state.lock().unwrap();
+                state.blackout = true;
+                if let Some(accepting) = state.accepting.take() {
+                    accepting.abort();
+                }
+                continue;
+            }
+        }
+        if state.lock().unwrap().blackout {
+            break;
+        }
         let chunk = &buf[..n];
         let is_commit = chunk.windows(7).any(|w| w == b"\x03COMMIT");
         let cut = if is_commit {
@@ -175,6 +224,13 @@ mod mysql {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql() {
+        if Backend::Mysql.available() {
+            refused_batch_then_unreachable().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_that_cannot_reload_does_not_hold_up_shutdown_mysql() {
         if Backend::Mysql.available() {
             shutdown_while_unreachable().await;
@@ -183,7 +239,13 @@ mod mysql {
 }
 
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
+    through_proxy_after(deadline_ms, "SELECT 1").await
+}
+
+/// Like `through_proxy`, with `setup` run on the database before Kitara starts.
+async fn through_proxy_after(deadline_ms: u64, setup: &str) -> (TestDb, Proxy, TestApp) {
     let db = TestDb::with_demo_data(Backend::Mysql).await;
+    db.exec(setup).await;
     let (server, name) = db.url.rsplit_once('/').unwrap();
     let upstream = server.rsplit('@').next().unwrap().to_owned();
     let proxy = Proxy::start(upstream).await;
@@ -305,6 +367,53 @@ async fn shutdown_while_unreachable() {
     tokio::time::timeout(Duration::from_secs(5), app.stop())
         .await
         .expect("Kitara stops although the database is still unreachable");
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// A batch the database refuses is written again order by order, so that only the
+/// refused orders fail. If the database is unreachable by then, every further order
+/// would wait out the pool's timeout in turn: the first such failure must end the
+/// attempt for the rest of the batch.
+async fn refused_batch_then_unreachable() {
+    const ORDERS: usize = 20;
+    let (db, proxy, app) = through_proxy_after(
+        500,
+        "UPDATE products SET current_stock = 100 WHERE id IN (1, 2)",
+    )
+    .await;
+    proxy.hold_then_refuse_then_blackout();
+    let app = Arc::new(app);
+
+    let started = std::time::Instant::now();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.lock(&order(2, &[(1, 1)])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest: Vec<_> = (0..ORDERS - 1)
+        .map(|i| {
+            let app = app.clone();
+            let product = 1 + (i % 2) as i64;
+            tokio::spawn(async move { app.lock(&order(2, &[(product, 1)])).await })
+        })
+        .collect();
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for answer in rest {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    // With the pool's timeout at 300 ms, waiting for it order by order takes over 5 s.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(3_500), "took {took:?}");
+
+    // Only the first order was stored.
+    assert_eq!(db.count("orders").await, 1);
+    let Ok(app) = Arc::try_unwrap(app) else {
+        panic!("the app is still shared");
+    };
+    app.stop().await;
     drop(proxy);
     db.drop_database().await;
 }
