@@ -361,20 +361,31 @@ impl Writer {
         // attempt discards one, so the first few retries go without a pause.
         let mut quick_retries = 4;
         loop {
-            match load::token_committed(&self.db, token).await {
-                Ok(true) => {
+            // The deadline bounds each lookup too: one can wait for the row lock of a
+            // transaction the server has not finished (its session outlived the
+            // connection Kitara lost), or for a connection that no longer answers.
+            let lookup = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(deadline),
+                load::token_committed(&self.db, token),
+            );
+            match lookup.await {
+                Ok(Ok(true)) => {
                     tracing::info!(token, "the transaction committed after all");
                     return Ok(());
                 }
-                Ok(false) => {
+                Ok(Ok(false)) => {
                     tracing::info!(token, "the transaction did not commit");
                     return Err(PersistError::Unavailable);
                 }
-                Err(e) if Instant::now() >= deadline => {
+                Err(_) => {
+                    tracing::error!(token, "outcome unknown: the lookup outlasted the deadline");
+                    return Err(PersistError::OutcomeUnknown);
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => {
                     tracing::error!(error = %e, token, "outcome unknown past the deadline");
                     return Err(PersistError::OutcomeUnknown);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, token, "cannot look the outcome up yet");
                     if quick_retries > 0 {
                         quick_retries -= 1;

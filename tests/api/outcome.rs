@@ -24,7 +24,13 @@ enum Cut {
     /// Like `InsteadOfCommit`, and from then on the database is unreachable: every
     /// connection is cut and new ones are refused.
     InsteadOfCommitThenBlackout,
+    /// Cut the client's connection at the next COMMIT without passing it on, but keep
+    /// the server's side open for `HELD_FOR`: the server's session stays in its
+    /// transaction, holding its locks, then rolls back.
+    HoldCommit,
 }
+
+const HELD_FOR: Duration = Duration::from_secs(3);
 
 /// Holds the first batch statement back for a moment, so that the orders sent meanwhile
 /// queue up for the next batch; turns that next batch into a statement the server
@@ -178,6 +184,14 @@ async fn pipe(client: TcpStream, upstream: String, state: Arc<Mutex<ProxyState>>
                 back.abort();
                 return;
             }
+            Cut::HoldCommit => {
+                back.abort();
+                tokio::spawn(async move {
+                    tokio::time::sleep(HELD_FOR).await;
+                    drop(server_write);
+                });
+                return;
+            }
             Cut::InsteadOfCommitThenBlackout => {
                 back.abort();
                 let mut state = state.lock().unwrap();
@@ -213,6 +227,13 @@ mod mysql {
     async fn an_unreachable_database_answers_outcome_unknown_then_recovers_mysql() {
         if Backend::Mysql.available() {
             outcome_unknown().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_that_waits_on_a_lock_ends_at_the_deadline_mysql() {
+        if Backend::Mysql.available() {
+            lookup_bounded_by_deadline().await;
         }
     }
 
@@ -413,6 +434,46 @@ async fn refused_batch_then_unreachable() {
     let Ok(app) = Arc::try_unwrap(app) else {
         panic!("the app is still shared");
     };
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// The connection dies with the COMMIT unsent while the server's session lives on in its
+/// transaction: looking the token up waits for that transaction's lock. The answer must
+/// still come by the outcome deadline (503 `order outcome unknown`), and once the
+/// session is gone the store serves again from what the database holds.
+async fn lookup_bounded_by_deadline() {
+    let (db, proxy, app) = through_proxy(500).await;
+    let before = db.snapshot().await;
+    proxy.cut_next_commit(Cut::HoldCommit);
+
+    let started = std::time::Instant::now();
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["message"], "order outcome unknown");
+    assert!(
+        took < HELD_FOR - Duration::from_millis(500),
+        "took {took:?}"
+    );
+
+    // The held session rolls back when its connection closes.
+    tokio::time::sleep(HELD_FOR).await;
+    assert_eq!(db.snapshot().await, before);
+    let mut served = None;
+    for _ in 0..50 {
+        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
+        if status == StatusCode::OK {
+            served = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = served.expect("Kitara serves again");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(db.stocks().await[&1], 9);
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
