@@ -12,6 +12,14 @@ pub enum StartupError {
         "the database schema is missing or behind ({pending} pending migration(s)): run `kitara migrate` first"
     )]
     SchemaBehind { pending: usize },
+    #[error(
+        "KITARA_DB_POOL_SIZE is {pool}, but {writers} writer(s) need at least {needed} connections: two each (the transaction in flight and the next one, opened ahead) and two for stock reloads and lookups"
+    )]
+    PoolTooSmall {
+        pool: u32,
+        writers: u32,
+        needed: u32,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]

@@ -35,6 +35,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let db = db::connect(&settings.database).await?;
         db::prepare_for_serve(&db).await?;
+        if db.get_database_backend() == DbBackend::MySql {
+            enough_connections(settings.database.db_pool_size, settings.writers)?;
+        }
 
         let catalog = Catalog::new(load::products(&db).await?);
         let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
@@ -152,6 +155,22 @@ async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
+}
+
+/// On MySQL every writer holds a pooled connection for its transaction in flight and one
+/// for the next transaction, opened ahead; stock reloads, user lookups and outcome
+/// lookups need connections besides. With fewer, writers could hold the whole pool and
+/// every store would stall on its next reload.
+fn enough_connections(pool: u32, writers: u32) -> Result<(), StartupError> {
+    let needed = 2 * writers + 2;
+    if pool < needed {
+        return Err(StartupError::PoolTooSmall {
+            pool,
+            writers,
+            needed,
+        });
+    }
+    Ok(())
 }
 
 /// The Tokio runtime `kitara serve` runs on: `worker_threads` threads, or one per core

@@ -9,3 +9,4 @@ mod contract;
 mod durability;
 mod outcome;
 mod reconcile;
+mod startup;
