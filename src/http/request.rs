@@ -1,18 +1,19 @@
 //! Parsing the lock-order body (rules 1 to 3 of the judging order) into a `LockOrder`.
 //!
 //! A well-formed body is read straight into integers (`Body`). Any other body is read
-//! again as a `serde_json::Value`, so that every rule can name the field it is about and
-//! `2.0`, `1e2`, `"2"` and `true` are told apart from integers. The first reading is
+//! again field by field, values kept as raw JSON text, so that every rule can name the
+//! field it is about and `2.0`, `1e2`, `"2"` and `true` are told apart from integers. The first reading is
 //! only a shortcut: it accepts a body only if the second would accept it too, with the
 //! same result (a property test below checks this), so all the judging lives in
 //! `parse_checked`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use crate::domain::{LockOrder, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
 
@@ -122,20 +123,21 @@ fn parse_well_formed(body: &[u8]) -> Option<LockOrder> {
 }
 
 /// Judges any body by rules 1 to 3, naming the field a refusal is about.
+///
+/// Values are kept as raw JSON text until a rule looks at them, so that a number no
+/// float can hold (`1e400`, four hundred digits) is judged where it stands: as a field
+/// that is not an integer in range, or as an unknown field, ignored.
 fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| bad("request body must be one JSON object"))?;
-    let Value::Object(object) = value else {
-        return Err(bad("request body must be one JSON object"));
-    };
+    let not_an_object = || bad("request body must be one JSON object");
+    let text = std::str::from_utf8(body).map_err(|_| not_an_object())?;
+    let object: Fields<'_> = serde_json::from_str(text).map_err(|_| not_an_object())?;
 
     let user_id = required(&object, "user_id")?;
     let products = required(&object, "products")?;
     let user = UserId(integer(user_id, "user_id")?);
 
-    let Value::Array(lines) = products else {
-        return Err(bad("products must be an array"));
-    };
+    let lines: Vec<&RawValue> =
+        serde_json::from_str(products.get()).map_err(|_| bad("products must be an array"))?;
     if lines.is_empty() {
         return Err(bad("products must not be empty"));
     }
@@ -146,12 +148,11 @@ fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
     }
     let mut parsed = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
-        let Value::Object(line) = line else {
-            return Err(bad(&format!("products[{i}] must be an object")));
-        };
-        let product_id = required(line, "product_id")
+        let line: Fields<'_> = serde_json::from_str(line.get())
+            .map_err(|_| bad(&format!("products[{i}] must be an object")))?;
+        let product_id = required(&line, "product_id")
             .map_err(|_| bad(&format!("products[{i}].product_id is required")))?;
-        let quantity = required(line, "quantity")
+        let quantity = required(&line, "quantity")
             .map_err(|_| bad(&format!("products[{i}].quantity is required")))?;
         let product = integer(product_id, &format!("products[{i}].product_id"))?;
         let quantity = integer(quantity, &format!("products[{i}].quantity"))?;
@@ -161,23 +162,26 @@ fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
     LockOrder::new(user, parsed).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// A JSON object's fields as raw JSON text; of a repeated key, the last one counts.
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
 fn bad(message: &str) -> ApiError {
     ApiError::BadRequest(message.to_owned())
 }
 
 /// A field that must be present and not null.
-fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, ApiError> {
+fn required<'a>(object: &Fields<'a>, field: &str) -> Result<&'a RawValue, ApiError> {
     match object.get(field) {
-        None | Some(Value::Null) => Err(bad(&format!("{field} is required"))),
-        Some(value) => Ok(value),
+        Some(value) if value.get() != "null" => Ok(value),
+        _ => Err(bad(&format!("{field} is required"))),
     }
 }
 
 /// An integer in `1..=MAX_QUANTITY`: not a string, a boolean, or a number written with a
-/// fraction or an exponent (`2.0`, `1e2`).
-fn integer(value: &Value, field: &str) -> Result<i64, ApiError> {
-    match value.as_i64() {
-        Some(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
+/// fraction or an exponent (`2.0`, `1e2`), nor one too large for any integer type.
+fn integer(value: &RawValue, field: &str) -> Result<i64, ApiError> {
+    match serde_json::from_str::<i64>(value.get()) {
+        Ok(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
         _ => Err(bad(&format!(
             "{field} must be an integer between 1 and {MAX_QUANTITY}"
         ))),
@@ -245,6 +249,31 @@ mod tests {
     }
 
     #[test]
+    fn numbers_no_float_can_hold_are_judged_where_they_stand() {
+        let huge = format!("1{}", "0".repeat(400));
+        for n in ["1e400", "-1e400", huge.as_str()] {
+            let body = format!(r#"{{"user_id":2,"products":[{{"product_id":1,"quantity":{n}}}]}}"#);
+            assert!(message(&body).contains("products[0].quantity"), "{n}");
+            let body = format!(r#"{{"user_id":{n},"products":[{{"product_id":1,"quantity":1}}]}}"#);
+            assert!(message(&body).contains("user_id"), "{n}");
+            // In a field Kitara does not know, it is ignored like any other value.
+            let body = format!(
+                r#"{{"user_id":2,"note":{n},"products":[{{"product_id":1,"quantity":1}}]}}"#
+            );
+            assert!(parse_lock_order(body.as_bytes()).is_ok(), "{n}");
+            let body = format!(
+                r#"{{"user_id":2,"note":{n},"products":[{{"product_id":1,"quantity":0}}]}}"#
+            );
+            assert!(message(&body).contains("products[0].quantity"), "{n}");
+        }
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"user_id":2,"note":{deep},"products":[{{"product_id":1,"quantity":0}}]}}"#
+        );
+        assert!(message(&body).contains("products[0].quantity"));
+    }
+
+    #[test]
     fn an_array_is_not_an_object() {
         assert!(message("[2,[[1,2],[2,1]]]").contains("JSON object"));
         assert!(message(r#"[2,[{"product_id":1,"quantity":1}]]"#).contains("JSON object"));
@@ -278,6 +307,8 @@ mod tests {
                 1 => Just("9223372036854775807".to_owned()),
                 1 => Just("18446744073709551616".to_owned()),
                 1 => Just("-0".to_owned()),
+                1 => Just("1e400".to_owned()),
+                1 => Just(format!("1{}", "0".repeat(400))),
                 1 => prop_oneof![Just("2.0"), Just("2.5"), Just("1e2"), Just("1E0")].prop_map(str::to_owned),
                 1 => prop_oneof![Just("\"2\""), Just("true"), Just("null"), Just("[]"), Just("{}")].prop_map(str::to_owned),
             ]
