@@ -2,10 +2,10 @@
 //!
 //! A well-formed body is read straight into integers (`Body`). Any other body is read
 //! again field by field, values kept as raw JSON text, so that every rule can name the
-//! field it is about and `2.0`, `1e2`, `"2"` and `true` are told apart from integers. The first reading is
-//! only a shortcut: it accepts a body only if the second would accept it too, with the
-//! same result (a property test below checks this), so all the judging lives in
-//! `parse_checked`.
+//! field it is about and `2.0`, `1e2`, `"2"` and `true` are told apart from integers.
+//! The first reading is only a shortcut: it accepts a body only if the second would
+//! accept it too, with the same result (a property test below checks this), so all the
+//! judging lives in `parse_checked`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -164,8 +164,7 @@ impl StoreActor {
             })),
             Err(_) => {
                 for attempt in accepted {
-                    self.book.release(attempt.order.lines());
-                    self.publish(attempt.order.lines().iter().map(|l| l.product));
+                    self.give_back(&attempt.order);
                     attempt.answer(Err(LockError::ShuttingDown));
                 }
             }
@@ -202,8 +201,7 @@ impl StoreActor {
                         // Nothing of it committed, and memory, not replaced by a reload,
                         // still counts its reservation: give it back, or the published
                         // stock would turn orders away for units nobody bought.
-                        self.book.release(attempt.order.lines());
-                        self.publish(attempt.order.lines().iter().map(|l| l.product));
+                        self.give_back(&attempt.order);
                     }
                     attempt.answer(Err(LockError::Unavailable))
                 }
@@ -245,6 +243,12 @@ impl StoreActor {
             Some(since) if since.elapsed() < RELOAD_INTERVAL => false,
             _ => self.reload().await,
         }
+    }
+
+    /// Returns an order's reserved units to memory: nothing of it committed.
+    fn give_back(&mut self, order: &LockOrder) {
+        self.book.release(order.lines());
+        self.publish(order.lines().iter().map(|l| l.product));
     }
 
     fn publish(&self, products: impl Iterator<Item = ProductId>) {

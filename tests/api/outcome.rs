@@ -259,6 +259,19 @@ mod mysql {
     }
 }
 
+/// Sends `body` until it is answered 200 (within five seconds) and returns that answer:
+/// once the database is back, the store reloads and serves again.
+async fn served_again(app: &TestApp, body: &serde_json::Value) -> serde_json::Value {
+    for _ in 0..50 {
+        let (status, answer) = app.lock(body).await;
+        if status == StatusCode::OK {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Kitara does not serve again once the database is back");
+}
+
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
     through_proxy_after(deadline_ms, "SELECT 1").await
 }
@@ -317,16 +330,7 @@ async fn outcome_unknown() {
 
     // Once it is back, the store reloads and serves again from the truth.
     proxy.blackout(false);
-    let mut served = None;
-    for _ in 0..50 {
-        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
-        if status == StatusCode::OK {
-            served = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = served.expect("Kitara serves again once the database is back");
+    let body = served_again(&app, &order(2, &[(1, 1)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 9);
     assert_eq!(app.listed_stocks().await, db.stocks().await);
@@ -359,16 +363,7 @@ async fn failed_orders_hold_no_stock() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 
     proxy.blackout(false);
-    let mut served = None;
-    for _ in 0..50 {
-        let (status, body) = app.lock(&order(2, &[(1, 9)])).await;
-        if status == StatusCode::OK {
-            served = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = served.expect("Kitara serves again once the database is back");
+    let body = served_again(&app, &order(2, &[(1, 9)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 1);
     assert_ne!(db.snapshot().await, before);
@@ -461,16 +456,7 @@ async fn lookup_bounded_by_deadline() {
     // The held session rolls back when its connection closes.
     tokio::time::sleep(HELD_FOR).await;
     assert_eq!(db.snapshot().await, before);
-    let mut served = None;
-    for _ in 0..50 {
-        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
-        if status == StatusCode::OK {
-            served = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = served.expect("Kitara serves again");
+    let body = served_again(&app, &order(2, &[(1, 1)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 9);
     assert_eq!(app.listed_stocks().await, db.stocks().await);
