@@ -471,7 +471,7 @@ async fn sell_out(bench: &Bench) -> Row {
 /// Kitara's own batch statement on one connection, with no HTTP and no actor: what the
 /// database alone costs per order, and how fast it goes with the machine to itself.
 async fn database_alone(bench: &Bench) -> Row {
-    use kitara::db::persist::{NewOrder, Token, write_batch};
+    use kitara::db::persist::{Batch, NewOrder, Token, write_batch};
     use kitara::domain::{OrderLine, ProductId};
 
     const BATCH: i64 = 128;
@@ -493,14 +493,19 @@ async fn database_alone(bench: &Bench) -> Row {
                 total: 1,
                 first_detail_id: id,
                 lines: &line,
+                expires_at: None,
             })
             .collect();
+        let batch = Batch {
+            orders,
+            ..Batch::default()
+        };
         let txn = db
             .conn
             .begin_with_options(kitara::db::write_transaction_options())
             .await
             .expect("begin");
-        write_batch(&txn, &orders, &Token::new(&[0, written as u128]))
+        write_batch(&txn, &batch, &Token::new(&[0, written as u128]))
             .await
             .expect("write a batch");
         txn.commit().await.expect("commit");

@@ -1,14 +1,24 @@
-//! The order desk: what happens to a validated order before and after its store actor
-//! (rules 4 to 7 of the judging order), shared by every connection.
+//! The order desk: what happens to a validated request before and after its store actor
+//! (rules 4 to 7 of the judging order for a lock; the buyer check and the status rules
+//! for a confirm or cancel), shared by every connection.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::Semaphore;
 
 use crate::catalog::Catalog;
-use crate::domain::{LockOrder, StoreId};
-use crate::store::{LockError, LockResult, StoreHandle};
+use crate::clock::Clock;
+use crate::db::keys::{self, StoredAnswer};
+use crate::db::load::{self, OrderRow};
+use crate::domain::{
+    Deadline, IdempotencyKey, Judgement, OrderId, OrderStatus, Resolution, StoreId, UserId, judge,
+};
+use crate::idempotency::InFlightKeys;
+use crate::store::{LockError, LockRequest, LockResult, ResolveError, StoreHandle};
 use crate::users::KnownUsers;
+use crate::writer::KeyRecord;
 
 pub struct AppState {
     pub catalog: Catalog,
@@ -18,10 +28,44 @@ pub struct AppState {
     /// Off only in tests that show the database guard alone stops oversell; it also
     /// turns off the sold-out fast path, which reads the same memory.
     pub memory_check: bool,
+    /// What holds are timed by.
+    pub clock: Clock,
+    /// `KITARA_HOLD_SECONDS`: how long a lock that names no `hold_seconds` holds; 0
+    /// holds until confirmed or cancelled.
+    pub default_hold_seconds: u32,
+    pub keys: InFlightKeys,
+    /// For the reads of the order endpoints and of stored answers.
+    pub db: DatabaseConnection,
+    /// Caps those reads, so that a flood of them cannot take the pool's connections
+    /// from the writer.
+    pub reads: Semaphore,
+}
+
+/// Makes the record a keyed confirm or cancel stores, from the order as it leaves it.
+pub type MakeKeyRecord = dyn Fn(&OrderRow) -> Arc<KeyRecord> + Sync;
+
+/// Where a confirm or cancel leaves the order.
+#[derive(Debug)]
+pub enum Ended {
+    /// The order as it is now: this request's change, or a harmless repeat.
+    Order { order: OrderRow, changed: bool },
+    /// The order ended otherwise and cannot change again.
+    Conflict(OrderStatus),
+    /// No such order of this buyer.
+    NotFound,
 }
 
 impl AppState {
-    pub async fn lock_order(self: &Arc<Self>, order: LockOrder) -> LockResult {
+    /// The deadline of a lock that asked for `hold_seconds` (or for the default).
+    pub fn deadline_for(&self, hold_seconds: Option<u32>) -> Option<Deadline> {
+        match hold_seconds.unwrap_or(self.default_hold_seconds) {
+            0 => None,
+            seconds => Some(self.clock.deadline_after(seconds)),
+        }
+    }
+
+    pub async fn lock_order(self: &Arc<Self>, request: LockRequest) -> LockResult {
+        let order = &request.order;
         // Rule 4: the buyer must be a known user.
         match self.users.exists(order.buyer()).await {
             Ok(true) => {}
@@ -45,7 +89,8 @@ impl AppState {
                 Some(s) if s != product.store => return Err(LockError::MixedStores),
                 Some(_) => {}
             }
-            if product.stock() >= line.quantity {
+            // A limit is judged before availability, by the actor.
+            if product.stock() >= line.quantity || product.max_per_customer.is_some() {
                 sold_out = false;
             }
         }
@@ -59,11 +104,86 @@ impl AppState {
         if self.memory_check && sold_out {
             return Err(LockError::NoneAvailable);
         }
-        // Rules 6 and 7 belong to the store's actor.
+        // Limits, availability and the write belong to the store's actor.
         let handle = match self.stores.get(&store) {
             Some(handle) => handle.clone(),
             None => return Err(LockError::ShuttingDown),
         };
-        handle.lock(order).await
+        handle.lock(request).await
+    }
+
+    /// Confirms or cancels an order of `buyer`. `key` makes the record a keyed request
+    /// stores, from the order as the change leaves it.
+    pub async fn end_order(
+        &self,
+        id: OrderId,
+        buyer: UserId,
+        resolution: Resolution,
+        key: Option<&MakeKeyRecord>,
+    ) -> Result<Ended, ResolveError> {
+        // The second pass is for a hold that ended between the read and the actor.
+        for _ in 0..2 {
+            let order = self.order(id).await.map_err(|e| {
+                tracing::warn!(error = %e, "order lookup failed");
+                ResolveError::Unavailable
+            })?;
+            let Some(mut order) = order.filter(|o| o.buyer == buyer) else {
+                return Ok(Ended::NotFound);
+            };
+            match judge(order.status, resolution) {
+                Judgement::AlreadyThere => {
+                    return Ok(Ended::Order {
+                        order,
+                        changed: false,
+                    });
+                }
+                Judgement::Conflict(status) => return Ok(Ended::Conflict(status)),
+                Judgement::Apply => {}
+            }
+            let record = key.map(|make| {
+                let ended = OrderRow {
+                    status: resolution.status(),
+                    ..order.clone()
+                };
+                make(&ended)
+            });
+            let Some(handle) = self.stores.get(&order.store).map(|h| h.clone()) else {
+                return Err(ResolveError::NotHeld);
+            };
+            match handle.resolve(id, buyer, resolution, record).await {
+                Ok(resolved) => {
+                    order.status = resolved.status;
+                    return Ok(match judge(resolved.status, resolution) {
+                        Judgement::Conflict(status) => Ended::Conflict(status),
+                        _ => Ended::Order {
+                            order,
+                            changed: resolved.changed,
+                        },
+                    });
+                }
+                Err(ResolveError::NotHeld) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ResolveError::NotHeld)
+    }
+
+    /// The order as the database has it: every change answered so far is there.
+    pub async fn order(&self, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
+        let _permit = self.read_permit().await?;
+        load::order(&self.db, id).await
+    }
+
+    /// The answer a key keeps, if it is stored.
+    pub async fn stored_answer(&self, key: &IdempotencyKey) -> Result<Option<StoredAnswer>, DbErr> {
+        let _permit = self.read_permit().await?;
+        keys::stored_answer(&self.db, key).await
+    }
+
+    async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+        self.reads
+            .acquire()
+            .await
+            .map_err(|_| DbErr::Custom("reads closed".into()))
     }
 }

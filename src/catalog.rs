@@ -19,6 +19,9 @@ pub struct Product {
     pub name: String,
     pub store: StoreId,
     pub store_name: Arc<str>,
+    /// `products.max_per_customer`: the store's actor judges it; the front end only
+    /// needs to know that a limit exists, for its sold-out fast path.
+    pub max_per_customer: Option<i64>,
     /// The owning actor's in-memory stock: reservations in flight are already taken off.
     stock: AtomicI64,
 }
@@ -56,6 +59,7 @@ impl Catalog {
                     name: row.product_name,
                     store: StoreId(row.store_id),
                     store_name,
+                    max_per_customer: row.max_per_customer,
                     stock: AtomicI64::new(row.current_stock),
                 })
             })

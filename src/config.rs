@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::MAX_HOLD_SECONDS;
+
 /// The database Kitara uses when `DATABASE_URL` is not set: an embedded SQLite file in
 /// the working directory, so a fresh machine needs nothing else.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kitara.db";
@@ -92,6 +94,15 @@ pub struct Settings {
     #[arg(long, env = "KITARA_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub writers: u32,
 
+    /// How long a lock holds its units when its body names no `hold_seconds`, in
+    /// seconds (at most a week); 0 holds them until the order is confirmed or cancelled
+    #[arg(long, env = "KITARA_HOLD_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_HOLD_SECONDS)))]
+    pub hold_seconds: u32,
+
+    /// How long idempotency keys are kept, in hours; older ones are purged
+    #[arg(long, env = "KITARA_IDEMPOTENCY_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8_760))]
+    pub idempotency_hours: u32,
+
     /// Orders a store's mailbox holds before further orders are answered 503
     #[arg(long, env = "KITARA_MAILBOX_SIZE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub mailbox_size: u32,
@@ -159,6 +170,10 @@ impl Settings {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn idempotency_keep(&self) -> Duration {
+        Duration::from_secs(u64::from(self.idempotency_hours) * 3_600)
     }
 }
 

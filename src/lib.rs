@@ -12,18 +12,23 @@
 //!   writer and answers only after they committed.
 //! - [`writer`]: persists what actors decided, many orders per transaction (group
 //!   commit), and resolves a COMMIT whose connection died.
-//! - [`domain`]: identifiers, the validated order, and the pure stock rules.
+//! - [`domain`]: identifiers, the validated order, the pure stock rules, the life of a
+//!   hold, per-customer limits, and idempotency keys.
+//! - [`clock`]: the time holds are judged by (the wall clock, or a manual one in tests).
+//! - [`idempotency`]: which keys have a request in progress, and their purge.
 //! - [`db`]: connecting, the schema check, demo data, and every SQL statement.
 //! - [`catalog`], [`users`]: what the front end knows without asking an actor.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 
 pub mod app;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

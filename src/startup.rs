@@ -1,5 +1,6 @@
 //! Building and running Kitara: connect, check the schema, load every store into its
-//! actor, start the writer, bind, serve, and shut down in order.
+//! actor, start the writer, expire the holds that fell due while Kitara was down, bind,
+//! serve, and shut down in order.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,14 +9,17 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::catalog::Catalog;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::db::{self, load};
 use crate::error::StartupError;
 use crate::http::{self, ServerConfig};
+use crate::idempotency::{self, InFlightKeys};
 use crate::store::{self, ActorConfig};
 use crate::users::KnownUsers;
 use crate::writer::{self, WriterConfig};
@@ -28,11 +32,17 @@ pub struct Application {
     db: DatabaseConnection,
     writers: Vec<JoinHandle<()>>,
     actors: Vec<JoinHandle<()>>,
+    purger: JoinHandle<()>,
     server: ServerConfig,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// As `build`, with the clock holds are timed by (tests pass a manual one).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, StartupError> {
         let db = db::connect(&settings.database).await?;
         db::prepare_for_serve(&db).await?;
         if db.get_database_backend() == DbBackend::MySql {
@@ -61,11 +71,22 @@ impl Application {
             batch_size: settings.batch_size as usize,
             memory_check: settings.memory_check,
         };
+        let mut states = load::stores(&db, None).await?;
         let stores = DashMap::new();
         let mut actors = Vec::new();
+        let mut holds = 0;
         for (store, products) in catalog.by_store() {
-            let (handle, task) =
-                store::spawn(store, products, writer.clone(), db.clone(), &actor_config);
+            let state = states.remove(&store).unwrap_or_default();
+            holds += state.holds.len();
+            let (handle, task) = store::spawn(
+                store,
+                products,
+                state,
+                writer.clone(),
+                db.clone(),
+                clock.clone(),
+                &actor_config,
+            );
             stores.insert(store, handle);
             actors.push(task);
         }
@@ -73,8 +94,13 @@ impl Application {
         tracing::info!(
             stores = stores.len(),
             products = catalog.products().len(),
-            "loaded stock"
+            holds,
+            "loaded stock and holds"
         );
+        // Holds that fell due while Kitara was down expire before any store serves; the
+        // others keep their deadline.
+        let handles: Vec<_> = stores.iter().map(|entry| entry.value().clone()).collect();
+        futures_util::future::join_all(handles.iter().map(|h| h.settle_due())).await;
 
         let listener = bind(&settings.host, settings.port)
             .await
@@ -95,7 +121,13 @@ impl Application {
                 stores,
                 users,
                 memory_check: settings.memory_check,
+                clock,
+                default_hold_seconds: settings.hold_seconds,
+                keys: InFlightKeys::default(),
+                db: db.clone(),
+                reads: Semaphore::new((settings.database.db_pool_size as usize / 4).max(2)),
             }),
+            purger: idempotency::spawn_purger(db.clone(), settings.idempotency_keep()),
             db,
             writers: writer_tasks,
             actors,
@@ -120,6 +152,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(address = %self.addr, "listening");
         http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
+        self.purger.abort();
         // Dropping the handles closes every mailbox: each actor settles what it holds
         // and stops, which drops the last writer handles, which stops the writer.
         self.state.stores.clear();

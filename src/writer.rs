@@ -1,20 +1,27 @@
-//! The writer: persists what store actors decided, many orders per transaction.
+//! The writer: persists what store actors decided, many decisions per transaction.
 //!
-//! Actors decide and reserve in memory, then hand their decided orders to the writer
-//! with a oneshot for the outcome. A writer task takes everything that queued while the
-//! previous transaction was in flight (up to the batch size), from every store, writes
-//! it in one transaction, and reports the outcome of every order only after COMMIT. A
-//! lone order never waits for company: a transaction starts as soon as anything is
-//! queued. Actors send through a bounded channel; the writer answers through oneshots,
-//! which never block, so there is no cycle of bounded channels.
+//! Actors decide in memory (an order reserved, a hold ended), then hand their decisions
+//! to the writer as `Write`s with a oneshot for the outcome. A writer task takes
+//! everything that queued while the previous transaction was in flight (up to the batch
+//! size), from every store, writes it in one transaction, and reports the outcome of
+//! every write only after COMMIT. A lone write never waits for company: a transaction
+//! starts as soon as anything is queued. Actors send through a bounded channel; the
+//! writer answers through oneshots, which never block, so there is no cycle of bounded
+//! channels.
 //!
-//! When the database refuses a batch, its orders are written again one per transaction,
-//! so that only the orders the database really refuses fail, unless the database turns
-//! out to be unreachable, which fails the rest at once. When the connection dies
-//! during COMMIT, the transaction's token tells whether it committed.
+//! A batch is data: new orders, ended holds and idempotency keys are rows of one
+//! transaction (`persist::Batch`), not branches of the writer's loop. A keyed write
+//! stores its key and the answer it keeps in the same transaction.
 //!
-//! The writer decides nothing about stock: it only persists decisions, so "only a store
-//! actor decides its stock" holds.
+//! When the database refuses a batch, the writes whose idempotency key is already
+//! stored are set aside (`KeyTaken`) and the rest written again together; if that is
+//! refused too, they are written one per transaction, so that only the writes the
+//! database really refuses fail, unless the database turns out to be unreachable, which
+//! fails the rest at once. When the connection dies during COMMIT, the transaction's
+//! token tells whether it committed.
+//!
+//! The writer decides nothing about stock or status: it only persists decisions, so
+//! "only a store actor decides its stock and its holds" holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,8 +31,10 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Transac
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::db::{self, load, persist};
-use crate::domain::{LockOrder, OrderDetailId, OrderId, StoreId};
+use crate::db::{self, keys, load, persist};
+use crate::domain::{
+    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, Resolution, StoreId,
+};
 
 /// Why a submission was not persisted. The cause is logged by the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +50,10 @@ pub enum PersistError {
     /// deadline: the batch may or may not have committed.
     #[error("the outcome of the commit is unknown")]
     OutcomeUnknown,
+    /// The write's idempotency key is already stored: a retry of a request that
+    /// committed, or a key reused with another request. Nothing of it was written.
+    #[error("the idempotency key is already stored")]
+    KeyTaken,
 }
 
 /// The ids a committed order got, its details in the order of its lines.
@@ -50,13 +63,63 @@ pub struct Committed {
     pub detail_ids: Vec<OrderDetailId>,
 }
 
-/// One result per order of a submission, in the order they were submitted.
-pub type Outcome = Vec<Result<Committed, PersistError>>;
+/// One decision of a store actor, to be persisted.
+pub enum Write {
+    /// A new order: its units are taken, and it is a hold from now on.
+    Lock {
+        order: Arc<LockOrder>,
+        expires_at: Option<Deadline>,
+        key: Option<Arc<KeyRecord>>,
+    },
+    /// A hold that ends; cancelled and expired holds give their units back.
+    End {
+        order_id: OrderId,
+        resolution: Resolution,
+        order: Arc<LockOrder>,
+        key: Option<Arc<KeyRecord>>,
+    },
+}
 
-/// Orders one actor decided together, answered together.
+impl Write {
+    fn key(&self) -> Option<&KeyRecord> {
+        match self {
+            Write::Lock { key, .. } | Write::End { key, .. } => key.as_deref(),
+        }
+    }
+}
+
+/// An idempotency key to store with a write, and the answer it keeps.
+pub struct KeyRecord {
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    pub answer: Answer,
+}
+
+/// The `data` of the answer 200 a key keeps, as JSON.
+pub enum Answer {
+    /// Known before the write: a confirm or cancel answers with the order as it ends.
+    Ready(Vec<u8>),
+    /// Rendered once the order's ids are known: a lock.
+    Placed(RenderPlaced),
+}
+
+/// Renders a lock's answer from the ids its order got.
+pub type RenderPlaced = Box<dyn Fn(&Committed) -> Vec<u8> + Send + Sync>;
+
+/// What a write became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Placed(Committed),
+    Ended,
+}
+
+/// One result per write of a submission, in the order they were submitted.
+pub type Outcome = Vec<Result<Written, PersistError>>;
+
+/// Writes one actor decided together, answered together.
 struct Submission {
     store: StoreId,
-    orders: Vec<Arc<LockOrder>>,
+    writes: Vec<Write>,
     done: oneshot::Sender<Outcome>,
 }
 
@@ -72,18 +135,18 @@ pub struct WriterHandle {
 pub struct WriterClosed;
 
 impl WriterHandle {
-    /// Queues decided orders; the receiver yields the outcome after the transaction
+    /// Queues decided writes; the receiver yields the outcome after the transaction
     /// holding them has committed or failed.
     pub async fn submit(
         &self,
         store: StoreId,
-        orders: Vec<Arc<LockOrder>>,
+        writes: Vec<Write>,
     ) -> Result<oneshot::Receiver<Outcome>, WriterClosed> {
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Submission {
                 store,
-                orders,
+                writes,
                 done,
             })
             .await
@@ -187,12 +250,12 @@ impl Writer {
     async fn next_batch(&self) -> Option<Vec<Submission>> {
         let mut receiver = self.receiver.lock().await;
         let first = receiver.recv().await?;
-        let mut count = first.orders.len();
+        let mut count = first.writes.len();
         let mut batch = vec![first];
         while count < self.batch_size {
             match receiver.try_recv() {
                 Ok(next) => {
-                    count += next.orders.len();
+                    count += next.writes.len();
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -202,97 +265,235 @@ impl Writer {
     }
 
     async fn persist(&mut self, batch: Vec<Submission>) {
-        let orders: Vec<(StoreId, &LockOrder)> = batch
+        let writes: Vec<(StoreId, &Write)> = batch
             .iter()
-            .flat_map(|s| s.orders.iter().map(move |o| (s.store, &**o)))
+            .flat_map(|s| s.writes.iter().map(move |w| (s.store, w)))
             .collect();
-        let outcomes: Vec<Result<Committed, PersistError>> = match self.write(&orders).await {
-            Ok(committed) => committed.into_iter().map(Ok).collect(),
-            // One order the database refuses must not sink the others of the batch:
-            // write each on its own, so that only the refused ones fail. Once the
-            // database turns out to be unreachable, the rest fail at once (nothing of
-            // them committed) instead of each waiting for it in turn.
-            Err(PersistError::Refused) if orders.len() > 1 => {
-                let mut outcomes = Vec::with_capacity(orders.len());
-                let mut unreachable = false;
-                for order in &orders {
-                    let outcome = if unreachable {
-                        Err(PersistError::Unavailable)
-                    } else {
-                        self.write(std::slice::from_ref(order))
-                            .await
-                            .map(|mut c| c.remove(0))
-                    };
-                    unreachable = matches!(
-                        outcome,
-                        Err(PersistError::Unavailable | PersistError::OutcomeUnknown)
-                    );
-                    outcomes.push(outcome);
-                }
-                outcomes
-            }
-            Err(error) => vec![Err(error); orders.len()],
-        };
-        drop(orders);
+        let outcomes = self.write_all(&writes).await;
+        drop(writes);
         let mut outcomes = outcomes.into_iter();
         for submission in batch {
-            let mine = outcomes.by_ref().take(submission.orders.len()).collect();
+            let mine = outcomes.by_ref().take(submission.writes.len()).collect();
             let _ = submission.done.send(mine);
         }
     }
 
-    /// Numbers the orders and writes them in one transaction.
-    async fn write(
-        &mut self,
-        orders: &[(StoreId, &LockOrder)],
-    ) -> Result<Vec<Committed>, PersistError> {
-        let lines: usize = orders.iter().map(|(_, o)| o.lines().len()).sum();
-        let mut order_id = self
-            .ids
-            .order
-            .fetch_add(orders.len() as i64, Ordering::Relaxed);
-        let mut detail_id = self.ids.detail.fetch_add(lines as i64, Ordering::Relaxed);
-        let committed: Vec<Committed> = orders
-            .iter()
-            .map(|(_, order)| {
-                order_id += 1;
-                let first_detail_id = detail_id + 1;
-                detail_id += order.lines().len() as i64;
-                Committed {
-                    order_id: OrderId(order_id),
-                    detail_ids: (first_detail_id..=detail_id).map(OrderDetailId).collect(),
+    /// Writes everything in one transaction; if the database refuses it, finds out
+    /// which writes it refuses (see the module's doc).
+    async fn write_all(&mut self, writes: &[(StoreId, &Write)]) -> Outcome {
+        match self.write(writes).await {
+            Ok(written) => return written.into_iter().map(Ok).collect(),
+            Err(PersistError::Refused) => {}
+            Err(error) => return vec![Err(error); writes.len()],
+        }
+        let mut outcomes: Vec<Option<Result<Written, PersistError>>> = vec![None; writes.len()];
+        // A key stored before refuses the whole batch: set its writes aside (nothing of
+        // them was written) and write the others together again.
+        let taken = self.taken_keys(writes).await;
+        let mut rest = Vec::with_capacity(writes.len());
+        for (i, &(_, write)) in writes.iter().enumerate() {
+            match write.key() {
+                Some(record) if taken.iter().any(|k| k == record.key.as_bytes()) => {
+                    outcomes[i] = Some(Err(PersistError::KeyTaken));
                 }
+                _ => rest.push(i),
+            }
+        }
+        let mut tried_alone = writes.len() == 1;
+        if !taken.is_empty() && !rest.is_empty() {
+            let subset: Vec<(StoreId, &Write)> = rest.iter().map(|&i| writes[i]).collect();
+            match self.write(&subset).await {
+                Ok(written) => {
+                    for (&i, w) in rest.iter().zip(written) {
+                        outcomes[i] = Some(Ok(w));
+                    }
+                    rest.clear();
+                }
+                Err(PersistError::Refused) => tried_alone = rest.len() == 1,
+                Err(error) => {
+                    for &i in &rest {
+                        outcomes[i] = Some(Err(error));
+                    }
+                    rest.clear();
+                }
+            }
+        }
+        // One write the database refuses must not sink the others: write each on its
+        // own, so that only the refused ones fail. Once the database turns out to be
+        // unreachable, the rest fail at once (nothing of them committed) instead of
+        // each waiting for it in turn.
+        if !rest.is_empty() && !tried_alone {
+            tracing::warn!(
+                writes = rest.len(),
+                "the database refused a batch; writing its writes one by one"
+            );
+        }
+        let mut unreachable = false;
+        for i in rest {
+            let outcome = if unreachable {
+                Err(PersistError::Unavailable)
+            } else if tried_alone {
+                Err(PersistError::Refused)
+            } else {
+                self.write(std::slice::from_ref(&writes[i]))
+                    .await
+                    .map(|mut w| w.remove(0))
+            };
+            unreachable = matches!(
+                outcome,
+                Err(PersistError::Unavailable | PersistError::OutcomeUnknown)
+            );
+            outcomes[i] = Some(outcome);
+        }
+        // A keyed write refused on its own may have lost its key to another write of the
+        // same batch (a client that retried while its first request was still queued).
+        let refused: Vec<usize> = (0..writes.len())
+            .filter(|&i| {
+                matches!(outcomes[i], Some(Err(PersistError::Refused)))
+                    && writes[i].1.key().is_some()
             })
             .collect();
-        let rows: Vec<persist::NewOrder<'_>> = orders
+        if !refused.is_empty() {
+            let subset: Vec<(StoreId, &Write)> = refused.iter().map(|&i| writes[i]).collect();
+            let taken = self.taken_keys(&subset).await;
+            for i in refused {
+                if writes[i]
+                    .1
+                    .key()
+                    .is_some_and(|k| taken.iter().any(|t| t == k.key.as_bytes()))
+                {
+                    outcomes[i] = Some(Err(PersistError::KeyTaken));
+                }
+            }
+        }
+        let refused = outcomes
             .iter()
-            .zip(&committed)
-            .map(|(&(store, order), c)| persist::NewOrder {
-                id: c.order_id.0,
-                buyer: order.buyer().0,
-                store: store.0,
-                total: order.total(),
-                first_detail_id: c.detail_ids.first().map_or(0, |d| d.0),
-                lines: order.lines(),
+            .filter(|o| matches!(o, Some(Err(PersistError::Refused))))
+            .count();
+        if refused > 0 {
+            tracing::warn!(refused, "the database refused writes that memory allowed");
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(PersistError::Unavailable)))
+            .collect()
+    }
+
+    /// The keys of these writes that are already stored; none if the lookup fails
+    /// (writing them one by one then tells).
+    async fn taken_keys(&self, writes: &[(StoreId, &Write)]) -> Vec<Vec<u8>> {
+        let keys: Vec<&[u8]> = writes
+            .iter()
+            .filter_map(|(_, w)| w.key().map(|k| k.key.as_bytes()))
+            .collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        keys::taken(&self.db, &keys).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look up the idempotency keys of a refused batch");
+            Vec::new()
+        })
+    }
+
+    /// Numbers the new orders, renders the answers keys keep, and writes it all in one
+    /// transaction.
+    async fn write(&mut self, writes: &[(StoreId, &Write)]) -> Result<Vec<Written>, PersistError> {
+        let locks = writes.iter().filter_map(|(_, w)| match w {
+            Write::Lock { order, .. } => Some(order.lines().len() as i64),
+            Write::End { .. } => None,
+        });
+        let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
+        let mut order_id = self.ids.order.fetch_add(count, Ordering::Relaxed);
+        let mut detail_id = self.ids.detail.fetch_add(lines, Ordering::Relaxed);
+        let written: Vec<Written> = writes
+            .iter()
+            .map(|(_, w)| match w {
+                Write::Lock { order, .. } => {
+                    order_id += 1;
+                    let first_detail_id = detail_id + 1;
+                    detail_id += order.lines().len() as i64;
+                    Written::Placed(Committed {
+                        order_id: OrderId(order_id),
+                        detail_ids: (first_detail_id..=detail_id).map(OrderDetailId).collect(),
+                    })
+                }
+                Write::End { .. } => Written::Ended,
             })
             .collect();
+        let responses: Vec<Option<Vec<u8>>> = writes
+            .iter()
+            .zip(&written)
+            .map(|((_, w), written)| {
+                let record = w.key()?;
+                Some(match (&record.answer, written) {
+                    (Answer::Ready(data), _) => data.clone(),
+                    (Answer::Placed(render), Written::Placed(committed)) => render(committed),
+                    (Answer::Placed(_), Written::Ended) => Vec::new(),
+                })
+            })
+            .collect();
+        let mut batch = persist::Batch::default();
+        for (((store, w), written), response) in writes.iter().zip(&written).zip(&responses) {
+            match (w, written) {
+                (
+                    Write::Lock {
+                        order, expires_at, ..
+                    },
+                    Written::Placed(c),
+                ) => batch.orders.push(persist::NewOrder {
+                    id: c.order_id.0,
+                    buyer: order.buyer().0,
+                    store: store.0,
+                    total: order.total(),
+                    first_detail_id: c.detail_ids.first().map_or(0, |d| d.0),
+                    lines: order.lines(),
+                    expires_at: *expires_at,
+                }),
+                (
+                    Write::End {
+                        order_id,
+                        resolution,
+                        order,
+                        ..
+                    },
+                    _,
+                ) => batch.ended.push(persist::EndedHold {
+                    order_id: order_id.0,
+                    status: resolution.status(),
+                    returned: if resolution.returns_units() {
+                        order.lines()
+                    } else {
+                        &[]
+                    },
+                }),
+                (Write::Lock { .. }, Written::Ended) => {}
+            }
+            if let (Some(record), Some(response)) = (w.key(), response) {
+                batch.keys.push(persist::KeyRow {
+                    key: record.key.as_bytes(),
+                    fingerprint: &record.fingerprint.0,
+                    response,
+                });
+            }
+        }
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
         let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
-        let outcome = self.transact(&rows, &token).await;
+        let outcome = self.transact(&batch, &token).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
             // refused: renumber from what the database has.
             self.resync_ids().await;
         }
-        outcome.map(|()| committed)
+        outcome.map(|()| written)
     }
 
     async fn transact(
         &mut self,
-        orders: &[persist::NewOrder<'_>],
+        batch: &persist::Batch<'_>,
         token: &persist::Token,
     ) -> Result<(), PersistError> {
+        let writes = batch.orders.len() + batch.ended.len();
         let txn = self.begin().await?;
         if self.db.get_database_backend() == DbBackend::MySql {
             let pool = self.db.clone();
@@ -303,19 +504,20 @@ impl Writer {
                 (txn, Instant::now())
             }));
         }
-        if let Err(e) = persist::write_batch(&txn, orders, token).await {
+        if let Err(e) = persist::write_batch(&txn, batch, token).await {
             // Dropping `txn` rolls it back.
             return Err(match e {
                 persist::WriteError::GuardTripped { .. } => {
-                    tracing::warn!(error = %e, orders = orders.len(), "batch refused");
+                    tracing::warn!(error = %e, writes, "batch refused");
                     PersistError::Refused
                 }
+                // A constraint, or a key stored before: `write_all` finds out which.
                 persist::WriteError::Db(ref err) if db::is_refusal(err) => {
-                    tracing::warn!(error = %e, orders = orders.len(), "batch refused");
+                    tracing::debug!(error = %e, writes, "batch refused");
                     PersistError::Refused
                 }
                 persist::WriteError::Db(_) => {
-                    tracing::error!(error = %e, orders = orders.len(), "batch failed");
+                    tracing::error!(error = %e, writes, "batch failed");
                     PersistError::Unavailable
                 }
             });

@@ -1,8 +1,18 @@
-//! Reads: what start-up loads, what a store reloads, the known-user lookup.
+//! Reads: what start-up loads, what a store reloads, the known-user lookup, and the
+//! order an order endpoint answers with.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::domain::{ProductId, StoreId, UserId};
+use chrono::NaiveDateTime;
+use sea_orm::{
+    ConnectionTrait, DbBackend, DbErr, FromQueryResult, QueryResult, Statement, TransactionSession,
+    TransactionTrait, Value,
+};
+
+use crate::domain::{
+    Deadline, LockOrder, OrderDetailId, OrderId, OrderStatus, ProductId, StoreId, UserId,
+};
 
 /// A product that can be ordered: neither it nor its store is deleted.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -12,10 +22,12 @@ pub struct ProductRow {
     pub current_stock: i64,
     pub store_id: i64,
     pub store_name: String,
+    pub max_per_customer: Option<i64>,
 }
 
 pub async fn products(db: &impl ConnectionTrait) -> Result<Vec<ProductRow>, DbErr> {
-    let sql = "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name \
+    let sql = "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name, \
+               p.max_per_customer \
                FROM products p JOIN stores s ON s.id = p.store_id \
                WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL ORDER BY p.id";
     ProductRow::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
@@ -23,28 +35,142 @@ pub async fn products(db: &impl ConnectionTrait) -> Result<Vec<ProductRow>, DbEr
         .await
 }
 
-/// The stock of a store's orderable products, as the database has it now.
-pub async fn store_stock(
-    db: &impl ConnectionTrait,
-    store: StoreId,
-) -> Result<Vec<(ProductId, i64)>, DbErr> {
-    let sql = "SELECT p.id, p.current_stock FROM products p JOIN stores s ON s.id = p.store_id \
-               WHERE p.store_id = ? AND p.deleted_at IS NULL AND s.deleted_at IS NULL";
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [Value::from(store.0)],
-        ))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                ProductId(row.try_get_by_index(0)?),
-                row.try_get_by_index(1)?,
-            ))
-        })
-        .collect()
+/// A live hold (an order still `locked`) as the database has it.
+#[derive(Debug, Clone)]
+pub struct HoldRow {
+    pub id: OrderId,
+    pub store: StoreId,
+    pub order: Arc<LockOrder>,
+    pub expires_at: Option<Deadline>,
+}
+
+/// What a buyer holds or bought of a product with a per-customer limit.
+#[derive(Debug, Clone, Copy)]
+pub struct PurchaseRow {
+    pub store: StoreId,
+    pub buyer: UserId,
+    pub product: ProductId,
+    pub units: i64,
+}
+
+/// What a store actor starts from: its orderable products' stock and limits, its live
+/// holds, and its buyers' purchases of limited products.
+#[derive(Debug, Default)]
+pub struct StoreState {
+    pub stock: Vec<(ProductId, i64)>,
+    pub limits: Vec<(ProductId, i64)>,
+    pub holds: Vec<HoldRow>,
+    pub purchases: Vec<PurchaseRow>,
+}
+
+/// The state of one store, or of every store (`None`) grouped by store, read in one
+/// transaction.
+pub async fn stores(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    only: Option<StoreId>,
+) -> Result<HashMap<StoreId, StoreState>, DbErr> {
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    let filter = |sql: &str, column: &str| match only {
+        Some(_) => format!("{sql} AND {column} = ?"),
+        None => sql.to_owned(),
+    };
+    let values: Vec<Value> = only.map(|s| Value::from(s.0)).into_iter().collect();
+    let statement = |sql: String| Statement::from_sql_and_values(backend, sql, values.clone());
+    let mut stores: HashMap<StoreId, StoreState> = HashMap::new();
+
+    let sql = filter(
+        "SELECT p.id, p.current_stock, p.max_per_customer, p.store_id FROM products p \
+         JOIN stores s ON s.id = p.store_id WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL",
+        "p.store_id",
+    );
+    for row in txn.query_all_raw(statement(sql)).await? {
+        let product = ProductId(row.try_get_by_index(0)?);
+        let store = stores.entry(StoreId(row.try_get_by_index(3)?)).or_default();
+        store.stock.push((product, row.try_get_by_index(1)?));
+        if let Some(limit) = row.try_get_by_index::<Option<i64>>(2)? {
+            store.limits.push((product, limit));
+        }
+    }
+
+    let sql = filter(
+        "SELECT o.id, o.buyer_id, o.store_id, o.expires_at, d.product_id, d.quantity \
+         FROM orders o JOIN order_details d ON d.order_id = o.id \
+         WHERE o.status = 'locked' AND o.deleted_at IS NULL",
+        "o.store_id",
+    ) + " ORDER BY o.id, d.product_id";
+    let rows = txn.query_all_raw(statement(sql)).await?;
+    for hold in holds(&rows)? {
+        stores.entry(hold.store).or_default().holds.push(hold);
+    }
+
+    let sql = filter(
+        "SELECT p.store_id, o.buyer_id, d.product_id, CAST(SUM(d.quantity) AS SIGNED) \
+         FROM orders o JOIN order_details d ON d.order_id = o.id \
+         JOIN products p ON p.id = d.product_id \
+         WHERE p.max_per_customer IS NOT NULL AND o.status IN ('locked', 'confirmed') \
+         AND o.deleted_at IS NULL",
+        "p.store_id",
+    ) + " GROUP BY p.store_id, o.buyer_id, d.product_id";
+    for row in txn.query_all_raw(statement(sql)).await? {
+        let purchase = PurchaseRow {
+            store: StoreId(row.try_get_by_index(0)?),
+            buyer: UserId(row.try_get_by_index(1)?),
+            product: ProductId(row.try_get_by_index(2)?),
+            units: row.try_get_by_index(3)?,
+        };
+        stores
+            .entry(purchase.store)
+            .or_default()
+            .purchases
+            .push(purchase);
+    }
+    txn.commit().await?;
+    Ok(stores)
+}
+
+/// Groups the rows of live holds (ordered by order id) into one hold per order.
+fn holds(rows: &[QueryResult]) -> Result<Vec<HoldRow>, DbErr> {
+    let mut holds = Vec::new();
+    let mut current: Option<(OrderId, UserId, StoreId, Option<Deadline>)> = None;
+    let mut lines = Vec::new();
+    let mut flush = |current: Option<(OrderId, UserId, StoreId, Option<Deadline>)>,
+                     lines: &mut Vec<(ProductId, i64)>| {
+        if let Some((id, buyer, store, expires_at)) = current {
+            holds.push(HoldRow {
+                id,
+                store,
+                order: Arc::new(LockOrder::stored(buyer, lines.drain(..))),
+                expires_at,
+            });
+        }
+    };
+    for row in rows {
+        let id = OrderId(row.try_get_by_index(0)?);
+        if current.is_none_or(|(current, ..)| current != id) {
+            flush(current.take(), &mut lines);
+            current = Some((
+                id,
+                UserId(row.try_get_by_index(1)?),
+                StoreId(row.try_get_by_index(2)?),
+                deadline(row.try_get_by_index(3)?),
+            ));
+        }
+        lines.push((
+            ProductId(row.try_get_by_index(4)?),
+            row.try_get_by_index(5)?,
+        ));
+    }
+    flush(current, &mut lines);
+    Ok(holds)
+}
+
+/// `expires_at` as a deadline; a fraction of a second (written by a tool) rounds up.
+fn deadline(at: Option<NaiveDateTime>) -> Option<Deadline> {
+    at.map(|at| {
+        let at = at.and_utc();
+        at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0)
+    })
 }
 
 pub async fn user_ids(db: &impl ConnectionTrait) -> Result<Vec<UserId>, DbErr> {
@@ -67,6 +193,74 @@ pub async fn user_exists(db: &impl ConnectionTrait, user: UserId) -> Result<bool
         ))
         .await?;
     Ok(row.is_some())
+}
+
+/// An order as `GET /api/v1/order/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub id: OrderId,
+    pub buyer: UserId,
+    pub store: StoreId,
+    pub status: OrderStatus,
+    pub expires_at: Option<Deadline>,
+    pub details: Vec<DetailRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailRow {
+    pub id: OrderDetailId,
+    pub product: ProductId,
+    pub product_name: String,
+    pub quantity: i64,
+}
+
+/// The order with this id, unless there is none (or it is deleted), with its details in
+/// ascending product id.
+pub async fn order(db: &impl ConnectionTrait, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = "SELECT buyer_id, store_id, status, expires_at FROM orders \
+               WHERE id = ? AND deleted_at IS NULL";
+    let Some(row) = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [Value::from(id.0)],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let status: String = row.try_get_by_index(2)?;
+    let status = OrderStatus::parse(&status)
+        .ok_or_else(|| DbErr::Custom(format!("order {id} has an unknown status {status:?}")))?;
+    let sql = "SELECT d.id, d.product_id, p.product_name, d.quantity FROM order_details d \
+               JOIN products p ON p.id = d.product_id WHERE d.order_id = ? \
+               ORDER BY d.product_id, d.id";
+    let details = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [Value::from(id.0)],
+        ))
+        .await?
+        .iter()
+        .map(|d| {
+            Ok(DetailRow {
+                id: OrderDetailId(d.try_get_by_index(0)?),
+                product: ProductId(d.try_get_by_index(1)?),
+                product_name: d.try_get_by_index(2)?,
+                quantity: d.try_get_by_index(3)?,
+            })
+        })
+        .collect::<Result<_, DbErr>>()?;
+    Ok(Some(OrderRow {
+        id,
+        buyer: UserId(row.try_get_by_index(0)?),
+        store: StoreId(row.try_get_by_index(1)?),
+        status,
+        expires_at: deadline(row.try_get_by_index(3)?),
+        details,
+    }))
 }
 
 /// The largest `orders.id` and `order_details.id`: Kitara numbers new rows itself, so

@@ -3,6 +3,7 @@
 //! Statements are plain SQL with `?` placeholders, which SQLite and MySQL both accept,
 //! executed through SeaORM (`DatabaseConnection`, `DatabaseTransaction`).
 
+pub mod keys;
 pub mod load;
 pub mod persist;
 mod seed;

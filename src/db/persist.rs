@@ -1,22 +1,27 @@
-//! The write-through transaction of a batch of decided orders (layer 4 of SPEC.md).
+//! The write-through transaction of a batch of decisions (layer 4 of SPEC.md).
 //!
-//! One transaction holds a guarded decrement per product for the batch's total, the
-//! order rows, their detail rows, and the transaction's token. Besides BEGIN and COMMIT
-//! it takes one round trip: all of it as one multi-statement request.
+//! One transaction holds, for everything the store actors decided since the last one:
+//! the change of every product's stock (units taken by new orders, units given back by
+//! cancelled and expired holds) under a guard, the new order rows and their detail rows,
+//! the status of every hold that ended (only if it is still `locked`), the idempotency
+//! keys of the keyed requests, and the transaction's token. Besides BEGIN and COMMIT it
+//! takes one round trip: all of it as one multi-statement request.
 //!
 //! These statements are sent as text, not prepared: a batch's size changes every time,
 //! and prepared statements of ever-new shapes would churn sqlx's statement cache (each
 //! eviction costs MySQL a round trip that stalls ~40 ms behind Nagle's algorithm) and
-//! pay the server's per-parameter binding for thousands of values. Only integers Kitara
-//! produced and its own hexadecimal token are written into the SQL, through `Sql`, which
-//! accepts nothing else.
+//! pay the server's per-parameter binding for thousands of values. Only values Kitara
+//! produced are written into the SQL, through `Sql`, which accepts integers, Kitara's
+//! hexadecimal tokens, its own status words and timestamps, and bytes written as
+//! hexadecimal literals (keys and answers): nothing a client sent reaches the SQL text
+//! as text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
 
-use crate::domain::{OrderLine, ProductId};
+use crate::domain::{Deadline, OrderLine, OrderStatus, ProductId};
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]
@@ -28,6 +33,33 @@ pub struct NewOrder<'a> {
     /// Detail rows take consecutive ids from here, one per line.
     pub first_detail_id: i64,
     pub lines: &'a [OrderLine],
+    /// When the hold expires; `None` holds until confirmed or cancelled.
+    pub expires_at: Option<Deadline>,
+}
+
+/// A hold that ends: its order leaves `locked` for `status`.
+#[derive(Debug)]
+pub struct EndedHold<'a> {
+    pub order_id: i64,
+    pub status: OrderStatus,
+    /// The units that go back to the stock: the order's lines, unless it was confirmed.
+    pub returned: &'a [OrderLine],
+}
+
+/// An idempotency key and the answer it keeps.
+#[derive(Debug)]
+pub struct KeyRow<'a> {
+    pub key: &'a [u8],
+    pub fingerprint: &'a [u8; 32],
+    pub response: &'a [u8],
+}
+
+/// Everything one transaction writes.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    pub orders: Vec<NewOrder<'a>>,
+    pub ended: Vec<EndedHold<'a>>,
+    pub keys: Vec<KeyRow<'a>>,
 }
 
 /// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
@@ -52,34 +84,64 @@ impl Token {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// A guarded decrement matched fewer rows than products: the database has less
-    /// stock than memory believed (or the product is gone).
-    #[error("stock guard tripped: {matched} of {expected} products had enough stock")]
+    /// A guard matched fewer rows than expected: the database has less stock than
+    /// memory believed (or the product is gone), or a hold that memory thought locked
+    /// is not.
+    #[error("guard tripped: {matched} of {expected} guarded rows matched")]
     GuardTripped { expected: u64, matched: u64 },
     #[error(transparent)]
     Db(#[from] DbErr),
 }
 
-/// SQL text that only ever receives integers and tokens.
-struct Sql(String);
+/// SQL text that only ever receives values Kitara produced (see the module's doc).
+pub(crate) struct Sql(String);
 
 impl Sql {
-    fn new(head: &str) -> Self {
+    pub(crate) fn new(head: &str) -> Self {
         Self(String::from(head))
     }
 
-    fn text(&mut self, text: &str) -> &mut Self {
+    pub(crate) fn text(&mut self, text: &'static str) -> &mut Self {
         self.0.push_str(text);
         self
     }
 
-    fn int(&mut self, value: i64) -> &mut Self {
+    pub(crate) fn int(&mut self, value: i64) -> &mut Self {
         let _ = write!(self.0, "{value}");
         self
     }
 
     fn token(&mut self, token: &Token) -> &mut Self {
         let _ = write!(self.0, "'{}'", token.0);
+        self
+    }
+
+    fn status(&mut self, status: OrderStatus) -> &mut Self {
+        let _ = write!(self.0, "'{}'", status.as_str());
+        self
+    }
+
+    /// A UTC timestamp, `'YYYY-MM-DD HH:MM:SS'`, or `NULL`.
+    fn timestamp(&mut self, at: Option<Deadline>) -> &mut Self {
+        match at.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0)) {
+            Some(at) => {
+                let _ = write!(self.0, "'{}'", at.format("%Y-%m-%d %H:%M:%S"));
+            }
+            None => self.0.push_str("NULL"),
+        }
+        self
+    }
+
+    /// Bytes as a hexadecimal literal (`X'4b'`), which SQLite and MySQL both read.
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.0.reserve(bytes.len() * 2 + 3);
+        self.0.push_str("X'");
+        for &byte in bytes {
+            self.0.push(HEX[usize::from(byte >> 4)] as char);
+            self.0.push(HEX[usize::from(byte & 0xf)] as char);
+        }
+        self.0.push('\'');
         self
     }
 
@@ -94,80 +156,168 @@ impl Sql {
         }
         self.text(")")
     }
+
+    /// `a, b, c`
+    pub(crate) fn list(&mut self, values: impl IntoIterator<Item = i64>) -> &mut Self {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text(", ");
+            }
+            self.int(value);
+        }
+        self
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How one product's stock changes in a batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct StockChange {
+    taken: i64,
+    returned: i64,
 }
 
 /// Writes the batch inside `txn`; the caller commits.
 ///
 /// The database reports the rows affected by all statements together. Every insert
-/// either writes all its rows or fails the request, so what is left for the decrement
-/// is exactly the number of products whose guard held.
+/// either writes all its rows or fails the request, so what is left is exactly the
+/// number of guarded rows that matched: one per product whose stock guard held, one
+/// per hold that was still locked. Each guard matches at most its own row, so the total
+/// is right only if every guard held.
 pub async fn write_batch(
     txn: &DatabaseTransaction,
-    orders: &[NewOrder<'_>],
+    batch: &Batch<'_>,
     token: &Token,
 ) -> Result<(), WriteError> {
-    let mut totals: BTreeMap<ProductId, i64> = BTreeMap::new();
-    for line in orders.iter().flat_map(|o| o.lines) {
-        *totals.entry(line.product).or_insert(0) += line.quantity;
+    let mut stock: BTreeMap<ProductId, StockChange> = BTreeMap::new();
+    for line in batch.orders.iter().flat_map(|o| o.lines) {
+        stock.entry(line.product).or_default().taken += line.quantity;
     }
-    let mut sql = Sql::new("");
-    decrement(&mut sql, &totals);
+    for line in batch.ended.iter().flat_map(|e| e.returned) {
+        stock.entry(line.product).or_default().returned += line.quantity;
+    }
 
-    sql.text("; INSERT INTO orders (id, buyer_id, quantity, store_id) VALUES ");
-    for (i, o) in orders.iter().enumerate() {
-        sql.row(i == 0, &[o.id, o.buyer, o.total, o.store]);
+    let mut sql = Sql::new("");
+    let mut guarded = 0u64;
+    let mut inserted = 1u64; // the token row
+    if !stock.is_empty() {
+        change_stock(&mut sql, &stock);
+        sql.text("; ");
+        guarded += stock.len() as u64;
     }
-    sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
-    let mut details = 0u64;
-    for o in orders {
-        for (i, line) in o.lines.iter().enumerate() {
-            let id = o.first_detail_id + i as i64;
-            sql.row(details == 0, &[id, o.id, line.product.0, line.quantity]);
-            details += 1;
+    if !batch.orders.is_empty() {
+        sql.text("INSERT INTO orders (id, buyer_id, quantity, store_id, expires_at) VALUES ");
+        for (i, o) in batch.orders.iter().enumerate() {
+            sql.text(if i == 0 { "(" } else { ", (" })
+                .list([o.id, o.buyer, o.total, o.store])
+                .text(", ")
+                .timestamp(o.expires_at)
+                .text(")");
         }
+        sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
+        let mut details = 0u64;
+        for o in &batch.orders {
+            for (i, line) in o.lines.iter().enumerate() {
+                let id = o.first_detail_id + i as i64;
+                sql.row(details == 0, &[id, o.id, line.product.0, line.quantity]);
+                details += 1;
+            }
+        }
+        sql.text("; ");
+        inserted += batch.orders.len() as u64 + details;
     }
-    sql.text("; INSERT INTO kitara_commits (token, orders) VALUES (")
+    for status in [
+        OrderStatus::Confirmed,
+        OrderStatus::Cancelled,
+        OrderStatus::Expired,
+    ] {
+        let ids: Vec<i64> = batch
+            .ended
+            .iter()
+            .filter(|e| e.status == status)
+            .map(|e| e.order_id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        // Only a locked hold changes, and only once: the database holds that line too.
+        sql.text("UPDATE orders SET status = ")
+            .status(status)
+            .text(", updated_at = CURRENT_TIMESTAMP WHERE status = 'locked' AND deleted_at IS NULL AND id IN (")
+            .list(ids.iter().copied())
+            .text("); ");
+        guarded += ids.len() as u64;
+    }
+    if !batch.keys.is_empty() {
+        sql.text("INSERT INTO idempotency_keys (idempotency_key, fingerprint, response) VALUES ");
+        for (i, key) in batch.keys.iter().enumerate() {
+            sql.text(if i == 0 { "(" } else { ", (" })
+                .bytes(key.key)
+                .text(", ")
+                .bytes(key.fingerprint)
+                .text(", ")
+                .bytes(key.response)
+                .text(")");
+        }
+        sql.text("; ");
+        inserted += batch.keys.len() as u64;
+    }
+    sql.text("INSERT INTO kitara_commits (token, orders) VALUES (")
         .token(token)
         .text(", ")
-        .int(orders.len() as i64)
+        .int((batch.orders.len() + batch.ended.len()) as i64)
         .text(")");
 
-    let affected = txn.execute_unprepared(&sql.0).await?.rows_affected();
-    let inserted = orders.len() as u64 + details + 1;
-    let expected = totals.len() as u64;
+    let affected = txn.execute_unprepared(sql.as_str()).await?.rows_affected();
     let matched = affected.saturating_sub(inserted);
-    if matched != expected {
-        return Err(WriteError::GuardTripped { expected, matched });
+    if matched != guarded {
+        return Err(WriteError::GuardTripped {
+            expected: guarded,
+            matched,
+        });
     }
     Ok(())
 }
 
-/// `SET current_stock = current_stock - q WHERE id = ? AND current_stock >= q` for every
-/// product of the batch in one statement. Each product matches at most one row, so "rows
-/// affected = number of products" proves that every product's guard held (MySQL counts
-/// matched rows here, as SQLite does). Ascending id: concurrent writers lock rows in one
-/// order.
-fn decrement(sql: &mut Sql, totals: &BTreeMap<ProductId, i64>) {
+/// `SET current_stock = current_stock + d WHERE id = ? AND current_stock + d >= 0` for
+/// every product of the batch in one statement, `d` being the units given back minus
+/// the units taken. Each product matches at most one row, so "rows affected = number of
+/// products" proves that every product's guard held (MySQL counts matched rows here, as
+/// SQLite does). A product that units are taken from must not be deleted; one that only
+/// gets units back may be (its holds still end). Ascending id: concurrent writers lock
+/// rows in one order.
+fn change_stock(sql: &mut Sql, stock: &BTreeMap<ProductId, StockChange>) {
     let mut case = Sql::new("CASE id");
-    for (product, quantity) in totals {
+    for (product, change) in stock {
         case.text(" WHEN ")
             .int(product.0)
             .text(" THEN ")
-            .int(*quantity);
+            .int(change.returned - change.taken);
     }
     case.text(" END");
-    sql.text("UPDATE products SET current_stock = current_stock - (")
-        .text(&case.0)
-        .text("), updated_at = CURRENT_TIMESTAMP WHERE deleted_at IS NULL AND current_stock >= (")
-        .text(&case.0)
-        .text(") AND id IN (");
-    for (i, product) in totals.keys().enumerate() {
-        if i > 0 {
-            sql.text(", ");
-        }
-        sql.int(product.0);
+    sql.text("UPDATE products SET current_stock = current_stock + (");
+    sql.0.push_str(case.as_str());
+    sql.text("), updated_at = CURRENT_TIMESTAMP WHERE current_stock + (");
+    sql.0.push_str(case.as_str());
+    sql.text(") >= 0");
+    let returned_only: Vec<i64> = stock
+        .iter()
+        .filter(|(_, change)| change.taken == 0)
+        .map(|(product, _)| product.0)
+        .collect();
+    if returned_only.is_empty() {
+        sql.text(" AND deleted_at IS NULL");
+    } else if returned_only.len() < stock.len() {
+        sql.text(" AND (deleted_at IS NULL OR id IN (")
+            .list(returned_only)
+            .text("))");
     }
-    sql.text(")");
+    sql.text(" AND id IN (")
+        .list(stock.keys().map(|p| p.0))
+        .text(")");
 }
 
 #[cfg(test)]
@@ -188,5 +338,35 @@ mod tests {
         let mut sql = Sql::new("");
         sql.token(&token);
         assert_eq!(sql.0, "'ff-10-1'");
+    }
+
+    #[test]
+    fn bytes_and_timestamps_cannot_carry_sql() {
+        let mut sql = Sql::new("");
+        sql.bytes(b"'; DROP TABLE orders; --")
+            .text(" ")
+            .timestamp(Some(1_764_644_645))
+            .text(" ")
+            .timestamp(None);
+        assert_eq!(
+            sql.0,
+            "X'273b2044524f50205441424c45206f72646572733b202d2d' '2025-12-02 03:04:05' NULL"
+        );
+    }
+
+    #[test]
+    fn stock_changes_guard_what_is_taken() {
+        let change = |taken, returned| StockChange { taken, returned };
+        let mut sql = Sql::new("");
+        change_stock(
+            &mut sql,
+            &BTreeMap::from([(ProductId(1), change(3, 1)), (ProductId(2), change(0, 2))]),
+        );
+        assert_eq!(
+            sql.0,
+            "UPDATE products SET current_stock = current_stock + (CASE id WHEN 1 THEN -2 WHEN 2 THEN 2 END), \
+             updated_at = CURRENT_TIMESTAMP WHERE current_stock + (CASE id WHEN 1 THEN -2 WHEN 2 THEN 2 END) >= 0 \
+             AND (deleted_at IS NULL OR id IN (2)) AND id IN (1, 2)"
+        );
     }
 }

@@ -1,12 +1,19 @@
-//! Kitara's domain: identifiers, a validated order, and the pure stock rules.
+//! Kitara's domain: identifiers, a validated order, the pure stock rules, the life of a
+//! hold, per-customer limits, and idempotency keys.
 //!
 //! Nothing here does I/O or awaits, so the rules can be checked by the thousand against
 //! a simple model (see the unit tests in `stock`).
 
+mod hold;
+mod key;
+mod limits;
 mod order;
 mod stock;
 
-pub use order::{LockOrder, MAX_LINES, MAX_QUANTITY, OrderError, OrderLine};
+pub use hold::{Begin, Deadline, Hold, HoldBook, Judgement, OrderStatus, Resolution, judge};
+pub use key::{Fingerprint, IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use limits::Purchases;
+pub use order::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, OrderError, OrderLine};
 pub use stock::{StockBook, Verdict};
 
 macro_rules! id_type {

@@ -9,6 +9,9 @@ pub const MAX_QUANTITY: i64 = i32::MAX as i64;
 /// Most lines a request may carry, counted before duplicate lines are merged.
 pub const MAX_LINES: usize = 100;
 
+/// Longest hold a lock may ask for (`hold_seconds`, `KITARA_HOLD_SECONDS`): a week.
+pub const MAX_HOLD_SECONDS: u32 = 604_800;
+
 /// One product of an order, after duplicate lines were merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderLine {
@@ -80,6 +83,26 @@ impl LockOrder {
             lines,
             total,
         })
+    }
+
+    /// An order as the database holds it (a live hold read back at start-up or on a
+    /// reload). It passed the edge when it was placed, or was written by a tool: its
+    /// lines are merged, but the edge's limits are not applied again.
+    pub fn stored(buyer: UserId, lines: impl IntoIterator<Item = (ProductId, i64)>) -> Self {
+        let mut merged: BTreeMap<ProductId, i64> = BTreeMap::new();
+        for (product, quantity) in lines {
+            *merged.entry(product).or_insert(0) += quantity;
+        }
+        let total = merged.values().sum();
+        let lines = merged
+            .into_iter()
+            .map(|(product, quantity)| OrderLine { product, quantity })
+            .collect();
+        Self {
+            buyer,
+            lines,
+            total,
+        }
     }
 
     pub fn buyer(&self) -> UserId {

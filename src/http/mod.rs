@@ -3,16 +3,19 @@
 //! The service never returns `Err` (hyper would drop the connection): every failure
 //! becomes an `ApiError` answer.
 
+mod orders;
 mod request;
 pub mod response;
+mod views;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -20,16 +23,15 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::app::AppState;
-use crate::catalog::Product;
-use crate::store::Placed;
+use crate::domain::Resolution;
 use response::{ApiError, Body};
+use views::ProductView;
 
-/// Largest lock-order body accepted.
+/// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub struct ServerConfig {
@@ -103,22 +105,79 @@ pub async fn serve(
     }
 }
 
+/// What a path names; each route serves one set of methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Products,
+    Lock,
+    Order,
+    Confirm,
+    Cancel,
+}
+
+impl Route {
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Healthz | Route::Products | Route::Order => "GET, HEAD",
+            Route::Lock | Route::Confirm | Route::Cancel => "POST",
+        }
+    }
+}
+
+/// The paths Kitara serves. A fixed segment wins over a parameter, so
+/// `/api/v1/order/lock` is the lock endpoint, never the order `lock`.
+fn router() -> &'static matchit::Router<Route> {
+    static ROUTER: OnceLock<matchit::Router<Route>> = OnceLock::new();
+    ROUTER.get_or_init(|| {
+        let mut router = matchit::Router::new();
+        for (path, route) in [
+            ("/healthz", Route::Healthz),
+            ("/api/v1/products", Route::Products),
+            ("/api/v1/order/lock", Route::Lock),
+            ("/api/v1/order/{id}", Route::Order),
+            ("/api/v1/order/{id}/confirm", Route::Confirm),
+            ("/api/v1/order/{id}/cancel", Route::Cancel),
+        ] {
+            if let Err(e) = router.insert(path, route) {
+                unreachable!("Kitara's routes do not conflict: {e}");
+            }
+        }
+        router
+    })
+}
+
 async fn route(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     request_timeout: Duration,
 ) -> Response<Body> {
+    let (route, id) = match router().at(request.uri().path()) {
+        Ok(matched) => (
+            *matched.value,
+            matched.params.get("id").map(request::parse_order_id),
+        ),
+        Err(_) => return ApiError::NotFound.into_response(),
+    };
+    // The path names an order, or something that names none.
+    let id = id.flatten();
     // HEAD is answered like GET; hyper leaves the body out.
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let result = match request.uri().path() {
-        "/api/v1/products" if read => Ok(list_products(state)),
-        "/healthz" if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
-        "/api/v1/products" | "/healthz" => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        "/api/v1/order/lock" if request.method() == Method::POST => {
-            lock_order(state, request, request_timeout).await
+    let post = request.method() == Method::POST;
+    let result = match route {
+        Route::Healthz if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
+        Route::Products if read => Ok(list_products(state)),
+        Route::Order if read => orders::get(state, id).await,
+        Route::Lock if post => orders::lock(state, request, request_timeout).await,
+        Route::Confirm if post => {
+            orders::end(state, request, id, Resolution::Confirm, request_timeout).await
         }
-        "/api/v1/order/lock" => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        _ => Err(ApiError::NotFound),
+        Route::Cancel if post => {
+            orders::end(state, request, id, Resolution::Cancel, request_timeout).await
+        }
+        route => Err(ApiError::MethodNotAllowed {
+            allow: route.allow(),
+        }),
     };
     result.unwrap_or_else(|error| {
         if error.status().is_server_error() {
@@ -126,36 +185,6 @@ async fn route(
         }
         error.into_response()
     })
-}
-
-#[derive(Serialize)]
-struct ProductView<'a> {
-    id: i64,
-    product_name: &'a str,
-    current_stock: i64,
-    store_id: i64,
-    store: StoreView<'a>,
-}
-
-#[derive(Serialize)]
-struct StoreView<'a> {
-    id: i64,
-    store_name: &'a str,
-}
-
-impl<'a> From<&'a Product> for ProductView<'a> {
-    fn from(p: &'a Product) -> Self {
-        ProductView {
-            id: p.id.0,
-            product_name: &p.name,
-            current_stock: p.stock(),
-            store_id: p.store.0,
-            store: StoreView {
-                id: p.store.0,
-                store_name: &p.store_name,
-            },
-        }
-    }
 }
 
 fn list_products(state: &AppState) -> Response<Body> {
@@ -168,54 +197,15 @@ fn list_products(state: &AppState) -> Response<Body> {
     response::json(StatusCode::OK, "OK", Some(products))
 }
 
-#[derive(Serialize)]
-struct LockView<'a> {
-    order_id: i64,
-    order_details: Vec<DetailView<'a>>,
-}
-
-#[derive(Serialize)]
-struct DetailView<'a> {
-    order_detail_id: i64,
-    product_id: i64,
-    product_name: &'a str,
-    quantity: i64,
-}
-
-async fn lock_order(
-    state: &Arc<AppState>,
-    request: Request<Incoming>,
-    request_timeout: Duration,
-) -> Result<Response<Body>, ApiError> {
-    let body = read_json_body(request, request_timeout).await?;
-    let order = request::parse_lock_order(&body)?;
-    let placed: Placed = state.lock_order(order).await?;
-    let order_details = placed
-        .details
-        .iter()
-        .map(|(id, line)| DetailView {
-            order_detail_id: id.0,
-            product_id: line.product.0,
-            product_name: state
-                .catalog
-                .get(line.product)
-                .map_or("", |p| p.name.as_str()),
-            quantity: line.quantity,
-        })
-        .collect();
-    let view = LockView {
-        order_id: placed.order_id.0,
-        order_details,
-    };
-    Ok(response::json(StatusCode::OK, "OK", Some(view)))
-}
-
 /// Rule 1: a JSON content type, then a body of at most `MAX_BODY_BYTES`, received in
 /// time. A declared length over the limit is refused before the body is read.
-async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
-    let (parts, mut body) = request.into_parts();
+async fn read_json_body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     // Exactly one Content-Type: with several, which one the client meant is a guess.
-    let mut content_types = parts.headers.get_all(CONTENT_TYPE).iter();
+    let mut content_types = headers.get_all(CONTENT_TYPE).iter();
     let json = match (content_types.next(), content_types.next()) {
         (Some(value), None) => value
             .to_str()
@@ -224,8 +214,7 @@ async fn read_json_body(request: Request<Incoming>, timeout: Duration) -> Result
             .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json")),
         _ => false,
     };
-    let declared = parts
-        .headers
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());

@@ -1,4 +1,6 @@
-//! Parsing the lock-order body (rules 1 to 3 of the judging order) into a `LockOrder`.
+//! Parsing request bodies and paths: the lock-order body (rules 1 to 3 of the judging
+//! order) into a `LockOrder` and its `hold_seconds`, the buyer of a confirm or cancel,
+//! and the order id of a path.
 //!
 //! A well-formed body is read straight into integers (`Body`). Any other body is read
 //! again field by field, values kept as raw JSON text, so that every rule can name the
@@ -15,15 +17,43 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::domain::{LockOrder, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
+use crate::domain::{
+    LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, OrderId, ProductId, UserId,
+};
 
 use super::response::ApiError;
 
-pub fn parse_lock_order(body: &[u8]) -> Result<LockOrder, ApiError> {
+/// A lock request past the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockBody {
+    pub order: LockOrder,
+    /// As the body gave it; `None` means the server's default.
+    pub hold_seconds: Option<u32>,
+}
+
+pub fn parse_lock_order(body: &[u8]) -> Result<LockBody, ApiError> {
     match parse_well_formed(body) {
-        Some(order) => Ok(order),
+        Some(lock) => Ok(lock),
         None => parse_checked(body),
     }
+}
+
+/// The body of a confirm or cancel: `{"user_id": N}`, judged as a lock's `user_id`.
+pub fn parse_buyer(body: &[u8]) -> Result<UserId, ApiError> {
+    let object = object(body)?;
+    let user_id = required(&object, "user_id")?;
+    Ok(UserId(integer(user_id, "user_id")?))
+}
+
+/// The `{id}` of `/api/v1/order/{id}`: a decimal order id without sign or leading
+/// zeros. Anything else names no order.
+pub fn parse_order_id(text: &str) -> Option<OrderId> {
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    canonical
+        .then(|| text.parse::<i64>().ok())
+        .flatten()
+        .map(OrderId)
 }
 
 /// A body of the expected shape; serde refuses a float, a string or a boolean where an
@@ -31,6 +61,7 @@ pub fn parse_lock_order(body: &[u8]) -> Result<LockOrder, ApiError> {
 struct Body {
     user_id: i64,
     products: Vec<Line>,
+    hold_seconds: Option<i64>,
 }
 
 struct Line {
@@ -40,15 +71,19 @@ struct Line {
 
 impl<'de> Deserialize<'de> for Body {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (user_id, products) =
-            deserializer.deserialize_map(Object::new(["user_id", "products"]))?;
-        Ok(Body { user_id, products })
+        let ((user_id, products), hold_seconds) = deserializer
+            .deserialize_map(Object::new(["user_id", "products"]).with_optional("hold_seconds"))?;
+        Ok(Body {
+            user_id,
+            products,
+            hold_seconds,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Line {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (product_id, quantity) =
+        let ((product_id, quantity), ()) =
             deserializer.deserialize_map(Object::new(["product_id", "quantity"]))?;
         Ok(Line {
             product_id,
@@ -57,56 +92,96 @@ impl<'de> Deserialize<'de> for Line {
     }
 }
 
-/// Reads a JSON object with two required fields and skips the others. Not serde's derive:
-/// a derived struct also accepts an array of its fields (`[2, [[1, 1]]]`), which is not
-/// the JSON object rule 1 asks for. A repeated field, or a key with escapes, fails the
-/// shortcut and leaves the verdict to `parse_checked`.
-struct Object<X, Y> {
+/// Reads a JSON object with two required fields, optionally a third (absent or null is
+/// `None`), and skips the others. Not serde's derive: a derived struct also accepts an
+/// array of its fields (`[2, [[1, 1]]]`), which is not the JSON object rule 1 asks for.
+/// A repeated field, or a key with escapes, fails the shortcut and leaves the verdict to
+/// `parse_checked`.
+struct Object<X, Y, Z> {
     names: [&'static str; 2],
-    fields: PhantomData<(X, Y)>,
+    optional: Option<&'static str>,
+    fields: PhantomData<(X, Y, Z)>,
 }
 
-impl<X, Y> Object<X, Y> {
+impl<X, Y> Object<X, Y, ()> {
     fn new(names: [&'static str; 2]) -> Self {
         Self {
             names,
+            optional: None,
+            fields: PhantomData,
+        }
+    }
+
+    fn with_optional<Z>(self, name: &'static str) -> Object<X, Y, Option<Z>> {
+        Object {
+            names: self.names,
+            optional: Some(name),
             fields: PhantomData,
         }
     }
 }
 
-impl<'de, X: Deserialize<'de>, Y: Deserialize<'de>> Visitor<'de> for Object<X, Y> {
-    type Value = (X, Y);
+/// What the optional third field reads as: nothing, or `Option<Z>`.
+trait OptionalField<'de>: Sized {
+    fn absent() -> Self;
+    fn read<M: MapAccess<'de>>(map: &mut M) -> Result<Self, M::Error>;
+}
+
+impl<'de> OptionalField<'de> for () {
+    fn absent() -> Self {}
+    fn read<M: MapAccess<'de>>(map: &mut M) -> Result<Self, M::Error> {
+        map.next_value::<IgnoredAny>().map(|_| ())
+    }
+}
+
+impl<'de, Z: Deserialize<'de>> OptionalField<'de> for Option<Z> {
+    fn absent() -> Self {
+        None
+    }
+    fn read<M: MapAccess<'de>>(map: &mut M) -> Result<Self, M::Error> {
+        map.next_value()
+    }
+}
+
+impl<'de, X: Deserialize<'de>, Y: Deserialize<'de>, Z: OptionalField<'de>> Visitor<'de>
+    for Object<X, Y, Z>
+{
+    type Value = ((X, Y), Z);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "an object with {} and {}", self.names[0], self.names[1])
     }
 
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(X, Y), M::Error> {
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
         let [first_name, second_name] = self.names;
-        let (mut first, mut second) = (None, None);
+        let (mut first, mut second, mut third) = (None, None, None);
         while let Some(key) = map.next_key::<&str>()? {
             if key == first_name && first.is_none() {
                 first = Some(map.next_value()?);
             } else if key == second_name && second.is_none() {
                 second = Some(map.next_value()?);
-            } else if key == first_name || key == second_name {
+            } else if Some(key) == self.optional && third.is_none() {
+                third = Some(Z::read(&mut map)?);
+            } else if key == first_name || key == second_name || Some(key) == self.optional {
                 return Err(de::Error::custom("a field appears twice"));
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
         Ok((
-            first.ok_or_else(|| de::Error::missing_field(first_name))?,
-            second.ok_or_else(|| de::Error::missing_field(second_name))?,
+            (
+                first.ok_or_else(|| de::Error::missing_field(first_name))?,
+                second.ok_or_else(|| de::Error::missing_field(second_name))?,
+            ),
+            third.unwrap_or_else(Z::absent),
         ))
     }
 }
 
 /// The order, if the body is well formed and every rule up to merging holds; `None`
 /// sends it to `parse_checked` for a precise answer. `LockOrder::new` checks the lines'
-/// count and quantities; the ids are checked here.
-fn parse_well_formed(body: &[u8]) -> Option<LockOrder> {
+/// count and quantities; the ids and `hold_seconds` are checked here.
+fn parse_well_formed(body: &[u8]) -> Option<LockBody> {
     // serde skips an ignored field's string without checking its UTF-8, which reading
     // into a `Value` does check: a JSON text must be UTF-8 throughout.
     let text = std::str::from_utf8(body).ok()?;
@@ -115,11 +190,26 @@ fn parse_well_formed(body: &[u8]) -> Option<LockOrder> {
     if !in_range(body.user_id) || !body.products.iter().all(|l| in_range(l.product_id)) {
         return None;
     }
+    let hold_seconds = match body.hold_seconds {
+        None => None,
+        Some(n) => Some(hold_seconds(n)?),
+    };
     let lines = body
         .products
         .iter()
         .map(|l| (ProductId(l.product_id), l.quantity));
-    LockOrder::new(UserId(body.user_id), lines).ok()
+    let order = LockOrder::new(UserId(body.user_id), lines).ok()?;
+    Some(LockBody {
+        order,
+        hold_seconds,
+    })
+}
+
+/// `hold_seconds` in `1..=MAX_HOLD_SECONDS`.
+fn hold_seconds(n: i64) -> Option<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_HOLD_SECONDS).contains(n))
 }
 
 /// Judges any body by rules 1 to 3, naming the field a refusal is about.
@@ -127,11 +217,8 @@ fn parse_well_formed(body: &[u8]) -> Option<LockOrder> {
 /// Values are kept as raw JSON text until a rule looks at them, so that a number no
 /// float can hold (`1e400`, four hundred digits) is judged where it stands: as a field
 /// that is not an integer in range, or as an unknown field, ignored.
-fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
-    let not_an_object = || bad("request body must be one JSON object");
-    let text = std::str::from_utf8(body).map_err(|_| not_an_object())?;
-    let object: Fields<'_> = serde_json::from_str(text).map_err(|_| not_an_object())?;
-
+fn parse_checked(body: &[u8]) -> Result<LockBody, ApiError> {
+    let object = object(body)?;
     let user_id = required(&object, "user_id")?;
     let products = required(&object, "products")?;
     let user = UserId(integer(user_id, "user_id")?);
@@ -158,12 +245,36 @@ fn parse_checked(body: &[u8]) -> Result<LockOrder, ApiError> {
         let quantity = integer(quantity, &format!("products[{i}].quantity"))?;
         parsed.push((ProductId(product), quantity));
     }
+    let hold_seconds = match object.get("hold_seconds") {
+        Some(value) if value.get() != "null" => Some(
+            serde_json::from_str::<i64>(value.get())
+                .ok()
+                .and_then(hold_seconds)
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "hold_seconds must be an integer between 1 and {MAX_HOLD_SECONDS}"
+                    ))
+                })?,
+        ),
+        _ => None,
+    };
 
-    LockOrder::new(user, parsed).map_err(|e| ApiError::BadRequest(e.to_string()))
+    let order = LockOrder::new(user, parsed).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(LockBody {
+        order,
+        hold_seconds,
+    })
 }
 
 /// A JSON object's fields as raw JSON text; of a repeated key, the last one counts.
 type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+/// Rule 1's last part: the body is one JSON object, UTF-8 throughout.
+fn object(body: &[u8]) -> Result<Fields<'_>, ApiError> {
+    let not_an_object = || bad("request body must be one JSON object");
+    let text = std::str::from_utf8(body).map_err(|_| not_an_object())?;
+    serde_json::from_str(text).map_err(|_| not_an_object())
+}
 
 fn bad(message: &str) -> ApiError {
     ApiError::BadRequest(message.to_owned())
@@ -228,14 +339,76 @@ mod tests {
     #[test]
     fn a_valid_body_becomes_a_merged_order_and_unknown_fields_are_ignored() {
         let body = r#"{"user_id":2,"extra":true,"products":[{"product_id":2,"quantity":1},{"product_id":1,"quantity":2,"note":"x"},{"product_id":2,"quantity":3}]}"#;
-        let order = parse_lock_order(body.as_bytes()).unwrap();
-        assert_eq!(order.buyer(), UserId(2));
-        let lines: Vec<_> = order
+        let lock = parse_lock_order(body.as_bytes()).unwrap();
+        assert_eq!(lock.order.buyer(), UserId(2));
+        assert_eq!(lock.hold_seconds, None);
+        let lines: Vec<_> = lock
+            .order
             .lines()
             .iter()
             .map(|l| (l.product.0, l.quantity))
             .collect();
         assert_eq!(lines, [(1, 2), (2, 4)]);
+    }
+
+    #[test]
+    fn hold_seconds_is_an_integer_of_at_most_a_week() {
+        let body = |hold: &str| {
+            format!(
+                r#"{{"user_id":2,"hold_seconds":{hold},"products":[{{"product_id":1,"quantity":1}}]}}"#
+            )
+        };
+        for bad in ["0", "-1", "604801", "1.5", "\"5\"", "true", "1e2", "[]"] {
+            assert!(message(&body(bad)).contains("hold_seconds"), "{bad}");
+        }
+        for (good, seconds) in [("1", Some(1)), ("604800", Some(604_800)), ("null", None)] {
+            let lock = parse_lock_order(body(good).as_bytes()).unwrap();
+            assert_eq!(lock.hold_seconds, seconds, "{good}");
+        }
+        // The fields of rule 2 are judged first.
+        let both = r#"{"user_id":0,"hold_seconds":0,"products":[{"product_id":1,"quantity":1}]}"#;
+        assert!(message(both).contains("user_id"));
+    }
+
+    #[test]
+    fn the_buyer_of_a_confirm_is_judged_like_a_lock_user_id() {
+        assert_eq!(parse_buyer(br#"{"user_id":2,"x":1}"#).unwrap(), UserId(2));
+        for bad in [
+            &b"{}"[..],
+            br#"{"user_id":null}"#,
+            br#"{"user_id":"2"}"#,
+            br#"{"user_id":0}"#,
+        ] {
+            match parse_buyer(bad) {
+                Err(ApiError::BadRequest(m)) => assert!(m.contains("user_id"), "{m}"),
+                other => panic!("expected a 400, got {other:?}"),
+            }
+        }
+        assert!(
+            matches!(parse_buyer(b"[2]"), Err(ApiError::BadRequest(m)) if m.contains("JSON object"))
+        );
+    }
+
+    #[test]
+    fn an_order_id_is_a_plain_positive_integer() {
+        assert_eq!(parse_order_id("42"), Some(OrderId(42)));
+        assert_eq!(
+            parse_order_id("9223372036854775807"),
+            Some(OrderId(i64::MAX))
+        );
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "007",
+            "abc",
+            "1.0",
+            "9223372036854775808",
+            "1 ",
+        ] {
+            assert_eq!(parse_order_id(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -299,7 +472,7 @@ mod tests {
         use super::super::{parse_checked, parse_lock_order, parse_well_formed};
 
         /// JSON values an integer field may hold in a real or hostile request.
-        fn scalar() -> impl Strategy<Value = String> {
+        fn scalar() -> BoxedStrategy<String> {
             prop_oneof![
                 4 => (-2i64..5).prop_map(|n| n.to_string()),
                 1 => Just("2147483647".to_owned()),
@@ -312,6 +485,7 @@ mod tests {
                 1 => prop_oneof![Just("2.0"), Just("2.5"), Just("1e2"), Just("1E0")].prop_map(str::to_owned),
                 1 => prop_oneof![Just("\"2\""), Just("true"), Just("null"), Just("[]"), Just("{}")].prop_map(str::to_owned),
             ]
+            .boxed()
         }
 
         /// An object from (key, value) entries; keys may repeat, as JSON allows.
@@ -324,7 +498,7 @@ mod tests {
         }
 
         /// A line as an object, or as an array of its values (which is not a line).
-        fn line() -> impl Strategy<Value = String> {
+        fn line() -> BoxedStrategy<String> {
             let key = prop_oneof![
                 4 => Just("product_id"),
                 4 => Just("quantity"),
@@ -334,19 +508,22 @@ mod tests {
                 6 => prop::collection::vec((key.prop_map(str::to_owned), scalar()), 0..4).prop_map(object),
                 1 => (scalar(), scalar()).prop_map(|(p, q)| format!("[{p},{q}]")),
             ]
+            .boxed()
         }
 
-        fn products() -> impl Strategy<Value = String> {
+        fn products() -> BoxedStrategy<String> {
             prop_oneof![
                 8 => prop::collection::vec(line(), 0..4).prop_map(|l| format!("[{}]", l.join(","))),
                 1 => scalar(),
             ]
+            .boxed()
         }
 
-        fn body() -> impl Strategy<Value = String> {
+        fn body() -> BoxedStrategy<String> {
             let entry = prop_oneof![
                 3 => scalar().prop_map(|v| ("user_id".to_owned(), v)),
                 3 => products().prop_map(|v| ("products".to_owned(), v)),
+                1 => scalar().prop_map(|v| ("hold_seconds".to_owned(), v)),
                 1 => scalar().prop_map(|v| ("extra".to_owned(), v)),
             ];
             prop_oneof![
@@ -356,33 +533,45 @@ mod tests {
                 // The fields' values in an array, as a derived serde struct would take them.
                 2 => (scalar(), products()).prop_map(|(u, p)| format!("[{u},{p}]")),
             ]
+            .boxed()
         }
 
         /// A body shaped like a real order, so that the shortcut is often taken.
-        fn plausible_body() -> impl Strategy<Value = String> {
+        fn plausible_body() -> BoxedStrategy<String> {
             let line = (scalar(), scalar(), 0..8).prop_map(|(p, q, shape)| match shape {
                 0 => format!("[{p},{q}]"),
                 _ => format!("{{\"product_id\":{p},\"quantity\":{q}}}"),
             });
-            (scalar(), prop::collection::vec(line, 0..4)).prop_map(|(user, lines)| {
-                format!("{{\"user_id\":{user},\"products\":[{}]}}", lines.join(","))
-            })
+            let hold = prop_oneof![
+                4 => Just(String::new()),
+                2 => scalar().prop_map(|h| format!(",\"hold_seconds\":{h}")),
+                1 => prop_oneof![Just("900"), Just("604800"), Just("604801"), Just("null")]
+                    .prop_map(|h| format!(",\"hold_seconds\":{h}")),
+            ];
+            (scalar(), prop::collection::vec(line, 0..4), hold)
+                .prop_map(|(user, lines, hold)| {
+                    format!(
+                        "{{\"user_id\":{user},\"products\":[{}]{hold}}}",
+                        lines.join(",")
+                    )
+                })
+                .boxed()
         }
 
         /// A body the shortcut accepts as it is.
-        fn valid_body() -> impl Strategy<Value = String> {
+        fn valid_body() -> BoxedStrategy<String> {
             let line = (1i64..20, 1i64..5)
                 .prop_map(|(p, q)| format!("{{\"product_id\":{p},\"quantity\":{q}}}"));
-            (1i64..5, prop::collection::vec(line, 1..4), any::<bool>()).prop_map(
-                |(user, lines, as_array)| {
+            (1i64..5, prop::collection::vec(line, 1..4), any::<bool>())
+                .prop_map(|(user, lines, as_array)| {
                     let lines = lines.join(",");
                     if as_array {
                         format!("[{user},[{lines}]]")
                     } else {
                         format!("{{\"user_id\":{user},\"products\":[{lines}]}}")
                     }
-                },
-            )
+                })
+                .boxed()
         }
 
         /// A body's bytes, sometimes with an unknown field whose string is not UTF-8.

@@ -6,8 +6,10 @@ use http_body_util::Full;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
-use crate::store::LockError;
+use crate::domain::OrderStatus;
+use crate::store::{LockError, ResolveError};
 
 pub type Body = Full<Bytes>;
 
@@ -39,6 +41,17 @@ pub fn json<T: Serialize>(status: StatusCode, message: &str, data: Option<T>) ->
     }
 }
 
+/// An answer 200 whose `data` is JSON rendered already (see `views`).
+pub fn json_data(data: &[u8]) -> Response<Body> {
+    match serde_json::from_slice::<&RawValue>(data) {
+        Ok(data) => json(StatusCode::OK, "OK", Some(data)),
+        Err(e) => {
+            tracing::error!(error = %e, "an answer's data is not JSON");
+            ApiError::Internal.into_response()
+        }
+    }
+}
+
 fn with_body(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -66,6 +79,19 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("order is {0}")]
+    OrderEnded(OrderStatus),
+    #[error("a request with this Idempotency-Key is in progress")]
+    KeyInProgress,
+    #[error("Idempotency-Key reused with a different request")]
+    KeyReused,
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// A bug; the cause was logged.
+    #[error("internal error")]
+    Internal,
 }
 
 /// How long a client should wait before retrying a 503.
@@ -83,20 +109,57 @@ impl ApiError {
             ApiError::Lock(e) => match e {
                 LockError::UserNotFound
                 | LockError::MixedStores
+                | LockError::LimitExceeded
                 | LockError::NoneAvailable
                 | LockError::SomeAvailable => StatusCode::BAD_REQUEST,
-                LockError::Busy
+                LockError::KeyTaken
+                | LockError::Busy
                 | LockError::Unavailable
                 | LockError::Conflict
                 | LockError::OutcomeUnknown
                 | LockError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             },
+            ApiError::OrderNotFound => StatusCode::NOT_FOUND,
+            ApiError::OrderEnded(_) | ApiError::KeyInProgress => StatusCode::CONFLICT,
+            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Resolve(e) => match e {
+                ResolveError::NotHeld => StatusCode::CONFLICT,
+                ResolveError::KeyTaken
+                | ResolveError::Busy
+                | ResolveError::Unavailable
+                | ResolveError::OutcomeUnknown
+                | ResolveError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// Whether the request was judged and refused (a 4xx of the judging order): for a
+    /// keyed request, the key may hold the answer of an earlier request that succeeded.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Lock(
+                LockError::UserNotFound
+                    | LockError::MixedStores
+                    | LockError::LimitExceeded
+                    | LockError::NoneAvailable
+                    | LockError::SomeAvailable
+                    | LockError::KeyTaken
+            ) | ApiError::Resolve(ResolveError::KeyTaken)
+        )
     }
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let mut response = json::<()>(status, &self.to_string(), None);
+        let message = match self {
+            // A hold written behind Kitara's back after start-up is not in any actor.
+            ApiError::Resolve(ResolveError::NotHeld) => {
+                "order was locked outside Kitara; it is adopted at the next start".to_owned()
+            }
+            ref other => other.to_string(),
+        };
+        let mut response = json::<()>(status, &message, None);
         let headers = response.headers_mut();
         if let ApiError::MethodNotAllowed { allow } = self {
             headers.insert(ALLOW, HeaderValue::from_static(allow));

@@ -7,13 +7,19 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use sea_orm::DatabaseConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{LockCommand, LockError, LockResult, Placed, StoreHandle};
+use super::{
+    Command, LockError, LockResult, Placed, ResolveError, ResolveResult, Resolved, StoreHandle,
+};
 use crate::catalog::Product;
-use crate::db::load;
-use crate::domain::{LockOrder, ProductId, StockBook, StoreId, Verdict};
-use crate::writer::{Outcome, PersistError, WriterHandle};
+use crate::clock::Clock;
+use crate::db::load::{self, StoreState};
+use crate::domain::{
+    Begin, Deadline, HoldBook, LockOrder, OrderId, ProductId, Purchases, Resolution, StockBook,
+    StoreId, UserId, Verdict,
+};
+use crate::writer::{KeyRecord, Outcome, PersistError, Write, WriterHandle, Written};
 
 /// While its stock is unknown (the database was unreachable), a store tries to reload it
 /// at most this often; orders in between are answered 503 at once.
@@ -28,33 +34,47 @@ pub struct ActorConfig {
     pub memory_check: bool,
 }
 
-/// Starts the actor of one store with the stock the catalog was loaded with.
+/// Starts the actor of one store with the state start-up read.
 pub fn spawn(
     store: StoreId,
     products: Vec<Arc<Product>>,
+    state: StoreState,
     writer: WriterHandle,
     db: DatabaseConnection,
+    clock: Clock,
     config: &ActorConfig,
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let (sender, mailbox) = mpsc::channel(config.mailbox);
-    let actor = StoreActor {
+    let moved = clock.is_manual().then(|| clock.watch());
+    let mut actor = StoreActor {
         store,
-        book: StockBook::new(products.iter().map(|p| (p.id, p.stock()))),
+        book: StockBook::default(),
+        holds: HoldBook::default(),
+        purchases: Purchases::default(),
         products: products.into_iter().map(|p| (p.id, p)).collect(),
         mailbox,
         writer,
         db,
+        clock,
+        moved,
         batch_size: config.batch_size,
         memory_check: config.memory_check,
         in_flight: FuturesUnordered::new(),
         stale_since: None,
+        waiting: HashMap::new(),
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        armed: None,
+        expiring: false,
     };
+    actor.replace_state(state);
     (StoreHandle { sender }, tokio::spawn(actor.run()))
 }
 
-/// An order the actor is handling, with its answer channel.
-struct Attempt {
+/// A lock the actor is handling, with its answer channel.
+struct LockAttempt {
     order: Arc<LockOrder>,
+    expires_at: Option<Deadline>,
+    key: Option<Arc<KeyRecord>>,
     respond_to: oneshot::Sender<LockResult>,
     /// Set when its first write failed (refused, or the connection was lost before
     /// COMMIT) and it is being judged again against the reloaded stock; a second failure
@@ -62,7 +82,52 @@ struct Attempt {
     retried: bool,
 }
 
-impl Attempt {
+/// A request to end a hold: a confirm or cancel from a client, or an expiry.
+struct EndRequest {
+    order: OrderId,
+    buyer: Option<UserId>,
+    asked: Resolution,
+    key: Option<Arc<KeyRecord>>,
+    /// `None` for an expiry, which nobody waits for.
+    respond_to: Option<oneshot::Sender<ResolveResult>>,
+    retried: bool,
+}
+
+impl EndRequest {
+    fn answer(&mut self, result: ResolveResult) {
+        if let Some(respond_to) = self.respond_to.take() {
+            let _ = respond_to.send(result);
+        }
+    }
+}
+
+/// What the actor has decided and handed to the writer.
+enum Attempt {
+    Lock(LockAttempt),
+    End {
+        request: EndRequest,
+        /// The resolution under way: the asked one, or `Expire` for a hold past due.
+        resolution: Resolution,
+    },
+}
+
+/// Why a decision was not persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Its idempotency key is already stored: nothing of it was written.
+    KeyTaken,
+    /// The writer is gone.
+    ShuttingDown,
+    Write(PersistError),
+}
+
+/// What a store actor is to judge, in arrival order.
+enum Judge {
+    Lock(LockAttempt),
+    End(EndRequest),
+}
+
+impl LockAttempt {
     fn answer(self, result: LockResult) {
         // The client may have gone away; the order stands either way.
         let _ = self.respond_to.send(result);
@@ -75,18 +140,35 @@ struct StoreActor {
     store: StoreId,
     /// The store's stock with every reservation in flight already taken off.
     book: StockBook,
+    /// The live holds: orders still locked, with their deadlines.
+    holds: HoldBook,
+    /// What buyers hold or bought of the products with a per-customer limit.
+    purchases: Purchases,
     /// Where the stock is published for readers that must not wait for the actor.
     products: HashMap<ProductId, Arc<Product>>,
-    mailbox: mpsc::Receiver<LockCommand>,
+    mailbox: mpsc::Receiver<Command>,
     writer: WriterHandle,
-    /// For reloading the stock after the database refused a batch.
+    /// For reloading the store after the database refused a batch.
     db: DatabaseConnection,
+    clock: Clock,
+    /// Tells when a manual clock moved, so that the timer is armed again.
+    moved: Option<watch::Receiver<u64>>,
     batch_size: usize,
     memory_check: bool,
     /// Submissions handed to the writer whose outcome has not come back yet.
     in_flight: FuturesUnordered<InFlight>,
-    /// Set while the stock is unknown because a reload failed: when it was last tried.
+    /// Set while the store is unknown because a reload failed: when it was last tried.
     stale_since: Option<Instant>,
+    /// Confirms and cancels of holds whose end is already on its way, answered when it
+    /// has committed (or judged again if it failed).
+    waiting: HashMap<OrderId, Vec<EndRequest>>,
+    /// One timer for the store: it fires at the earliest deadline of its holds.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline the timer is set for.
+    armed: Option<Deadline>,
+    /// An expiry submission is in flight: the next waits for it, so that a wave of
+    /// expiries takes turns with orders at the writer instead of queueing ahead of them.
+    expiring: bool,
 }
 
 impl StoreActor {
@@ -94,8 +176,10 @@ impl StoreActor {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut open = true;
         loop {
+            self.arm_timer();
+            let timer_on = self.armed.is_some() && self.stale_since.is_none() && !self.expiring;
             tokio::select! {
-                // Answering committed orders comes first: it frees clients soonest.
+                // Answering committed writes comes first: it frees clients soonest.
                 biased;
                 Some((attempts, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.settle(attempts, outcome).await;
@@ -105,12 +189,46 @@ impl StoreActor {
                         open = false;
                         continue;
                     }
-                    let attempts = batch.drain(..).map(|command| Attempt {
-                        order: command.order,
-                        respond_to: command.respond_to,
-                        retried: false,
-                    });
-                    self.decide(attempts.collect()).await;
+                    let mut judge = Vec::with_capacity(received);
+                    for command in batch.drain(..) {
+                        match command {
+                            Command::Lock { request, respond_to } => judge.push(Judge::Lock(LockAttempt {
+                                order: Arc::new(request.order),
+                                expires_at: request.expires_at,
+                                key: request.key,
+                                respond_to,
+                                retried: false,
+                            })),
+                            Command::Resolve { order, buyer, resolution, key, respond_to } => {
+                                judge.push(Judge::End(EndRequest {
+                                    order,
+                                    buyer: Some(buyer),
+                                    asked: resolution,
+                                    key,
+                                    respond_to: Some(respond_to),
+                                    retried: false,
+                                }))
+                            }
+                            Command::SettleDue { respond_to } => {
+                                // What came before it is judged first.
+                                self.decide(std::mem::take(&mut judge)).await;
+                                self.settle_due().await;
+                                let _ = respond_to.send(());
+                            }
+                        }
+                    }
+                    self.decide(judge).await;
+                }
+                () = &mut self.timer, if timer_on && open => {
+                    self.armed = None;
+                    self.expire_due(self.batch_size).await;
+                }
+                moved = Self::clock_moved(&mut self.moved), if open && self.moved.is_some() => {
+                    if moved {
+                        self.armed = None;
+                    } else {
+                        self.moved = None;
+                    }
                 }
                 // While the stock is unknown, keep trying to reload it, so the store is
                 // ready again soon after the database is, even before the next order. Not
@@ -125,117 +243,411 @@ impl StoreActor {
         tracing::debug!(store = %self.store, "store actor stopped");
     }
 
-    /// Judges each order in arrival order against memory, reserves the ones that fit and
-    /// hands them to the writer together.
-    async fn decide(&mut self, attempts: Vec<Attempt>) {
-        if self.stale_since.is_some() && !self.reload_if_due().await {
-            for attempt in attempts {
-                attempt.answer(Err(LockError::Unavailable));
-            }
-            return;
+    /// Resolves when a manual clock moves (`true`) or can no longer move (`false`);
+    /// never for the system clock.
+    async fn clock_moved(moved: &mut Option<watch::Receiver<u64>>) -> bool {
+        match moved {
+            Some(moved) => moved.changed().await.is_ok(),
+            None => std::future::pending().await,
         }
-        let mut accepted = Vec::with_capacity(attempts.len());
-        for attempt in attempts {
-            let lines = attempt.order.lines();
-            let verdict = if self.memory_check {
-                self.book.try_reserve(lines)
-            } else {
-                self.book.reserve_unchecked(lines)
+    }
+
+    /// Sets the timer for the earliest deadline, if that changed.
+    fn arm_timer(&mut self) {
+        let next = self.holds.next_deadline();
+        if next != self.armed {
+            if let Some(deadline) = next {
+                let at = tokio::time::Instant::now() + self.clock.until(deadline);
+                self.timer.as_mut().reset(at);
+            }
+            self.armed = next;
+        }
+    }
+
+    /// Starts expiring up to `limit` holds that are due; returns whether any was.
+    async fn expire_due(&mut self, limit: usize) -> bool {
+        // The timer may fire a little early by the store's clock; it is armed again.
+        let due = self.holds.begin_due(self.clock.now_seconds(), limit);
+        if due.is_empty() {
+            return false;
+        }
+        let mut attempts = Vec::with_capacity(due.len());
+        let mut writes = Vec::with_capacity(due.len());
+        for id in due {
+            let Some(hold) = self.holds.get(id) else {
+                continue;
             };
-            match verdict {
-                Verdict::Reserved => {
-                    self.publish(lines.iter().map(|l| l.product));
-                    accepted.push(attempt);
-                }
-                Verdict::SomeAvailable => attempt.answer(Err(LockError::SomeAvailable)),
-                Verdict::NoneAvailable => attempt.answer(Err(LockError::NoneAvailable)),
-            }
+            writes.push(Write::End {
+                order_id: id,
+                resolution: Resolution::Expire,
+                order: hold.order.clone(),
+                key: None,
+            });
+            attempts.push(Attempt::End {
+                request: EndRequest {
+                    order: id,
+                    buyer: None,
+                    asked: Resolution::Expire,
+                    key: None,
+                    respond_to: None,
+                    retried: false,
+                },
+                resolution: Resolution::Expire,
+            });
         }
-        if accepted.is_empty() {
+        self.expiring = true;
+        self.submit(attempts, writes).await;
+        true
+    }
+
+    /// Expires everything that is due, then waits until nothing is in flight.
+    async fn settle_due(&mut self) {
+        if self.stale_since.is_none() {
+            while self.expire_due(self.batch_size).await {}
+        }
+        while let Some((attempts, outcome)) = self.in_flight.next().await {
+            self.settle(attempts, outcome).await;
+        }
+    }
+
+    /// Judges each request in arrival order against memory, and hands what it decided
+    /// to the writer in one submission.
+    async fn decide(&mut self, requests: Vec<Judge>) {
+        if requests.is_empty() {
             return;
         }
-        let orders = accepted.iter().map(|a| a.order.clone()).collect();
-        match self.writer.submit(self.store, orders).await {
+        if self.stale_since.is_some() && !self.reload_if_due().await {
+            for request in requests {
+                match request {
+                    Judge::Lock(attempt) => attempt.answer(Err(LockError::Unavailable)),
+                    Judge::End(mut request) => request.answer(Err(ResolveError::Unavailable)),
+                }
+            }
+            return;
+        }
+        let now = self.clock.now_seconds();
+        let mut attempts = Vec::with_capacity(requests.len());
+        let mut writes = Vec::with_capacity(requests.len());
+        for request in requests {
+            match request {
+                Judge::Lock(attempt) => {
+                    if !self.purchases.allows(&attempt.order) {
+                        attempt.answer(Err(LockError::LimitExceeded));
+                        continue;
+                    }
+                    let lines = attempt.order.lines();
+                    let verdict = if self.memory_check {
+                        self.book.try_reserve(lines)
+                    } else {
+                        self.book.reserve_unchecked(lines)
+                    };
+                    match verdict {
+                        Verdict::Reserved => {
+                            self.purchases.add(&attempt.order);
+                            self.publish(lines.iter().map(|l| l.product));
+                            writes.push(Write::Lock {
+                                order: attempt.order.clone(),
+                                expires_at: attempt.expires_at,
+                                key: attempt.key.clone(),
+                            });
+                            attempts.push(Attempt::Lock(attempt));
+                        }
+                        Verdict::SomeAvailable => attempt.answer(Err(LockError::SomeAvailable)),
+                        Verdict::NoneAvailable => attempt.answer(Err(LockError::NoneAvailable)),
+                    }
+                }
+                Judge::End(mut request) => {
+                    let buyer_holds = self
+                        .holds
+                        .get(request.order)
+                        .is_some_and(|h| request.buyer.is_none_or(|b| h.order.buyer() == b));
+                    if !buyer_holds {
+                        request.answer(Err(ResolveError::NotHeld));
+                        continue;
+                    }
+                    match self.holds.begin(request.order, request.asked, now) {
+                        Begin::NotLive => request.answer(Err(ResolveError::NotHeld)),
+                        Begin::Pending(_) => {
+                            self.waiting.entry(request.order).or_default().push(request)
+                        }
+                        Begin::Started(resolution) => {
+                            let Some(hold) = self.holds.get(request.order) else {
+                                continue;
+                            };
+                            let order = hold.order.clone();
+                            // A hold past due expires instead: the request's key is not
+                            // stored, since its answer will not be a 200.
+                            let key = if resolution == request.asked {
+                                request.key.clone()
+                            } else {
+                                None
+                            };
+                            writes.push(Write::End {
+                                order_id: request.order,
+                                resolution,
+                                order,
+                                key,
+                            });
+                            attempts.push(Attempt::End {
+                                request,
+                                resolution,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.submit(attempts, writes).await;
+    }
+
+    /// Hands decided writes to the writer; the outcome comes back through `in_flight`.
+    async fn submit(&mut self, attempts: Vec<Attempt>, writes: Vec<Write>) {
+        if attempts.is_empty() {
+            return;
+        }
+        match self.writer.submit(self.store, writes).await {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
                 let outcome = outcome
                     .await
-                    .unwrap_or_else(|_| vec![Err(PersistError::Unavailable); accepted.len()]);
-                (accepted, outcome)
+                    .unwrap_or_else(|_| vec![Err(PersistError::Unavailable); attempts.len()]);
+                (attempts, outcome)
             })),
             Err(_) => {
-                for attempt in accepted {
-                    self.give_back(&attempt.order);
-                    attempt.answer(Err(LockError::ShuttingDown));
+                for attempt in attempts {
+                    self.undo(attempt, Failure::ShuttingDown);
                 }
             }
         }
     }
 
     async fn settle(&mut self, attempts: Vec<Attempt>, outcome: Outcome) {
-        let mut failed = answer_committed(attempts, outcome);
-        if failed.is_empty() {
-            return;
-        }
-        // Memory and database may now disagree. Wait until nothing of this store is in
-        // flight, so the database holds every reservation memory still counts, then
-        // reload: the stock read is then the whole truth.
-        while let Some((attempts, outcome)) = self.in_flight.next().await {
-            failed.extend(answer_committed(attempts, outcome));
-        }
-        let reloaded = self.reload().await;
-        let mut retry = Vec::new();
-        for (attempt, error) in failed {
-            match error {
-                // Nothing of it committed: judge it once more against the truth.
-                PersistError::Refused | PersistError::Unavailable
-                    if reloaded && !attempt.retried =>
-                {
-                    retry.push(Attempt {
-                        retried: true,
-                        ..attempt
-                    })
-                }
-                PersistError::Refused if reloaded => attempt.answer(Err(LockError::Conflict)),
-                PersistError::Refused | PersistError::Unavailable => {
-                    if !reloaded {
-                        // Nothing of it committed, and memory, not replaced by a reload,
-                        // still counts its reservation: give it back, or the published
-                        // stock would turn orders away for units nobody bought.
-                        self.give_back(&attempt.order);
-                    }
-                    attempt.answer(Err(LockError::Unavailable))
-                }
-                PersistError::OutcomeUnknown => attempt.answer(Err(LockError::OutcomeUnknown)),
+        let mut failed = Vec::new();
+        let mut again = Vec::new();
+        self.apply(attempts, outcome, &mut failed, &mut again);
+        if !failed.is_empty() {
+            // Memory and database may now disagree. Wait until nothing of this store is
+            // in flight, so the database holds every decision memory still counts, then
+            // reload: what is read is then the whole truth.
+            while let Some((attempts, outcome)) = self.in_flight.next().await {
+                self.apply(attempts, outcome, &mut failed, &mut again);
+            }
+            let reloaded = self.reload().await;
+            for (attempt, error) in failed {
+                self.retry_or_answer(attempt, error, reloaded, &mut again);
             }
         }
-        if !retry.is_empty() {
-            self.decide(retry).await;
+        self.decide(again).await;
+    }
+
+    /// Applies what committed and answers it; collects the writes that failed, and the
+    /// requests to judge again.
+    fn apply(
+        &mut self,
+        attempts: Vec<Attempt>,
+        outcome: Outcome,
+        failed: &mut Vec<(Attempt, PersistError)>,
+        again: &mut Vec<Judge>,
+    ) {
+        for (attempt, result) in attempts.into_iter().zip(outcome) {
+            if matches!(attempt, Attempt::End { ref request, .. } if request.respond_to.is_none()) {
+                self.expiring = false;
+            }
+            match (attempt, result) {
+                (Attempt::Lock(attempt), Ok(Written::Placed(committed))) => {
+                    self.holds.insert(
+                        committed.order_id,
+                        attempt.order.clone(),
+                        attempt.expires_at,
+                    );
+                    let details = committed
+                        .detail_ids
+                        .into_iter()
+                        .zip(attempt.order.lines().iter().copied())
+                        .collect();
+                    let placed = Placed {
+                        order_id: committed.order_id,
+                        details,
+                        expires_at: attempt.expires_at,
+                    };
+                    attempt.answer(Ok(placed));
+                }
+                (
+                    Attempt::End {
+                        mut request,
+                        resolution,
+                        ..
+                    },
+                    Ok(_),
+                ) => {
+                    if let Some(hold) = self.holds.finish(request.order)
+                        && resolution.returns_units()
+                    {
+                        self.book.release(hold.order.lines());
+                        self.purchases.remove(&hold.order);
+                        self.publish(hold.order.lines().iter().map(|l| l.product));
+                    }
+                    let status = resolution.status();
+                    request.answer(Ok(Resolved {
+                        status,
+                        changed: resolution == request.asked,
+                    }));
+                    for mut waiter in self.waiting.remove(&request.order).unwrap_or_default() {
+                        waiter.answer(Ok(Resolved {
+                            status,
+                            changed: false,
+                        }));
+                    }
+                }
+                // Nothing of it was written: the key belongs to an earlier request.
+                (attempt, Err(PersistError::KeyTaken)) => {
+                    if let Attempt::End { request, .. } = &attempt {
+                        again.extend(
+                            self.waiting
+                                .remove(&request.order)
+                                .into_iter()
+                                .flatten()
+                                .map(Judge::End),
+                        );
+                    }
+                    self.undo(attempt, Failure::KeyTaken);
+                }
+                (attempt, Err(error)) => failed.push((attempt, error)),
+                (Attempt::Lock(attempt), Ok(Written::Ended)) => {
+                    // The writer answers a lock with its ids; this cannot happen.
+                    self.give_back(&attempt.order);
+                    attempt.answer(Err(LockError::Unavailable));
+                }
+            }
         }
     }
 
-    /// Replaces memory with the database's stock. Only called with nothing in flight.
+    /// After the store reloaded (or failed to): judges a failed write once more against
+    /// the truth, or answers it.
+    fn retry_or_answer(
+        &mut self,
+        attempt: Attempt,
+        error: PersistError,
+        reloaded: bool,
+        again: &mut Vec<Judge>,
+    ) {
+        if let Attempt::End { request, .. } = &attempt {
+            // Requests that waited for this end are judged again, against what is now
+            // known (a reload replaced the holds).
+            again.extend(
+                self.waiting
+                    .remove(&request.order)
+                    .into_iter()
+                    .flatten()
+                    .map(Judge::End),
+            );
+        }
+        let nothing_committed = matches!(error, PersistError::Refused | PersistError::Unavailable);
+        match attempt {
+            // Judge it once more against the truth.
+            Attempt::Lock(attempt) if nothing_committed && reloaded && !attempt.retried => {
+                again.push(Judge::Lock(LockAttempt {
+                    retried: true,
+                    ..attempt
+                }));
+            }
+            Attempt::End { request, .. }
+                if nothing_committed
+                    && reloaded
+                    && !request.retried
+                    && request.respond_to.is_some() =>
+            {
+                again.push(Judge::End(EndRequest {
+                    retried: true,
+                    ..request
+                }));
+            }
+            // The reload replaced memory with the truth: only the answer is left (an
+            // expiry's hold was re-armed by the reload).
+            attempt if reloaded => Self::answer_failed(attempt, Failure::Write(error)),
+            // Memory, not replaced by a reload, still counts the decision.
+            attempt => self.undo(attempt, Failure::Write(error)),
+        }
+    }
+
+    /// Takes back a decision that was not persisted, and answers it. A lock whose
+    /// outcome is unknown keeps its units: it may have committed, and the store reloads
+    /// before it decides anything else.
+    fn undo(&mut self, attempt: Attempt, failure: Failure) {
+        match &attempt {
+            Attempt::Lock(lock) if failure != Failure::Write(PersistError::OutcomeUnknown) => {
+                // Or the published stock would turn orders away for units nobody bought.
+                self.give_back(&lock.order);
+            }
+            Attempt::Lock(_) => {}
+            Attempt::End { request, .. } => self.holds.abort(request.order),
+        }
+        Self::answer_failed(attempt, failure);
+    }
+
+    fn answer_failed(attempt: Attempt, failure: Failure) {
+        match attempt {
+            Attempt::Lock(attempt) => {
+                let retried = attempt.retried;
+                attempt.answer(Err(match failure {
+                    Failure::KeyTaken => LockError::KeyTaken,
+                    Failure::ShuttingDown => LockError::ShuttingDown,
+                    Failure::Write(PersistError::OutcomeUnknown) => LockError::OutcomeUnknown,
+                    // Refused again after the store reloaded.
+                    Failure::Write(PersistError::Refused) if retried => LockError::Conflict,
+                    Failure::Write(_) => LockError::Unavailable,
+                }))
+            }
+            Attempt::End { mut request, .. } => request.answer(Err(match failure {
+                Failure::KeyTaken => ResolveError::KeyTaken,
+                Failure::ShuttingDown => ResolveError::ShuttingDown,
+                Failure::Write(PersistError::OutcomeUnknown) => ResolveError::OutcomeUnknown,
+                Failure::Write(_) => ResolveError::Unavailable,
+            })),
+        }
+    }
+
+    /// Replaces memory with the database's view of the store. Only called with nothing
+    /// in flight.
     async fn reload(&mut self) -> bool {
         // A connection that died with the batch may still sit in the pool; a failed
         // read discards it, so a couple of immediate retries reach a live one.
         let mut attempts = RELOAD_ATTEMPTS;
-        let stock = loop {
+        let state = loop {
             attempts -= 1;
-            match load::store_stock(&self.db, self.store).await {
-                Ok(stock) => break stock,
+            match load::stores(&self.db, Some(self.store)).await {
+                Ok(mut stores) => break stores.remove(&self.store).unwrap_or_default(),
                 Err(e) if attempts == 0 => {
-                    tracing::warn!(store = %self.store, error = %e, "cannot reload stock");
+                    tracing::warn!(store = %self.store, error = %e, "cannot reload the store");
                     self.stale_since = Some(Instant::now());
                     return false;
                 }
                 Err(_) => {}
             }
         };
-        self.book.replace(stock);
+        self.replace_state(state);
         self.stale_since = None;
+        tracing::info!(store = %self.store, "reloaded the store from the database");
+        true
+    }
+
+    fn replace_state(&mut self, state: StoreState) {
+        self.book.replace(state.stock);
+        self.purchases = Purchases::new(
+            state.limits,
+            state
+                .purchases
+                .iter()
+                .map(|p| (p.buyer, p.product, p.units)),
+        );
+        self.holds = HoldBook::new(
+            state
+                .holds
+                .into_iter()
+                .map(|h| (h.id, h.order, h.expires_at)),
+        );
+        self.armed = None;
         let all: Vec<ProductId> = self.products.keys().copied().collect();
         self.publish(all.into_iter());
-        tracing::info!(store = %self.store, "reloaded stock from the database");
-        true
     }
 
     async fn reload_if_due(&mut self) -> bool {
@@ -248,6 +660,7 @@ impl StoreActor {
     /// Returns an order's reserved units to memory: nothing of it committed.
     fn give_back(&mut self, order: &LockOrder) {
         self.book.release(order.lines());
+        self.purchases.remove(order);
         self.publish(order.lines().iter().map(|l| l.product));
     }
 
@@ -258,26 +671,4 @@ impl StoreActor {
             }
         }
     }
-}
-
-/// Answers the orders that committed; returns the others with why they failed.
-fn answer_committed(attempts: Vec<Attempt>, outcome: Outcome) -> Vec<(Attempt, PersistError)> {
-    let mut failed = Vec::new();
-    for (attempt, result) in attempts.into_iter().zip(outcome) {
-        match result {
-            Ok(committed) => {
-                let details = committed
-                    .detail_ids
-                    .into_iter()
-                    .zip(attempt.order.lines().iter().copied())
-                    .collect();
-                attempt.answer(Ok(Placed {
-                    order_id: committed.order_id,
-                    details,
-                }));
-            }
-            Err(error) => failed.push((attempt, error)),
-        }
-    }
-    failed
 }

@@ -1,6 +1,7 @@
-//! Store actors: one single-owner Tokio task per store serialises its orders, checks
-//! and reserves them against its in-memory stock, and hands the reserved ones to the
-//! writer. A `StoreHandle` is the only way in.
+//! Store actors: one single-owner Tokio task per store serialises its orders and the
+//! ends of its holds, checks and reserves orders against its in-memory stock, times its
+//! holds' expiry, and hands every decision to the writer. A `StoreHandle` is the only
+//! way in.
 
 mod actor;
 
@@ -10,7 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actor::{ActorConfig, spawn};
 
-use crate::domain::{LockOrder, OrderDetailId, OrderId, OrderLine};
+use crate::domain::{
+    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, Resolution, UserId,
+};
+use crate::writer::KeyRecord;
 
 /// A committed order, as answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +22,7 @@ pub struct Placed {
     pub order_id: OrderId,
     /// One per line of the order, ascending product id.
     pub details: Vec<(OrderDetailId, OrderLine)>,
+    pub expires_at: Option<Deadline>,
 }
 
 /// Why an order was not placed. `http::response` maps each to a status and message.
@@ -27,10 +32,15 @@ pub enum LockError {
     UserNotFound,
     #[error("product must in same store")]
     MixedStores,
+    #[error("purchase limit per customer exceeded")]
+    LimitExceeded,
     #[error("all product not available")]
     NoneAvailable,
     #[error("some product not available")]
     SomeAvailable,
+    /// The request's idempotency key is already stored; nothing was written.
+    #[error("idempotency key already stored")]
+    KeyTaken,
     /// The store's mailbox is full.
     #[error("store is busy")]
     Busy,
@@ -50,32 +60,135 @@ pub enum LockError {
 
 pub type LockResult = Result<Placed, LockError>;
 
-/// A lock-order message: the order and where to send the answer.
-struct LockCommand {
-    order: Arc<LockOrder>,
-    respond_to: oneshot::Sender<LockResult>,
+/// A lock the edge validated, with what the actor needs besides the order.
+pub struct LockRequest {
+    pub order: LockOrder,
+    /// When the hold expires; `None` holds until confirmed or cancelled.
+    pub expires_at: Option<Deadline>,
+    pub key: Option<Arc<KeyRecord>>,
+}
+
+/// Where a confirm or cancel left the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// The order's status now (never `locked`).
+    pub status: OrderStatus,
+    /// Whether this request made the change (and stored its key, if it had one).
+    pub changed: bool,
+}
+
+/// Why a confirm or cancel got no `Resolved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The store holds no such live hold of that buyer: it ended since it was read, or
+    /// it was written behind Kitara's back after start-up.
+    #[error("order is not held by this store")]
+    NotHeld,
+    #[error("idempotency key already stored")]
+    KeyTaken,
+    #[error("store is busy")]
+    Busy,
+    #[error("database unavailable")]
+    Unavailable,
+    #[error("order outcome unknown")]
+    OutcomeUnknown,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+pub type ResolveResult = Result<Resolved, ResolveError>;
+
+/// What a store actor is asked to do.
+enum Command {
+    Lock {
+        request: LockRequest,
+        respond_to: oneshot::Sender<LockResult>,
+    },
+    Resolve {
+        order: OrderId,
+        buyer: UserId,
+        resolution: Resolution,
+        key: Option<Arc<KeyRecord>>,
+        respond_to: oneshot::Sender<ResolveResult>,
+    },
+    /// Expire every hold that is due now, and answer once those expiries committed.
+    SettleDue { respond_to: oneshot::Sender<()> },
 }
 
 /// The front end's side of a store actor. Cloning is cheap; the actor stops once every
-/// handle is dropped and its orders are settled.
+/// handle is dropped and its writes are settled.
 #[derive(Clone)]
 pub struct StoreHandle {
-    sender: mpsc::Sender<LockCommand>,
+    sender: mpsc::Sender<Command>,
 }
 
 impl StoreHandle {
     /// Sends the order to the store's actor and waits for its answer, which comes only
     /// after the order's transaction committed. A full mailbox is answered at once.
-    pub async fn lock(&self, order: LockOrder) -> LockResult {
+    pub async fn lock(&self, request: LockRequest) -> LockResult {
         let (respond_to, answer) = oneshot::channel();
-        let command = LockCommand {
-            order: Arc::new(order),
+        self.send(Command::Lock {
+            request,
             respond_to,
-        };
-        self.sender.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LockError::Busy,
-            mpsc::error::TrySendError::Closed(_) => LockError::ShuttingDown,
+        })
+        .map_err(|busy| {
+            if busy {
+                LockError::Busy
+            } else {
+                LockError::ShuttingDown
+            }
         })?;
         answer.await.unwrap_or(Err(LockError::ShuttingDown))
+    }
+
+    /// Confirms or cancels a hold of `buyer`; answers after the change committed, or
+    /// with where an earlier change left the order.
+    pub async fn resolve(
+        &self,
+        order: OrderId,
+        buyer: UserId,
+        resolution: Resolution,
+        key: Option<Arc<KeyRecord>>,
+    ) -> ResolveResult {
+        let (respond_to, answer) = oneshot::channel();
+        self.send(Command::Resolve {
+            order,
+            buyer,
+            resolution,
+            key,
+            respond_to,
+        })
+        .map_err(|busy| {
+            if busy {
+                ResolveError::Busy
+            } else {
+                ResolveError::ShuttingDown
+            }
+        })?;
+        answer.await.unwrap_or(Err(ResolveError::ShuttingDown))
+    }
+
+    /// Expires every hold that is due by the store's clock, and returns once those
+    /// expiries committed (or failed). Start-up calls it before serving; tests call it
+    /// after moving a manual clock.
+    pub async fn settle_due(&self) {
+        let (respond_to, answer) = oneshot::channel();
+        // Waits for room: this is not on the order path.
+        if self
+            .sender
+            .send(Command::SettleDue { respond_to })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+    }
+
+    /// `Err(true)` when the mailbox is full, `Err(false)` when the actor is gone.
+    fn send(&self, command: Command) -> Result<(), bool> {
+        self.sender.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => true,
+            mpsc::error::TrySendError::Closed(_) => false,
+        })
     }
 }

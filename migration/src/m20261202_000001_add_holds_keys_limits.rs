@@ -1,0 +1,181 @@
+//! Release 2: orders are holds (`orders.status`, `orders.expires_at`), per-customer
+//! limits (`products.max_per_customer`), and the idempotency keys of safe retries.
+//!
+//! Every new column has a default or is nullable, so rows written by release 1, and by
+//! tools that only know the original columns, stay valid: an order they wrote is
+//! `locked` with no expiry, a product they wrote has no limit.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Orders {
+    Table,
+    StoreId,
+    Status,
+    ExpiresAt,
+}
+
+#[derive(DeriveIden)]
+enum Products {
+    Table,
+    MaxPerCustomer,
+}
+
+#[derive(DeriveIden)]
+enum IdempotencyKeys {
+    Table,
+    /// The key, byte for byte (visible ASCII; binary so that case matters on MySQL too).
+    IdempotencyKey,
+    /// SHA-256 of the endpoint, the order id and the validated, merged body.
+    Fingerprint,
+    /// The `data` of the answer 200 it was given, as JSON.
+    Response,
+    CreatedAt,
+}
+
+const STATUSES: [&str; 4] = ["locked", "confirmed", "cancelled", "expired"];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+
+        // SQLite adds one column per ALTER TABLE.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Orders::Table)
+                    .add_column(
+                        ColumnDef::new(Orders::Status)
+                            .string_len(16)
+                            .not_null()
+                            .default("locked")
+                            .check(Expr::col(Orders::Status).is_in(STATUSES)),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Orders::Table)
+                    .add_column(ColumnDef::new(Orders::ExpiresAt).date_time().null())
+                    .to_owned(),
+            )
+            .await?;
+        // A store's live holds are read at start-up and whenever it reloads.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_orders_store_status")
+                    .table(Orders::Table)
+                    .col(Orders::StoreId)
+                    .col(Orders::Status)
+                    .to_owned(),
+            )
+            .await?;
+
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Products::Table)
+                    .add_column(
+                        ColumnDef::new(Products::MaxPerCustomer)
+                            .big_integer()
+                            .null()
+                            .check(Expr::col(Products::MaxPerCustomer).gte(1)),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+
+        let mut keys = Table::create();
+        keys.table(IdempotencyKeys::Table)
+            .if_not_exists()
+            .col(
+                ColumnDef::new(IdempotencyKeys::IdempotencyKey)
+                    .var_binary(255)
+                    .not_null()
+                    .primary_key(),
+            )
+            .col(
+                ColumnDef::new(IdempotencyKeys::Fingerprint)
+                    .var_binary(32)
+                    .not_null(),
+            )
+            .col(
+                ColumnDef::new(IdempotencyKeys::CreatedAt)
+                    .date_time()
+                    .not_null()
+                    .default(Expr::current_timestamp()),
+            );
+        match backend {
+            // A lock answer of 100 lines with long UTF-8 names outgrows a BLOB (64 KiB).
+            DbBackend::MySql => {
+                keys.col(
+                    ColumnDef::new(IdempotencyKeys::Response)
+                        .custom(Alias::new("MEDIUMBLOB"))
+                        .not_null(),
+                )
+                .engine("InnoDB");
+            }
+            _ => {
+                keys.col(ColumnDef::new(IdempotencyKeys::Response).blob().not_null());
+            }
+        }
+        manager.create_table(keys).await?;
+        // Keys past their time are purged oldest first.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_idempotency_keys_created_at")
+                    .table(IdempotencyKeys::Table)
+                    .col(IdempotencyKeys::CreatedAt)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(IdempotencyKeys::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_orders_store_status")
+                    .table(Orders::Table)
+                    .to_owned(),
+            )
+            .await?;
+        for column in [Orders::Status, Orders::ExpiresAt] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Orders::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Products::Table)
+                    .drop_column(Products::MaxPerCustomer)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! The order endpoints: lock, get, confirm, cancel, and the `Idempotency-Key` of the
+//! three POSTs.
+//!
+//! A keyed request claims its key for as long as it is in progress (a second request
+//! with it gets 409), then is judged as any other. Its key is stored by the writer with
+//! what it committed, so the fresh path costs no extra read. Only when the answer is not
+//! a fresh 200 (the order was refused, or the database found the key taken) is the key
+//! looked up: a stored answer with the same fingerprint is replayed with
+//! `Idempotent-Replayed: true`, one with another fingerprint is a 422.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{HeaderMap, Request, Response};
+
+use super::request::{self, LockBody};
+use super::response::{self, ApiError, Body};
+use super::{read_json_body, views};
+use crate::app::{AppState, Ended, MakeKeyRecord};
+use crate::db::load::OrderRow;
+use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
+use crate::store::{LockError, LockRequest, Placed, ResolveError};
+use crate::writer::{Answer, KeyRecord};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const REPLAYED: &str = "idempotent-replayed";
+
+/// `POST /api/v1/order/lock`
+pub async fn lock(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_json_body(&parts.headers, body, timeout).await?;
+    let key = idempotency_key(&parts.headers)?;
+    let LockBody {
+        order,
+        hold_seconds,
+    } = request::parse_lock_order(&body)?;
+    let expires_at = state.deadline_for(hold_seconds);
+    let Some(key) = key else {
+        let placed = state
+            .lock_order(LockRequest {
+                order,
+                expires_at,
+                key: None,
+            })
+            .await?;
+        return Ok(lock_answer(state, &placed));
+    };
+
+    let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
+    let _claim = state.keys.claim(&key).ok_or(ApiError::KeyInProgress)?;
+    let answer = {
+        let state = state.clone();
+        let lines = order.lines().to_vec();
+        Answer::Placed(Box::new(move |committed| {
+            views::lock(
+                &state.catalog,
+                &Placed {
+                    order_id: committed.order_id,
+                    details: committed
+                        .detail_ids
+                        .iter()
+                        .copied()
+                        .zip(lines.iter().copied())
+                        .collect(),
+                    expires_at,
+                },
+            )
+        }))
+    };
+    let record = Arc::new(KeyRecord {
+        key: key.clone(),
+        fingerprint,
+        answer,
+    });
+    let result = state
+        .lock_order(LockRequest {
+            order,
+            expires_at,
+            key: Some(record),
+        })
+        .await;
+    match result {
+        Ok(placed) => Ok(lock_answer(state, &placed)),
+        Err(error) => {
+            let error = ApiError::from(error);
+            if error.is_refusal() {
+                replay_or(state, &key, fingerprint, error).await
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
+    response::json_data(&views::lock(&state.catalog, placed))
+}
+
+/// `GET /api/v1/order/{id}`
+pub async fn get(state: &AppState, id: Option<OrderId>) -> Result<Response<Body>, ApiError> {
+    let id = id.ok_or(ApiError::OrderNotFound)?;
+    match state.order(id).await {
+        Ok(Some(order)) => Ok(response::json_data(&views::order(&order))),
+        Ok(None) => Err(ApiError::OrderNotFound),
+        Err(e) => {
+            tracing::warn!(error = %e, "order lookup failed");
+            Err(ApiError::Lock(LockError::Unavailable))
+        }
+    }
+}
+
+/// `POST /api/v1/order/{id}/confirm` and `/cancel`
+pub async fn end(
+    state: &AppState,
+    request: Request<Incoming>,
+    id: Option<OrderId>,
+    resolution: Resolution,
+    timeout: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_json_body(&parts.headers, body, timeout).await?;
+    let key = idempotency_key(&parts.headers)?;
+    let buyer = request::parse_buyer(&body)?;
+    let id = id.ok_or(ApiError::OrderNotFound)?;
+    let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
+
+    let _claim = match &key {
+        Some(key) => Some(state.keys.claim(key).ok_or(ApiError::KeyInProgress)?),
+        None => None,
+    };
+    // Not the hot path: a keyed confirm looks its key up first, so that a retry of one
+    // that committed is replayed rather than answered as a repeat.
+    if let Some(key) = &key
+        && let Some(response) = replay(state, key, fingerprint).await?
+    {
+        return Ok(response);
+    }
+    let make_record = key.clone().map(|key| {
+        move |order: &OrderRow| {
+            Arc::new(KeyRecord {
+                key: key.clone(),
+                fingerprint,
+                answer: Answer::Ready(views::order(order)),
+            })
+        }
+    });
+    let make_record = make_record.as_ref().map(|make| make as &MakeKeyRecord);
+    match state.end_order(id, buyer, resolution, make_record).await {
+        Ok(Ended::Order { order, .. }) => Ok(response::json_data(&views::order(&order))),
+        Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
+        Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
+        Err(ResolveError::KeyTaken) => match &key {
+            Some(key) => {
+                replay_or(
+                    state,
+                    key,
+                    fingerprint,
+                    ApiError::Resolve(ResolveError::KeyTaken),
+                )
+                .await
+            }
+            None => Err(ApiError::Resolve(ResolveError::Unavailable)),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `Idempotency-Key` header, if the request has one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let (first, second) = (values.next(), values.next());
+    match (first, second) {
+        (None, _) => Ok(None),
+        (Some(value), None) => IdempotencyKey::parse(value.as_bytes())
+            .map(Some)
+            .map_err(|e| ApiError::BadRequest(e.to_string())),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "send one Idempotency-Key header, not several".into(),
+        )),
+    }
+}
+
+/// The stored answer of `key`, replayed, if it was stored for this very request; 422 if
+/// for another.
+async fn replay(
+    state: &AppState,
+    key: &IdempotencyKey,
+    fingerprint: Fingerprint,
+) -> Result<Option<Response<Body>>, ApiError> {
+    let stored = state.stored_answer(key).await.map_err(|e| {
+        tracing::warn!(error = %e, "idempotency key lookup failed");
+        ApiError::Lock(LockError::Unavailable)
+    })?;
+    match stored {
+        None => Ok(None),
+        Some(stored) if stored.fingerprint == fingerprint => {
+            let mut response = response::json_data(&stored.response);
+            response
+                .headers_mut()
+                .insert(REPLAYED, HeaderValue::from_static("true"));
+            Ok(Some(response))
+        }
+        Some(_) => Err(ApiError::KeyReused),
+    }
+}
+
+/// After a refusal of a keyed request: the stored answer if there is one, else the
+/// refusal. A key the database found taken but that is gone now (purged meanwhile) is a
+/// 503: the retry is judged afresh.
+async fn replay_or(
+    state: &AppState,
+    key: &IdempotencyKey,
+    fingerprint: Fingerprint,
+    refusal: ApiError,
+) -> Result<Response<Body>, ApiError> {
+    match replay(state, key, fingerprint).await? {
+        Some(response) => Ok(response),
+        None => Err(match refusal {
+            ApiError::Lock(LockError::KeyTaken) | ApiError::Resolve(ResolveError::KeyTaken) => {
+                ApiError::Lock(LockError::Unavailable)
+            }
+            other => other,
+        }),
+    }
+}

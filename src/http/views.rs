@@ -1,0 +1,113 @@
+//! The `data` of the answers, as JSON. A keyed request's answer is rendered by the same
+//! function whether it is sent now or replayed later, so a replay carries the same data.
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, Product};
+use crate::clock::rfc3339;
+use crate::db::load::OrderRow;
+use crate::domain::{OrderStatus, UserId};
+use crate::store::Placed;
+
+#[derive(Serialize)]
+pub struct ProductView<'a> {
+    id: i64,
+    product_name: &'a str,
+    current_stock: i64,
+    store_id: i64,
+    store: StoreView<'a>,
+}
+
+#[derive(Serialize)]
+struct StoreView<'a> {
+    id: i64,
+    store_name: &'a str,
+}
+
+impl<'a> From<&'a Product> for ProductView<'a> {
+    fn from(p: &'a Product) -> Self {
+        ProductView {
+            id: p.id.0,
+            product_name: &p.name,
+            current_stock: p.stock(),
+            store_id: p.store.0,
+            store: StoreView {
+                id: p.store.0,
+                store_name: &p.store_name,
+            },
+        }
+    }
+}
+
+/// The answer to a lock: release 1's fields, then the hold's.
+#[derive(Serialize)]
+struct LockView<'a> {
+    order_id: i64,
+    order_details: Vec<DetailView<'a>>,
+    status: &'static str,
+    expires_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DetailView<'a> {
+    order_detail_id: i64,
+    product_id: i64,
+    product_name: &'a str,
+    quantity: i64,
+}
+
+/// An order as `GET /api/v1/order/{id}`, confirm and cancel answer it.
+#[derive(Serialize)]
+struct OrderView<'a> {
+    order_id: i64,
+    user_id: i64,
+    store_id: i64,
+    status: &'static str,
+    expires_at: Option<String>,
+    order_details: Vec<DetailView<'a>>,
+}
+
+pub fn lock(catalog: &Catalog, placed: &Placed) -> Vec<u8> {
+    let order_details = placed
+        .details
+        .iter()
+        .map(|(id, line)| DetailView {
+            order_detail_id: id.0,
+            product_id: line.product.0,
+            product_name: catalog.get(line.product).map_or("", |p| p.name.as_str()),
+            quantity: line.quantity,
+        })
+        .collect();
+    to_json(&LockView {
+        order_id: placed.order_id.0,
+        order_details,
+        status: OrderStatus::Locked.as_str(),
+        expires_at: placed.expires_at.map(rfc3339),
+    })
+}
+
+pub fn order(order: &OrderRow) -> Vec<u8> {
+    let UserId(user_id) = order.buyer;
+    to_json(&OrderView {
+        order_id: order.id.0,
+        user_id,
+        store_id: order.store.0,
+        status: order.status.as_str(),
+        expires_at: order.expires_at.map(rfc3339),
+        order_details: order
+            .details
+            .iter()
+            .map(|d| DetailView {
+                order_detail_id: d.id.0,
+                product_id: d.product.0,
+                product_name: &d.product_name,
+                quantity: d.quantity,
+            })
+            .collect(),
+    })
+}
+
+/// These views hold only strings and integers, which always serialise.
+fn to_json(view: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(view).unwrap_or_else(|_| b"null".to_vec())
+}

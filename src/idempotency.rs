@@ -1,0 +1,106 @@
+//! Safe retries, the parts that are not in the database: which keys have a request in
+//! progress in this process, and the task that purges keys past their time.
+//!
+//! A key is stored with what its request committed, in the same transaction
+//! (`writer`), and the database's primary key on it decides a race between a request
+//! and its retry. The claims here only let a retry that arrives while its original is
+//! still in progress be told so (409) instead of waiting for the database to refuse it.
+
+use std::time::Duration;
+
+use dashmap::DashSet;
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+
+use crate::db::keys;
+use crate::domain::IdempotencyKey;
+
+/// The keys of requests in progress.
+#[derive(Debug, Default)]
+pub struct InFlightKeys {
+    keys: DashSet<IdempotencyKey>,
+}
+
+/// A key claimed by the request in progress; dropping it (when the request ends, or the
+/// client goes away) releases the key.
+pub struct Claim<'a> {
+    keys: &'a InFlightKeys,
+    key: IdempotencyKey,
+}
+
+impl InFlightKeys {
+    /// Claims the key for a request, unless another request holds it.
+    pub fn claim(&self, key: &IdempotencyKey) -> Option<Claim<'_>> {
+        self.keys.insert(key.clone()).then(|| Claim {
+            keys: self,
+            key: key.clone(),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.keys.keys.remove(&self.key);
+    }
+}
+
+/// How often keys past their time are looked for.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keys deleted per statement: small, so that a purge never holds many row locks.
+const PURGE_BATCH: u32 = 1_000;
+
+/// A pause between batches, so that a large purge yields to the writer.
+const PURGE_PAUSE: Duration = Duration::from_millis(50);
+
+/// Starts the task that deletes keys stored more than `keep` ago: now, then every
+/// `PURGE_INTERVAL`, in batches of `PURGE_BATCH`. It runs on its own connection from
+/// the pool, off the order path.
+pub fn spawn_purger(db: DatabaseConnection, keep: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PURGE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Ok(keep) = chrono::Duration::from_std(keep) else {
+                return;
+            };
+            // `created_at` is the database's own UTC time.
+            let before = (chrono::Utc::now() - keep).naive_utc();
+            let mut purged = 0u64;
+            loop {
+                match keys::purge(&db, before, PURGE_BATCH).await {
+                    Ok(n) => {
+                        purged += n;
+                        if n < u64::from(PURGE_BATCH) {
+                            break;
+                        }
+                        tokio::time::sleep(PURGE_PAUSE).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot purge idempotency keys");
+                        break;
+                    }
+                }
+            }
+            if purged > 0 {
+                tracing::info!(purged, "purged idempotency keys past their time");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_held_by_one_request_at_a_time() {
+        let keys = InFlightKeys::default();
+        let key = IdempotencyKey::parse(b"k-1").unwrap();
+        let claim = keys.claim(&key).expect("free");
+        assert!(keys.claim(&key).is_none());
+        drop(claim);
+        assert!(keys.claim(&key).is_some());
+    }
+}
