@@ -168,6 +168,13 @@ impl AppState {
         Err(ResolveError::NotHeld)
     }
 
+    /// Expires every hold that is due by the clock, in every store, and returns once
+    /// those expiries committed (start-up, and tests that move a manual clock).
+    pub async fn settle_due(&self) {
+        let handles: Vec<StoreHandle> = self.stores.iter().map(|e| e.value().clone()).collect();
+        futures_util::future::join_all(handles.iter().map(StoreHandle::settle_due)).await;
+    }
+
     /// The order as the database has it: every change answered so far is there.
     pub async fn order(&self, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
         let _permit = self.read_permit().await?;

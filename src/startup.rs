@@ -97,10 +97,6 @@ impl Application {
             holds,
             "loaded stock and holds"
         );
-        // Holds that fell due while Kitara was down expire before any store serves; the
-        // others keep their deadline.
-        let handles: Vec<_> = stores.iter().map(|entry| entry.value().clone()).collect();
-        futures_util::future::join_all(handles.iter().map(|h| h.settle_due())).await;
 
         let listener = bind(&settings.host, settings.port)
             .await
@@ -113,20 +109,25 @@ impl Application {
             source,
         })?;
 
+        let state = Arc::new(AppState {
+            catalog,
+            stores,
+            users,
+            memory_check: settings.memory_check,
+            clock,
+            default_hold_seconds: settings.hold_seconds,
+            keys: InFlightKeys::default(),
+            db: db.clone(),
+            reads: Semaphore::new((settings.database.db_pool_size as usize / 4).max(2)),
+        });
+        // Holds that fell due while Kitara was down expire before any store serves; the
+        // others keep their deadline.
+        state.settle_due().await;
+
         Ok(Self {
             listener,
             addr,
-            state: Arc::new(AppState {
-                catalog,
-                stores,
-                users,
-                memory_check: settings.memory_check,
-                clock,
-                default_hold_seconds: settings.hold_seconds,
-                keys: InFlightKeys::default(),
-                db: db.clone(),
-                reads: Semaphore::new((settings.database.db_pool_size as usize / 4).max(2)),
-            }),
+            state,
             purger: idempotency::spawn_purger(db.clone(), settings.idempotency_keep()),
             db,
             writers: writer_tasks,
@@ -145,6 +146,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// What the front end shares: the stores, the catalog, the clock.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
     }
 
     /// Serves until `shutdown` resolves; then drains requests in flight, lets every

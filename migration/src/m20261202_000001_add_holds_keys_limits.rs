@@ -150,6 +150,19 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // MySQL serves the foreign key on `store_id` with this index now: give the
+        // foreign key its own index back before dropping it.
+        if manager.get_database_backend() == DbBackend::MySql {
+            manager
+                .create_index(
+                    Index::create()
+                        .name("fk_orders_store")
+                        .table(Orders::Table)
+                        .col(Orders::StoreId)
+                        .to_owned(),
+                )
+                .await?;
+        }
         manager
             .drop_index(
                 Index::drop()

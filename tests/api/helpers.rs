@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +11,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use kitara::app::AppState;
+use kitara::clock::Clock;
 use kitara::config::Settings;
 use kitara::startup::Application;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
@@ -192,20 +195,40 @@ impl TestDb {
         }
     }
 
+    /// Units per product held or sold: the lines of live orders (locked or confirmed).
+    pub async fn held_or_sold(&self) -> BTreeMap<i64, i64> {
+        self.query_i64s(
+            "SELECT d.product_id, CAST(SUM(d.quantity) AS SIGNED) FROM order_details d \
+             JOIN orders o ON o.id = d.order_id WHERE o.deleted_at IS NULL \
+             AND o.status IN ('locked', 'confirmed') GROUP BY d.product_id",
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0], r[1]))
+        .collect()
+    }
+
+    /// The status of an order, as stored.
+    pub async fn status(&self, order_id: i64) -> String {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                format!("SELECT status FROM orders WHERE id = {order_id}"),
+            ))
+            .await
+            .expect("status");
+        rows.first()
+            .map(|r| r.try_get_by_index::<String>(0).expect("status text"))
+            .unwrap_or_else(|| "missing".into())
+    }
+
     /// The invariants of SPEC.md, given each product's stock before any order (and no
-    /// restock since): no oversell, no negative stock, and every order whole.
+    /// restock since): no oversell (initial stock = current stock + the lines of live
+    /// orders, locked or confirmed), no negative stock, and every order whole.
     pub async fn assert_invariants(&self, initial: &BTreeMap<i64, i64>) {
         let stocks = self.stocks().await;
-        let sold: BTreeMap<i64, i64> = self
-            .query_i64s(
-                "SELECT d.product_id, CAST(SUM(d.quantity) AS SIGNED) FROM order_details d \
-                 JOIN orders o ON o.id = d.order_id WHERE o.deleted_at IS NULL \
-                 GROUP BY d.product_id",
-            )
-            .await
-            .into_iter()
-            .map(|r| (r[0], r[1]))
-            .collect();
+        let sold = self.held_or_sold().await;
         for (product, &start) in initial {
             let now = stocks[product];
             let sold = sold.get(product).copied().unwrap_or(0);
@@ -306,6 +329,7 @@ pub struct Api {
 /// Kitara running in-process; derefs to its `Api`.
 pub struct TestApp {
     api: Api,
+    pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -323,25 +347,47 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_at(db, Clock::system(), tweak).await
+}
+
+/// A manual clock, as the tests of holds use it: it moves only when told. It starts on
+/// a whole second, so a hold of N seconds ends exactly N seconds later.
+pub fn manual_clock() -> Clock {
+    let now = chrono::Utc::now().timestamp();
+    Clock::manual(chrono::DateTime::from_timestamp(now, 0).expect("now"))
+}
+
+/// Starts Kitara in-process with holds timed by `clock`.
+pub async fn spawn_app_at(db: &TestDb, clock: Clock, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         kitara::telemetry::init(kitara::config::LogFormat::Text);
     }
     let mut settings = settings(&db.url);
     tweak(&mut settings);
-    let app = Application::build(settings).await.expect("build Kitara");
+    let app = Application::build_with_clock(settings, clock)
+        .await
+        .expect("build Kitara");
     let addr = app.addr();
+    let state = app.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
         api: Api::new(addr),
+        state,
         stop: Some(stop),
         task,
     }
 }
 
 impl TestApp {
+    /// Moves the manual clock and waits until every hold that fell due has expired.
+    pub async fn advance(&self, by: std::time::Duration) {
+        self.state.clock.advance(by);
+        self.state.settle_due().await;
+    }
+
     /// Graceful shutdown: waits until every actor settled and the writer stopped.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -394,6 +440,60 @@ impl Api {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
         (status, headers, value)
+    }
+
+    /// A JSON POST, with an `Idempotency-Key` if one is given.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            // Raw bytes: a test may send what no well-behaved client would.
+            let value =
+                hyper::header::HeaderValue::from_bytes(key.as_bytes()).expect("header value");
+            builder = builder.header("idempotency-key", value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = self.client.request(request).await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, headers, value)
+    }
+
+    /// `POST /api/v1/order/{id}/confirm` or `/cancel` as `user`.
+    pub async fn end(&self, id: i64, action: &str, user: i64) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .post(
+                &format!("/api/v1/order/{id}/{action}"),
+                &serde_json::json!({ "user_id": user }),
+                None,
+            )
+            .await;
+        (status, body)
+    }
+
+    /// `GET /api/v1/order/{id}`
+    pub async fn get_order(&self, id: i64) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .request(
+                Method::GET,
+                &format!("/api/v1/order/{id}"),
+                None,
+                Bytes::new(),
+            )
+            .await;
+        (status, body)
     }
 
     pub async fn lock(&self, body: &Value) -> (StatusCode, Value) {
