@@ -1,5 +1,7 @@
-//! Crash durability: the real binary is SIGKILLed in the middle of a burst and started
-//! again on the same database; every order answered 200 is there, as answered.
+//! Crash durability: the real binary is SIGKILLed in the middle of a burst, with holds
+//! pending, or right after a keyed lock was answered, and started again on the same
+//! database; every order answered 200 is there, as answered, holds expire on time, and
+//! a retry with the key gets the same order.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -7,12 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::StatusCode;
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{Api, Backend, TestDb, order};
 
-crate::on_both_backends!(orders_answered_200_survive_a_sigkill);
+crate::on_both_backends!(
+    orders_answered_200_survive_a_sigkill,
+    holds_pending_at_a_sigkill_expire_at_start_up_or_on_time,
+    a_keyed_lock_answered_before_a_sigkill_is_replayed_after_it,
+);
 
 /// Starts `kitara serve` on a free port and waits until it listens.
 async fn start_kitara(db: &TestDb) -> (Child, Api) {
@@ -95,5 +102,113 @@ async fn orders_answered_200_survive_a_sigkill(backend: Backend) {
 
     child.start_kill().ok();
     child.wait().await.ok();
+    db.drop_database().await;
+}
+
+async fn kill(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.ok();
+}
+
+/// Holds pending when Kitara is killed: those that fall due while it is down are
+/// expired before it serves again, the others expire at their own deadline. Real time,
+/// since this is the real binary: a few seconds.
+async fn holds_pending_at_a_sigkill_expire_at_start_up_or_on_time(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    db.exec("UPDATE products SET current_stock = 100 WHERE id IN (1, 2)")
+        .await;
+    let initial = db.stocks().await;
+    let (child, api) = start_kitara(&db).await;
+    let mut short = Vec::new();
+    let mut long = Vec::new();
+    for i in 0..10 {
+        let mut body = order(2, &[(1 + i % 2, 1 + i % 3)]);
+        let hold = if i % 2 == 0 { 1 } else { 6 };
+        body["hold_seconds"] = json!(hold);
+        let (status, answer) = api.lock(&body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let id = answer["data"]["order_id"].as_i64().unwrap();
+        let deadline =
+            chrono::DateTime::parse_from_rfc3339(answer["data"]["expires_at"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+        if hold == 1 {
+            short.push((id, deadline))
+        } else {
+            long.push((id, deadline))
+        }
+    }
+    kill(child).await;
+    let stock_at_kill = db.stocks().await;
+
+    // Down until every short hold is past due.
+    let last_short = short.iter().map(|&(_, d)| d).max().unwrap();
+    wait_until(last_short + chrono::Duration::milliseconds(100)).await;
+    let (child, api) = start_kitara(&db).await;
+
+    // The first answers already see the short holds expired and their units back.
+    let (status, body) = api.get_order(short[0].0).await;
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (StatusCode::OK, Some("expired"))
+    );
+    let returned: i64 = db
+        .query_i64s(&format!(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM order_details WHERE order_id IN ({})",
+            short.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ")
+        ))
+        .await[0][0];
+    let listed: i64 = api.listed_stocks().await.values().sum();
+    assert_eq!(listed, stock_at_kill.values().sum::<i64>() + returned);
+    for &(id, _) in &short {
+        assert_eq!(db.status(id).await, "expired", "order {id}");
+    }
+    for &(id, deadline) in &long {
+        if chrono::Utc::now() < deadline {
+            assert_eq!(db.status(id).await, "locked", "order {id}");
+        }
+    }
+    db.assert_invariants(&initial).await;
+
+    // The others expire at their own deadline, within a second of it.
+    let last_long = long.iter().map(|&(_, d)| d).max().unwrap();
+    wait_until(last_long + chrono::Duration::milliseconds(1_000)).await;
+    for &(id, _) in &long {
+        assert_eq!(db.status(id).await, "expired", "order {id}");
+    }
+    assert_eq!(db.stocks().await, initial);
+    assert_eq!(api.listed_stocks().await, db.stocks().await);
+    db.assert_invariants(&initial).await;
+    kill(child).await;
+    db.drop_database().await;
+}
+
+async fn wait_until(at: chrono::DateTime<chrono::Utc>) {
+    if let Ok(wait) = (at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn a_keyed_lock_answered_before_a_sigkill_is_replayed_after_it(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let (child, api) = start_kitara(&db).await;
+    let body = order(2, &[(1, 2), (2, 1)]);
+    let (status, _, first) = api
+        .post("/api/v1/order/lock", &body, Some("before-the-crash"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    kill(child).await;
+
+    let (child, api) = start_kitara(&db).await;
+    let (status, headers, again) = api
+        .post("/api/v1/order/lock", &body, Some("before-the-crash"))
+        .await;
+
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(db.count("orders").await, 1);
+    assert_eq!(db.stocks().await, [(1, 8), (2, 4), (3, 20)].into());
+    kill(child).await;
     db.drop_database().await;
 }

@@ -9,6 +9,7 @@ mod contract;
 mod durability;
 mod holds;
 mod keys;
+mod lifecycle;
 mod limits;
 mod outcome;
 mod races;

@@ -24,6 +24,9 @@ enum Cut {
     /// Like `InsteadOfCommit`, and from then on the database is unreachable: every
     /// connection is cut and new ones are refused.
     InsteadOfCommitThenBlackout,
+    /// Pass the COMMIT on (the transaction commits), then make the database unreachable
+    /// before the reply gets back: Kitara cannot learn the outcome.
+    AfterCommitThenBlackout,
     /// Cut the client's connection at the next COMMIT without passing it on, but keep
     /// the server's side open for `HELD_FOR`: the server's session stays in its
     /// transaction, holding its locks, then rolls back.
@@ -192,6 +195,18 @@ async fn pipe(client: TcpStream, upstream: String, state: Arc<Mutex<ProxyState>>
                 });
                 return;
             }
+            Cut::AfterCommitThenBlackout => {
+                back.abort();
+                // No new connection gets through from now on, so the outcome cannot be
+                // looked up; the COMMIT still reaches the server.
+                state.lock().unwrap().blackout = true;
+                let _ = server_write.write_all(chunk).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for pipe in state.lock().unwrap().pipes.drain(..) {
+                    pipe.abort();
+                }
+                return;
+            }
             Cut::InsteadOfCommitThenBlackout => {
                 back.abort();
                 let mut state = state.lock().unwrap();
@@ -248,6 +263,20 @@ mod mysql {
     async fn a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql() {
         if Backend::Mysql.available() {
             refused_batch_then_unreachable().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyed_retry_after_a_lost_commit_books_once_mysql() {
+        if Backend::Mysql.available() {
+            for cut in [
+                Cut::AfterCommit,
+                Cut::InsteadOfCommit,
+                Cut::InsteadOfCommitThenBlackout,
+                Cut::AfterCommitThenBlackout,
+            ] {
+                keyed_retry_books_once(cut).await;
+            }
         }
     }
 
@@ -367,6 +396,64 @@ async fn failed_orders_hold_no_stock() {
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 1);
     assert_ne!(db.snapshot().await, before);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// A client that lost its answer (or got 503) retries with its key, over and over until
+/// the database is back: whatever happened to the first COMMIT, one order is stored, and
+/// every 200 carries it.
+async fn keyed_retry_books_once(cut: Cut) {
+    let (db, proxy, app) = through_proxy(500).await;
+    proxy.cut_next_commit(cut);
+    let body = order(2, &[(1, 2)]);
+    let key = Some("pay-once");
+
+    let (status, _, first) = app.post("/api/v1/order/lock", &body, key).await;
+    match cut {
+        Cut::AfterCommit | Cut::InsteadOfCommit => {
+            assert_eq!(status, StatusCode::OK, "{cut:?}: {first}")
+        }
+        _ => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{cut:?}: {first}");
+            assert_eq!(first["message"], "order outcome unknown");
+        }
+    }
+    proxy.blackout(false);
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        let (status, headers, answer) = app.post("/api/v1/order/lock", &body, key).await;
+        if status == StatusCode::OK {
+            answers.push((headers.get("idempotent-replayed").is_some(), answer));
+            if answers.len() == 3 {
+                break;
+            }
+        } else {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{cut:?}: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    assert_eq!(answers.len(), 3, "{cut:?}: served again with the key");
+    assert_eq!(db.count("orders").await, 1, "{cut:?}");
+    assert_eq!(db.stocks().await[&1], 8, "{cut:?}");
+    let committed_first = matches!(cut, Cut::AfterCommit | Cut::AfterCommitThenBlackout);
+    for (replayed, answer) in &answers[1..] {
+        assert!(replayed, "{cut:?}");
+        assert_eq!(answer["data"], answers[0].1["data"], "{cut:?}");
+    }
+    // What committed first is what every retry gets back.
+    assert_eq!(
+        answers[0].0,
+        committed_first || status == StatusCode::OK,
+        "{cut:?}"
+    );
+    if status == StatusCode::OK {
+        assert_eq!(answers[0].1["data"], first["data"], "{cut:?}");
+    }
+    db.assert_order_stored(&answers[0].1, 2).await;
+    assert_eq!(app.listed_stocks().await, db.stocks().await, "{cut:?}");
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
