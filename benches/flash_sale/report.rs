@@ -1,0 +1,98 @@
+//! The report: the table of every workload and the ratio lines the verdict is given by.
+
+use std::collections::BTreeMap;
+
+use crate::TABLE_ORDER;
+use crate::cpu::PerAnswer;
+
+/// A latency in milliseconds, or a dash where nothing was timed.
+pub(crate) fn ms(value: f64) -> String {
+    if value.is_nan() {
+        "–".into()
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// One line of the result table.
+#[derive(Clone)]
+pub(crate) struct Row {
+    pub(crate) name: &'static str,
+    pub(crate) answers: u64,
+    pub(crate) ok: u64,
+    /// Committed orders per second (200 answers), or answers per second for the
+    /// workloads that commit nothing.
+    pub(crate) rate: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    /// Where the CPU went, per counted answer (see `CpuUse`).
+    pub(crate) cpu: Option<PerAnswer>,
+    pub(crate) note: String,
+}
+
+/// Prints the table of every workload that ran, and the ratios.
+pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>) {
+    let table: Vec<&Row> = TABLE_ORDER.iter().filter_map(|key| rows.get(key)).collect();
+    let rate = |key: &str| rows.get(key).map_or(f64::NAN, |row| row.rate);
+
+    println!();
+    println!(
+        "| workload | answers | 200s | per second | p50 ms | p99 ms | p99.9 ms | CPU µs: bench process | CPU µs: database | idle | note |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for row in table {
+        let (process, database, idle) = match row.cpu {
+            Some(cpu) => (
+                format!("{:.1}", cpu.process),
+                cpu.database.map_or("n/a".into(), |d| format!("{d:.1}")),
+                format!("{:.0} %", cpu.idle * 100.0),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {process} | {database} | {idle} | {} |",
+            row.name,
+            row.answers,
+            row.ok,
+            row.rate,
+            ms(row.p50),
+            ms(row.p99),
+            ms(row.p999),
+            row.note
+        );
+    }
+    println!();
+    println!(
+        "CPU µs are per counted answer (committed order, or answer where nothing commits): \
+         the bench process is Kitara (or the baseline) and the load generator; the database \
+         is the local mysqld/mariadbd process when one is visible; idle is the machine's."
+    );
+    println!();
+    if let Some(rss) = rss {
+        println!(
+            "RSS of the benchmark process after the spread workload (and the other \
+             interleaved ones, their servers still running): {rss:.0} MiB"
+        );
+    }
+    println!(
+        "ratio hot kitara/row-lock: {:.2}",
+        rate("hot") / rate("hot-row-lock")
+    );
+    println!(
+        "ratio spread kitara/row-lock: {:.2}",
+        rate("spread") / rate("spread-row-lock")
+    );
+    println!(
+        "ratio hot kitara/ceiling: {:.2}",
+        rate("hot") / rate("ceiling")
+    );
+    println!(
+        "ratio storm kitara/ceiling: {:.2}",
+        rate("storm") / rate("ceiling")
+    );
+    println!(
+        "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
+        rate("database-alone") / rate("ceiling")
+    );
+}

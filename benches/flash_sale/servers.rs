@@ -1,0 +1,191 @@
+//! The servers under load, started in-process on the server runtime: Kitara as
+//! shipped, and the row-lock baseline a careful conventional service would be.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kitara::config::Settings;
+use kitara::http::response;
+use kitara::startup::Application;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::db::BenchDb;
+use crate::server_runtime;
+use crate::workloads::Server;
+
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: oneshot::Sender<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Builds and starts the server on the server runtime, so that its listener, pool
+    /// and tasks all belong to that runtime.
+    pub(crate) async fn start(db: &BenchDb, server: Server) -> Self {
+        let settings = Settings::local(&db.url);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (addr, task) = server_runtime()
+            .spawn(async move {
+                match server {
+                    Server::Kitara => {
+                        let app = Application::build(settings).await.expect("build Kitara");
+                        let addr = app.addr();
+                        (addr, tokio::spawn(app.run_until(stopped)))
+                    }
+                    Server::RowLock => {
+                        let pool = kitara::db::connect(&settings.database)
+                            .await
+                            .expect("connect");
+                        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                        let addr = listener.local_addr().expect("address");
+                        (addr, tokio::spawn(row_lock_server(listener, pool, stopped)))
+                    }
+                }
+            })
+            .await
+            .expect("start the server");
+        Running { addr, stop, task }
+    }
+
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The baseline: what a careful conventional service does. One transaction per order
+/// that locks the order's product rows (`SELECT … FOR UPDATE`), checks the stock, then
+/// decrements and inserts; no actor, no batching. Same pool and connection settings as
+/// Kitara, served by the same kind of hyper server.
+pub(crate) async fn row_lock_server(
+    listener: TcpListener,
+    pool: DatabaseConnection,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let pool = Arc::new(pool);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = &mut stop => break,
+        };
+        stream.set_nodelay(true).ok();
+        let pool = pool.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let pool = pool.clone();
+            async move { Ok::<_, Infallible>(row_lock_order(&pool, request).await) }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+pub(crate) async fn row_lock_order(
+    pool: &DatabaseConnection,
+    request: Request<Incoming>,
+) -> Response<response::Body> {
+    let refuse = |status, message: &str| response::json::<()>(status, message, None);
+    let Ok(body) = request.into_body().collect().await else {
+        return refuse(StatusCode::BAD_REQUEST, "unreadable body");
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "request body must be one JSON object",
+        );
+    };
+    let buyer = value["user_id"].as_i64().unwrap_or(0);
+    let mut lines: BTreeMap<i64, i64> = BTreeMap::new();
+    for line in value["products"].as_array().into_iter().flatten() {
+        *lines
+            .entry(line["product_id"].as_i64().unwrap_or(0))
+            .or_insert(0) += line["quantity"].as_i64().unwrap_or(0);
+    }
+    match row_lock_transaction(pool, buyer, &lines).await {
+        Ok(Some((order_id, store))) => response::json(
+            StatusCode::OK,
+            "OK",
+            Some(serde_json::json!({"order_id": order_id, "store_id": store})),
+        ),
+        Ok(None) => refuse(StatusCode::BAD_REQUEST, "all product not available"),
+        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}
+
+pub(crate) async fn row_lock_transaction(
+    pool: &DatabaseConnection,
+    buyer: i64,
+    lines: &BTreeMap<i64, i64>,
+) -> Result<Option<(i64, i64)>, sea_orm::DbErr> {
+    let backend = pool.get_database_backend();
+    let txn = pool
+        .begin_with_options(kitara::db::write_transaction_options())
+        .await?;
+    let mut store = 0;
+    for (&product, &quantity) in lines {
+        let sql = match backend {
+            DbBackend::MySql => {
+                "SELECT current_stock, store_id FROM products WHERE id = ? FOR UPDATE"
+            }
+            _ => "SELECT current_stock, store_id FROM products WHERE id = ?",
+        };
+        let row = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                sql,
+                [Value::from(product)],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stock: i64 = row.try_get_by_index(0)?;
+        store = row.try_get_by_index(1)?;
+        if stock < quantity {
+            return Ok(None);
+        }
+    }
+    let now = chrono::Utc::now().naive_utc();
+    for (&product, &quantity) in lines {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "UPDATE products SET current_stock = current_stock - ?, updated_at = ? WHERE id = ?",
+            [quantity.into(), now.into(), product.into()],
+        ))
+        .await?;
+    }
+    let total: i64 = lines.values().sum();
+    let order = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO orders (buyer_id, quantity, store_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [buyer.into(), total.into(), store.into(), now.into(), now.into()],
+        ))
+        .await?;
+    let order_id = order.last_insert_id() as i64;
+    for (&product, &quantity) in lines {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO order_details (order_id, product_id, quantity, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [order_id.into(), product.into(), quantity.into(), now.into(), now.into()],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(Some((order_id, store)))
+}
