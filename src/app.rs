@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::db::keys::{self, StoredAnswer};
+use crate::db::keys::{self, StoredKey};
 use crate::db::load::{self, OrderRow};
 use crate::domain::{
     Deadline, IdempotencyKey, Judgement, OrderId, OrderStatus, Resolution, StoreId, UserId, judge,
@@ -40,9 +40,6 @@ pub struct AppState {
     /// from the writer.
     pub reads: Semaphore,
 }
-
-/// Makes the record a keyed confirm or cancel stores, from the order as it leaves it.
-pub type MakeKeyRecord = dyn Fn(&OrderRow) -> Arc<KeyRecord> + Sync;
 
 /// Where a confirm or cancel leaves the order.
 #[derive(Debug)]
@@ -112,14 +109,14 @@ impl AppState {
         handle.lock(request).await
     }
 
-    /// Confirms or cancels an order of `buyer`. `key` makes the record a keyed request
-    /// stores, from the order as the change leaves it.
+    /// Confirms or cancels an order of `buyer`; a keyed request stores `key` with the
+    /// change.
     pub async fn end_order(
         &self,
         id: OrderId,
         buyer: UserId,
         resolution: Resolution,
-        key: Option<&MakeKeyRecord>,
+        key: Option<Arc<KeyRecord>>,
     ) -> Result<Ended, ResolveError> {
         // The second pass is for a hold that ended between the read and the actor.
         for _ in 0..2 {
@@ -140,17 +137,10 @@ impl AppState {
                 Judgement::Conflict(status) => return Ok(Ended::Conflict(status)),
                 Judgement::Apply => {}
             }
-            let record = key.map(|make| {
-                let ended = OrderRow {
-                    status: resolution.status(),
-                    ..order.clone()
-                };
-                make(&ended)
-            });
             let Some(handle) = self.stores.get(&order.store).map(|h| h.clone()) else {
                 return Err(ResolveError::NotHeld);
             };
-            match handle.resolve(id, buyer, resolution, record).await {
+            match handle.resolve(id, buyer, resolution, key.clone()).await {
                 Ok(resolved) => {
                     order.status = resolved.status;
                     return Ok(match judge(resolved.status, resolution) {
@@ -181,10 +171,10 @@ impl AppState {
         load::order(&self.db, id).await
     }
 
-    /// The answer a key keeps, if it is stored.
-    pub async fn stored_answer(&self, key: &IdempotencyKey) -> Result<Option<StoredAnswer>, DbErr> {
+    /// The key as stored, if it is.
+    pub async fn stored_key(&self, key: &IdempotencyKey) -> Result<Option<StoredKey>, DbErr> {
         let _permit = self.read_permit().await?;
-        keys::stored_answer(&self.db, key).await
+        keys::stored(&self.db, key).await
     }
 
     async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {

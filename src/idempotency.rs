@@ -44,37 +44,38 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// How often keys past their time are looked for.
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the purge sweeps through the keys.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Keys deleted per statement: small, so that a purge never holds many row locks.
-const PURGE_BATCH: u32 = 1_000;
+/// Keys looked at per step of the sweep: small, so that a step never holds many row
+/// locks.
+const PURGE_STEP: u32 = 1_000;
 
-/// A pause between batches, so that a large purge yields to the writer.
-const PURGE_PAUSE: Duration = Duration::from_millis(50);
+/// A pause between steps, so that a sweep of a large table yields to the writer.
+const PURGE_PAUSE: Duration = Duration::from_millis(10);
 
 /// Starts the task that deletes keys stored more than `keep` ago: now, then every
-/// `PURGE_INTERVAL`, in batches of `PURGE_BATCH`. It runs on its own connection from
-/// the pool, off the order path.
+/// `PURGE_INTERVAL`, sweeping through the keys in key order, `PURGE_STEP` at a time. It
+/// runs on its own pooled connection, off the order path.
 pub fn spawn_purger(db: DatabaseConnection, keep: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let Ok(keep) = chrono::Duration::from_std(keep) else {
+            return;
+        };
         let mut interval = tokio::time::interval(PURGE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let Ok(keep) = chrono::Duration::from_std(keep) else {
-                return;
-            };
             // `created_at` is the database's own UTC time.
             let before = (chrono::Utc::now() - keep).naive_utc();
             let mut purged = 0u64;
+            let mut after: Option<Vec<u8>> = None;
             loop {
-                match keys::purge(&db, before, PURGE_BATCH).await {
-                    Ok(n) => {
-                        purged += n;
-                        if n < u64::from(PURGE_BATCH) {
-                            break;
-                        }
+                match keys::purge_step(&db, before, after.as_deref(), PURGE_STEP).await {
+                    Ok((deleted, next)) => {
+                        purged += deleted;
+                        let Some(next) = next else { break };
+                        after = Some(next);
                         tokio::time::sleep(PURGE_PAUSE).await;
                     }
                     Err(e) => {

@@ -88,23 +88,12 @@ impl Write {
     }
 }
 
-/// An idempotency key to store with a write, and the answer it keeps.
+/// An idempotency key to store with a write, bound to its request's fingerprint; the
+/// row also names the write's order, from which a replay is answered.
 pub struct KeyRecord {
     pub key: IdempotencyKey,
     pub fingerprint: Fingerprint,
-    pub answer: Answer,
 }
-
-/// The `data` of the answer 200 a key keeps, as JSON.
-pub enum Answer {
-    /// Known before the write: a confirm or cancel answers with the order as it ends.
-    Ready(Vec<u8>),
-    /// Rendered once the order's ids are known: a lock.
-    Placed(RenderPlaced),
-}
-
-/// Renders a lock's answer from the ids its order got.
-pub type RenderPlaced = Box<dyn Fn(&Committed) -> Vec<u8> + Send + Sync>;
 
 /// What a write became.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,8 +384,7 @@ impl Writer {
         })
     }
 
-    /// Numbers the new orders, renders the answers keys keep, and writes it all in one
-    /// transaction.
+    /// Numbers the new orders and writes everything in one transaction.
     async fn write(&mut self, writes: &[(StoreId, &Write)]) -> Result<Vec<Written>, PersistError> {
         let locks = writes.iter().filter_map(|(_, w)| match w {
             Write::Lock { order, .. } => Some(order.lines().len() as i64),
@@ -420,20 +408,8 @@ impl Writer {
                 Write::End { .. } => Written::Ended,
             })
             .collect();
-        let responses: Vec<Option<Vec<u8>>> = writes
-            .iter()
-            .zip(&written)
-            .map(|((_, w), written)| {
-                let record = w.key()?;
-                Some(match (&record.answer, written) {
-                    (Answer::Ready(data), _) => data.clone(),
-                    (Answer::Placed(render), Written::Placed(committed)) => render(committed),
-                    (Answer::Placed(_), Written::Ended) => Vec::new(),
-                })
-            })
-            .collect();
         let mut batch = persist::Batch::default();
-        for (((store, w), written), response) in writes.iter().zip(&written).zip(&responses) {
+        for ((store, w), written) in writes.iter().zip(&written) {
             match (w, written) {
                 (
                     Write::Lock {
@@ -468,11 +444,16 @@ impl Writer {
                 }),
                 (Write::Lock { .. }, Written::Ended) => {}
             }
-            if let (Some(record), Some(response)) = (w.key(), response) {
+            if let Some(record) = w.key() {
+                let order_id = match (w, written) {
+                    (_, Written::Placed(c)) => c.order_id,
+                    (Write::End { order_id, .. }, _) => *order_id,
+                    (Write::Lock { .. }, Written::Ended) => continue,
+                };
                 batch.keys.push(persist::KeyRow {
                     key: record.key.as_bytes(),
                     fingerprint: &record.fingerprint.0,
-                    response,
+                    order_id: order_id.0,
                 });
             }
         }

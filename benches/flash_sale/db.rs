@@ -16,6 +16,7 @@ pub(crate) struct BenchDb {
     pub(crate) mysql: bool,
     pub(crate) conn: DatabaseConnection,
     pub(crate) initial: BTreeMap<i64, i64>,
+    pub(crate) products_per_store: i64,
     pub(crate) _dir: Option<tempfile::TempDir>,
 }
 
@@ -92,6 +93,7 @@ impl BenchDb {
             mysql: bench.mysql.is_some(),
             conn,
             initial,
+            products_per_store: products,
             _dir: dir,
         }
     }
@@ -130,9 +132,12 @@ impl BenchDb {
             .await
             .into_iter()
             .collect();
+        // Units held or sold: the lines of orders that are locked or confirmed.
         let sold: BTreeMap<i64, i64> = self
             .query_pairs(
-                "SELECT product_id, CAST(SUM(quantity) AS SIGNED) FROM order_details GROUP BY product_id",
+                "SELECT d.product_id, CAST(SUM(d.quantity) AS SIGNED) FROM order_details d \
+                 JOIN orders o ON o.id = d.order_id WHERE o.status IN ('locked', 'confirmed') \
+                 GROUP BY d.product_id",
             )
             .await
             .into_iter()
@@ -161,6 +166,55 @@ impl BenchDb {
             "INVARIANT BROKEN: orders not whole: {broken:?}"
         );
         self.query_pairs("SELECT COUNT(*), 0 FROM orders").await[0].0 as u64
+    }
+
+    pub(crate) async fn count(&self, table: &str) -> u64 {
+        self.query_pairs(&format!("SELECT COUNT(*), 0 FROM {table}"))
+            .await[0]
+            .0 as u64
+    }
+
+    pub(crate) async fn count_where(&self, table: &str, condition: &str) -> u64 {
+        self.query_pairs(&format!(
+            "SELECT COUNT(*), 0 FROM {table} WHERE {condition}"
+        ))
+        .await[0]
+            .0 as u64
+    }
+
+    /// `n` locked orders of one unit of `product`, by random users, all expiring at
+    /// `deadline` (Unix seconds), written as a tool would: the units leave the stock
+    /// and the initial stock stays what the invariant counts from.
+    pub(crate) async fn insert_holds(&self, product: i64, n: i64, deadline: i64) {
+        let at = chrono::DateTime::from_timestamp(deadline, 0)
+            .expect("deadline")
+            .format("%Y-%m-%d %H:%M:%S");
+        let store = 1 + (product - 1) / self.products_per_store;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(5_000) {
+            let mut orders = String::from(
+                "INSERT INTO orders (id, buyer_id, quantity, store_id, expires_at) VALUES ",
+            );
+            let mut details = String::from(
+                "INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ",
+            );
+            for (i, id) in chunk.iter().enumerate() {
+                let sep = if i > 0 { ", " } else { "" };
+                let user = 1 + id % USERS;
+                let _ = write!(orders, "{sep}({id}, {user}, 1, {store}, '{at}')");
+                let _ = write!(details, "{sep}({id}, {id}, {product}, 1)");
+            }
+            self.conn.execute_unprepared(&orders).await.expect("holds");
+            self.conn
+                .execute_unprepared(&details)
+                .await
+                .expect("hold lines");
+        }
+        self.conn
+            .execute_unprepared(&format!(
+                "UPDATE products SET current_stock = current_stock - {n} WHERE id = {product}"
+            ))
+            .await
+            .expect("held units");
     }
 
     /// Orders per transaction, from the transaction tokens Kitara stores.

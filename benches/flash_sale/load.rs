@@ -19,15 +19,22 @@ use crate::report::Row;
 pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    pub(crate) fn below(&mut self, n: i64) -> i64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as i64
+        self.0
+    }
+
+    pub(crate) fn below(&mut self, n: i64) -> i64 {
+        (self.next() % n as u64) as i64
     }
 }
 
-pub(crate) type MakeRequest = Arc<dyn Fn(&mut Rng) -> Option<Request<Full<Bytes>>> + Send + Sync>;
+/// The next request of a connection, given the body of its previous answer if that was
+/// a 200; `None` ends the connection.
+pub(crate) type MakeRequest =
+    Arc<dyn Fn(&mut Rng, Option<&Bytes>) -> Option<Request<Full<Bytes>>> + Send + Sync>;
 
 #[derive(Default)]
 pub(crate) struct Load {
@@ -39,6 +46,8 @@ pub(crate) struct Load {
     /// When the last 200 arrived, from the start.
     pub(crate) last_ok: Duration,
     pub(crate) latencies_us: Vec<u32>,
+    /// When each of those requests was sent, in milliseconds from the start.
+    pub(crate) sent_ms: Vec<u32>,
     /// CPU time spent while the connections ran.
     pub(crate) cpu: Option<CpuUse>,
 }
@@ -51,6 +60,7 @@ impl Load {
         self.other += other.other;
         self.last_ok = self.last_ok.max(other.last_ok);
         self.latencies_us.extend(other.latencies_us);
+        self.sent_ms.extend(other.sent_ms);
     }
 
     /// Appends a later slice of the same workload: times and CPU add up.
@@ -69,15 +79,7 @@ impl Load {
     }
 
     pub(crate) fn row(mut self, name: &'static str, commits: bool, note: String) -> Row {
-        self.latencies_us.sort_unstable();
-        let pick = |q: f64| {
-            if self.latencies_us.is_empty() {
-                return f64::NAN;
-            }
-            let i =
-                ((self.latencies_us.len() as f64 * q) as usize).min(self.latencies_us.len() - 1);
-            self.latencies_us[i] as f64 / 1000.0
-        };
+        let mut pick = |q: f64| percentile(&mut self.latencies_us, q);
         let answers = self.ok + self.refused + self.other;
         let counted = if commits { self.ok } else { answers };
         let cpu = self.cpu.map(|cpu| cpu.per(counted));
@@ -93,6 +95,16 @@ impl Load {
             note,
         }
     }
+}
+
+/// The `q` quantile of latencies in microseconds, in milliseconds (NaN if there are none).
+pub(crate) fn percentile(latencies_us: &mut [u32], q: f64) -> f64 {
+    if latencies_us.is_empty() {
+        return f64::NAN;
+    }
+    latencies_us.sort_unstable();
+    let i = ((latencies_us.len() as f64 * q) as usize).min(latencies_us.len() - 1);
+    latencies_us[i] as f64 / 1000.0
 }
 
 /// Runs `CONNECTIONS` closed-loop connections for `duration`.
@@ -176,12 +188,13 @@ pub(crate) async fn connection(
     tokio::spawn(conn);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut load = Load::default();
+    let mut previous: Option<Bytes> = None;
     loop {
         let sent = Instant::now();
         if !go_on(&load, sent) {
             break;
         }
-        let Some(mut request) = make(&mut rng) else {
+        let Some(mut request) = make(&mut rng, previous.take().as_ref()) else {
             break;
         };
         request
@@ -202,10 +215,12 @@ pub(crate) async fn connection(
         let body = response.into_body().collect().await.map(|b| b.to_bytes());
         let now = Instant::now();
         load.latencies_us.push((now - sent).as_micros() as u32);
+        load.sent_ms.push((sent - start).as_millis() as u32);
         match (status, body) {
-            (StatusCode::OK, Ok(_)) => {
+            (StatusCode::OK, Ok(body)) => {
                 load.ok += 1;
                 load.last_ok = now - start;
+                previous = Some(body);
             }
             (StatusCode::BAD_REQUEST, Ok(body))
                 if body.windows(13).any(|w| w == b"not available") =>

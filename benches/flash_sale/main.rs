@@ -36,7 +36,9 @@ use kitara::config::Settings;
 
 use cpu::{DATABASE_PID, find_database_process, machine};
 use report::{Row, ms};
-use workloads::{Interleaved, database_alone, interleaved, sell_out};
+use workloads::{
+    Interleaved, database_alone, expiry_wave, interleaved, lock_then_confirm, sell_out,
+};
 
 /// The allocator of the `kitara` binary (see `src/main.rs`): the benchmark measures
 /// Kitara as shipped.
@@ -49,8 +51,11 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 8] = [
+pub(crate) const TABLE_ORDER: [&str; 11] = [
     "hot",
+    "hot-holds",
+    "lock-confirm",
+    "expiry-wave",
     "sell-out",
     "spread",
     "storm",
@@ -165,8 +170,18 @@ async fn run() {
     if let Some(row) = bench.run("sell-out", sell_out(&bench)).await {
         rows.insert("sell-out", row);
     }
+    if let Some(row) = bench.run("lock-confirm", lock_then_confirm(&bench)).await {
+        rows.insert("lock-confirm", row);
+    }
+    let mut wave = None;
+    if bench.selected("expiry-wave") {
+        let (row, measured) = expiry_wave(&bench).await;
+        println!("{}: {:.0}/s (p99 {} ms)", row.name, row.rate, ms(row.p99));
+        rows.insert("expiry-wave", row);
+        wave = Some(measured);
+    }
     if let Some(row) = bench.run("database-alone", database_alone(&bench)).await {
         rows.insert("database-alone", row);
     }
-    report::print(&rows, rss);
+    report::print(&rows, rss, wave.as_ref());
 }

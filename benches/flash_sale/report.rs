@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::TABLE_ORDER;
 use crate::cpu::PerAnswer;
+use crate::workloads::{WAVE, Wave};
 
 /// A latency in milliseconds, or a dash where nothing was timed.
 pub(crate) fn ms(value: f64) -> String {
@@ -32,7 +33,7 @@ pub(crate) struct Row {
 }
 
 /// Prints the table of every workload that ran, and the ratios.
-pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>) {
+pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: Option<&Wave>) {
     let table: Vec<&Row> = TABLE_ORDER.iter().filter_map(|key| rows.get(key)).collect();
     let rate = |key: &str| rows.get(key).map_or(f64::NAN, |row| row.rate);
 
@@ -95,4 +96,33 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>) {
         "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
         rate("database-alone") / rate("ceiling")
     );
+    println!(
+        "ratio hot-holds/hot: {:.2}",
+        rate("hot-holds") / rate("hot")
+    );
+    if let Some(pairs) = rows.get("lock-confirm") {
+        println!("lock then confirm: {:.0} pairs/s", pairs.rate);
+    }
+    if let Some(wave) = wave {
+        match wave.back_after {
+            Some(after) => println!(
+                "expiry wave: all {WAVE} holds' units back {:.3} s after their deadline",
+                after.as_secs_f64()
+            ),
+            None => println!("expiry wave: the units were NOT all back within 30 s"),
+        }
+        println!(
+            "expiry wave: hot p99 during the wave {} ms, outside it {} ms (ratio {:.2})",
+            ms(wave.p99_during),
+            ms(wave.p99_outside),
+            wave.p99_during / wave.p99_outside
+        );
+        if let (Some(with), Some(without)) = (wave.rss_per_wave, wave.rss_empty) {
+            println!(
+                "memory: RSS grows {with:.1} MiB when a server starts with {WAVE} live holds \
+                 ({without:.1} MiB for the same server with none): {:.1} MiB per 100,000 holds",
+                (with - without) * 100_000.0 / WAVE as f64
+            );
+        }
+    }
 }

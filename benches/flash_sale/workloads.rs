@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,7 +12,7 @@ use sea_orm::TransactionTrait;
 
 use crate::cpu::{CpuClock, rss_mib};
 use crate::db::BenchDb;
-use crate::load::{Load, MakeRequest, Rng, drive, drive_count, drive_until_refused};
+use crate::load::{Load, MakeRequest, Rng, drive, drive_count, drive_until_refused, percentile};
 use crate::report::Row;
 use crate::servers::Running;
 use crate::{Bench, CONNECTIONS, HUGE_STOCK, SELL_OUT_STOCK, USERS};
@@ -31,6 +32,17 @@ pub(crate) struct Interleaved {
     pub(crate) rows: BTreeMap<&'static str, Row>,
     /// RSS of the process while all their servers still run.
     pub(crate) rss: Option<f64>,
+}
+
+/// What a workload sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Traffic {
+    /// `GET /healthz`.
+    Healthz,
+    /// Locks of one unit of a random product, by a random user.
+    Lock,
+    /// The same, each with `hold_seconds` 900 and an `Idempotency-Key` of its own.
+    HeldKeyedLock,
 }
 
 /// What a workload of the interleaved phase checks when it is over.
@@ -58,12 +70,22 @@ pub(crate) struct Sliced {
 
 pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
     let mut workloads = Vec::new();
-    for (key, name, server, (stores, products, stock), expect) in [
+    use Traffic::*;
+    for (key, name, server, (stores, products, stock), traffic, expect) in [
         (
             "hot",
             "hot (kitara)",
             Server::Kitara,
             (1, 1, HUGE_STOCK),
+            Lock,
+            Expect::Commits,
+        ),
+        (
+            "hot-holds",
+            "hot with holds and keys (kitara)",
+            Server::Kitara,
+            (1, 1, HUGE_STOCK),
+            HeldKeyedLock,
             Expect::Commits,
         ),
         (
@@ -71,6 +93,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "spread 1,000×10 (kitara)",
             Server::Kitara,
             (1_000, 10, HUGE_STOCK),
+            Lock,
             Expect::Commits,
         ),
         (
@@ -78,6 +101,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "sold-out storm (kitara)",
             Server::Kitara,
             (1, 1, 0),
+            Lock,
             Expect::AllRefused,
         ),
         (
@@ -85,6 +109,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "ceiling GET /healthz",
             Server::Kitara,
             (1, 1, 0),
+            Healthz,
             Expect::Nothing,
         ),
         (
@@ -92,6 +117,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "hot (row-lock)",
             Server::RowLock,
             (1, 1, HUGE_STOCK),
+            Lock,
             Expect::Commits,
         ),
         (
@@ -99,6 +125,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "spread 1,000×10 (row-lock)",
             Server::RowLock,
             (1_000, 10, HUGE_STOCK),
+            Lock,
             Expect::Commits,
         ),
     ] {
@@ -108,18 +135,21 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
         let db = BenchDb::create(bench, stores, products, stock).await;
         let running = Running::start(&db, server).await;
         let catalog = stores * products;
-        let make: MakeRequest = if expect == Expect::Nothing {
-            Arc::new(|_: &mut Rng| {
+        let make: MakeRequest = match traffic {
+            Healthz => Arc::new(|_: &mut Rng, _: Option<&Bytes>| {
                 Some(
                     Request::get("/healthz")
                         .body(Full::new(Bytes::new()))
                         .unwrap(),
                 )
-            })
-        } else {
-            Arc::new(move |rng: &mut Rng| {
+            }),
+            Lock => Arc::new(move |rng: &mut Rng, _: Option<&Bytes>| {
                 Some(lock_request(rng.below(USERS) + 1, rng.below(catalog) + 1))
-            })
+            }),
+            HeldKeyedLock => Arc::new(move |rng: &mut Rng, _: Option<&Bytes>| {
+                let product = rng.below(catalog) + 1;
+                Some(held_keyed_lock_request(rng, product))
+            }),
         };
         workloads.push(Sliced {
             key,
@@ -164,6 +194,10 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             Expect::Commits => {
                 let stored = db.check_invariants().await;
                 assert_eq!(stored, load.ok, "{name}: every 200 must be an order row");
+                if key == "hot-holds" {
+                    let keys = db.count("idempotency_keys").await;
+                    assert_eq!(keys, load.ok, "{name}: every 200 stored its key");
+                }
                 db.batching_note().await
             }
             Expect::AllRefused => {
@@ -186,14 +220,14 @@ pub(crate) async fn sell_out(bench: &Bench) -> Row {
     let running = Running::start(&db, Server::Kitara).await;
     let load = drive_until_refused(
         running.addr,
-        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+        Arc::new(|rng: &mut Rng, _: Option<&Bytes>| Some(lock_request(rng.below(USERS) + 1, 1))),
     )
     .await;
     // After the sell-out every answer must be a not-available 400.
     let later = drive_count(
         running.addr,
         CONNECTIONS,
-        Arc::new(|rng: &mut Rng| Some(lock_request(rng.below(USERS) + 1, 1))),
+        Arc::new(|rng: &mut Rng, _: Option<&Bytes>| Some(lock_request(rng.below(USERS) + 1, 1))),
     )
     .await;
     running.stop().await;
@@ -292,4 +326,197 @@ pub(crate) fn lock_request(user: i64, product: i64) -> Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap()
+}
+
+/// Keys unique across the run, shaped like the random keys clients send.
+static KEYS_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// A lock of one unit held for 900 s, with an `Idempotency-Key` of its own.
+pub(crate) fn held_keyed_lock_request(rng: &mut Rng, product: i64) -> Request<Full<Bytes>> {
+    let user = rng.below(USERS) + 1;
+    let key = format!(
+        "{:016x}{:016x}",
+        rng.next(),
+        KEYS_SENT.fetch_add(1, Ordering::Relaxed)
+    );
+    let body = format!(
+        r#"{{"user_id":{user},"hold_seconds":900,"products":[{{"product_id":{product},"quantity":1}}]}}"#
+    );
+    Request::post("/api/v1/order/lock")
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// Each connection locks one unit of the hot product, then confirms the order it got,
+/// then locks again. Its rate is completed pairs per second: confirmed orders, counted
+/// in the database.
+pub(crate) async fn lock_then_confirm(bench: &Bench) -> Row {
+    let db = BenchDb::create(bench, 1, 1, HUGE_STOCK).await;
+    let running = Running::start(&db, Server::Kitara).await;
+    let make: MakeRequest = Arc::new(|_: &mut Rng, previous: Option<&Bytes>| {
+        let locked = previous
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .filter(|answer| answer["data"]["status"] == "locked")
+            .and_then(|answer| answer["data"]["order_id"].as_i64());
+        Some(match locked {
+            Some(order) => confirm_request(order),
+            None => lock_request(1, 1),
+        })
+    });
+    let load = drive(running.addr, bench.duration(), make).await;
+    running.stop().await;
+    let confirmed = db.count_where("orders", "status = 'confirmed'").await;
+    let stored = db.check_invariants().await;
+    assert_eq!(
+        stored,
+        db.count("orders").await,
+        "lock then confirm: invariants"
+    );
+    assert_eq!(load.other, 0, "lock then confirm: every answer a 200");
+    db.drop().await;
+    let elapsed = load.elapsed.as_secs_f64();
+    let mut row = load.row("lock then confirm (kitara)", true, String::new());
+    row.rate = confirmed as f64 / elapsed;
+    row.note =
+        format!("pairs/s: {confirmed} orders locked then confirmed; latencies are per request");
+    row
+}
+
+/// A confirm by user 1, who placed every order of `lock_then_confirm`.
+fn confirm_request(order: i64) -> Request<Full<Bytes>> {
+    Request::post(format!("/api/v1/order/{order}/confirm"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"user_id":1}"#)))
+        .unwrap()
+}
+
+/// Holds that expire together, on product 2 of the hot store.
+pub(crate) const WAVE: i64 = 100_000;
+
+/// What the expiry wave measured.
+pub(crate) struct Wave {
+    /// From the holds' common deadline until the last of their units was listed again.
+    pub(crate) back_after: Option<Duration>,
+    /// Hot's p99 while the wave is being expired (deadline to deadline + 2 s), and
+    /// outside that window.
+    pub(crate) p99_during: f64,
+    pub(crate) p99_outside: f64,
+    /// RSS growth of the process when a server loads the wave's holds, against a
+    /// server of the same store with none.
+    pub(crate) rss_per_wave: Option<f64>,
+    pub(crate) rss_empty: Option<f64>,
+}
+
+/// 100,000 holds on product 2 expire within the same second while hot traffic runs on
+/// product 1 of the same store (one actor, one writer). The holds are written by SQL
+/// before Kitara starts, so start-up loads and re-arms them.
+pub(crate) async fn expiry_wave(bench: &Bench) -> (Row, Wave) {
+    // The memory of a server with no holds, measured the same way, for comparison.
+    let empty = BenchDb::create(bench, 1, 2, HUGE_STOCK).await;
+    let before = rss_mib();
+    let running = Running::start(&empty, Server::Kitara).await;
+    let rss_empty = rss_mib().zip(before).map(|(after, before)| after - before);
+    running.stop().await;
+    empty.drop().await;
+
+    let db = BenchDb::create(bench, 1, 2, HUGE_STOCK).await;
+    let lead = if bench.quick { 4 } else { 6 };
+    let deadline = chrono::Utc::now().timestamp() + lead;
+    db.insert_holds(2, WAVE, deadline).await;
+    let before = rss_mib();
+    let running = Running::start(&db, Server::Kitara).await;
+    let rss_per_wave = rss_mib().zip(before).map(|(after, before)| after - before);
+    let start = Instant::now();
+    let deadline_at = start
+        + Duration::from_micros(
+            (deadline * 1_000_000 - chrono::Utc::now().timestamp_micros()).max(0) as u64,
+        );
+
+    // Watch the listing for the wave's units.
+    let addr = running.addr;
+    let watcher = tokio::spawn(async move {
+        loop {
+            if listed_stock(addr, 2).await == Some(HUGE_STOCK) {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let hot: MakeRequest =
+        Arc::new(|rng: &mut Rng, _: Option<&Bytes>| Some(lock_request(rng.below(USERS) + 1, 1)));
+    let run_for = deadline_at - start + Duration::from_secs(if bench.quick { 3 } else { 5 });
+    let mut load = drive(addr, run_for, hot).await;
+    let back_at = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .ok()
+        .and_then(|t| t.ok());
+    running.stop().await;
+
+    let expired = db.count_where("orders", "status = 'expired'").await;
+    assert_eq!(expired, WAVE as u64, "expiry wave: every hold expired");
+    assert_eq!(
+        db.stock_of(2).await,
+        HUGE_STOCK,
+        "expiry wave: every unit back"
+    );
+    let placed = db.count_where("orders", "status = 'locked'").await;
+    assert_eq!(
+        placed, load.ok,
+        "expiry wave: every 200 of hot is an order row"
+    );
+    db.check_invariants().await;
+    db.drop().await;
+
+    // Hot's latencies during the wave, and outside it.
+    let wave_from = (deadline_at - start).as_millis() as u32;
+    let wave_to = wave_from + 2_000;
+    let (mut during, mut outside) = (Vec::new(), Vec::new());
+    for (&sent, &latency) in load.sent_ms.iter().zip(&load.latencies_us) {
+        if (wave_from..wave_to).contains(&sent) {
+            during.push(latency);
+        } else {
+            outside.push(latency);
+        }
+    }
+    let wave = Wave {
+        back_after: back_at.map(|at| at.saturating_duration_since(deadline_at)),
+        p99_during: percentile(&mut during, 0.99),
+        p99_outside: percentile(&mut outside, 0.99),
+        rss_per_wave,
+        rss_empty,
+    };
+    load.sent_ms.clear();
+    let row = load.row(
+        "hot during an expiry wave (kitara)",
+        true,
+        format!("{WAVE} holds expiring in one second, same store"),
+    );
+    (row, wave)
+}
+
+/// The stock `GET /api/v1/products` lists for a product.
+async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = Request::get("/api/v1/products")
+        .header("host", "kitara")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    let listing: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    listing["data"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == product)?["current_stock"]
+        .as_i64()
 }

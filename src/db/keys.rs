@@ -1,4 +1,4 @@
-//! Idempotency keys: looking a stored answer up, finding which keys of a refused batch
+//! Idempotency keys: looking a stored key up, finding which keys of a refused batch
 //! were taken, and purging keys past their time.
 //!
 //! Keys are written only with what they answered, in the writer's transaction
@@ -6,22 +6,22 @@
 //! its original book once.
 
 use chrono::NaiveDateTime;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbErr, Statement, Value};
 
-use crate::domain::{Fingerprint, IdempotencyKey};
+use crate::domain::{Fingerprint, IdempotencyKey, OrderId};
 
-/// The answer a key keeps: what it was bound to, and the `data` of its answer 200.
+/// A stored key: what it is bound to, and the order its request placed or ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAnswer {
+pub struct StoredKey {
     pub fingerprint: Fingerprint,
-    pub response: Vec<u8>,
+    pub order_id: OrderId,
 }
 
-pub async fn stored_answer(
+pub async fn stored(
     db: &impl ConnectionTrait,
     key: &IdempotencyKey,
-) -> Result<Option<StoredAnswer>, DbErr> {
-    let sql = "SELECT fingerprint, response FROM idempotency_keys WHERE idempotency_key = ?";
+) -> Result<Option<StoredKey>, DbErr> {
+    let sql = "SELECT fingerprint, order_id FROM idempotency_keys WHERE idempotency_key = ?";
     let Some(row) = db
         .query_one_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
@@ -35,10 +35,10 @@ pub async fn stored_answer(
     let fingerprint: Vec<u8> = row.try_get_by_index(0)?;
     let fingerprint = fingerprint
         .try_into()
-        .map_err(|_| DbErr::Custom("a stored fingerprint is not 32 bytes".into()))?;
-    Ok(Some(StoredAnswer {
+        .map_err(|_| DbErr::Custom("a stored fingerprint is not 16 bytes".into()))?;
+    Ok(Some(StoredKey {
         fingerprint: Fingerprint(fingerprint),
-        response: row.try_get_by_index(1)?,
+        order_id: OrderId(row.try_get_by_index(1)?),
     }))
 }
 
@@ -68,32 +68,54 @@ pub async fn taken(db: &impl ConnectionTrait, keys: &[&[u8]]) -> Result<Vec<Vec<
     Ok(found)
 }
 
-/// Deletes up to `limit` keys stored before `before` (UTC), oldest first; returns how
-/// many it deleted.
-pub async fn purge(
+/// One step of the purge's sweep through the keys in key order: deletes the keys
+/// stored before `before` (UTC) among the `limit` keys after `after` (from the first
+/// key when `None`). Returns how many it deleted, and where the next step starts
+/// (`None` once the sweep has reached the last key).
+pub async fn purge_step(
     db: &impl ConnectionTrait,
     before: NaiveDateTime,
+    after: Option<&[u8]>,
     limit: u32,
-) -> Result<u64, DbErr> {
+) -> Result<(u64, Option<Vec<u8>>), DbErr> {
     let backend = db.get_database_backend();
-    // MySQL takes LIMIT on DELETE but not in an IN subquery; SQLite (as built by sqlx)
-    // the other way round.
-    let sql = match backend {
-        DbBackend::MySql => {
-            "DELETE FROM idempotency_keys WHERE created_at < ? ORDER BY created_at LIMIT ?"
+    let after = after.unwrap_or_default().to_vec();
+    // The last key of this step's range, if the range is full.
+    let end: Option<Vec<u8>> = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT idempotency_key FROM idempotency_keys WHERE idempotency_key > ? \
+             ORDER BY idempotency_key LIMIT 1 OFFSET ?",
+            [
+                Value::from(after.clone()),
+                Value::from(limit.saturating_sub(1)),
+            ],
+        ))
+        .await?
+        .map(|row| row.try_get_by_index(0))
+        .transpose()?;
+    let deleted = match &end {
+        Some(end) => {
+            db.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "DELETE FROM idempotency_keys WHERE idempotency_key > ? \
+                 AND idempotency_key <= ? AND created_at < ?",
+                [
+                    Value::from(after),
+                    Value::from(end.clone()),
+                    Value::from(before),
+                ],
+            ))
+            .await?
         }
-        _ => {
-            "DELETE FROM idempotency_keys WHERE idempotency_key IN \
-             (SELECT idempotency_key FROM idempotency_keys WHERE created_at < ? \
-             ORDER BY created_at LIMIT ?)"
+        None => {
+            db.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "DELETE FROM idempotency_keys WHERE idempotency_key > ? AND created_at < ?",
+                [Value::from(after), Value::from(before)],
+            ))
+            .await?
         }
     };
-    let result = db
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [Value::from(before), Value::from(limit)],
-        ))
-        .await?;
-    Ok(result.rows_affected())
+    Ok((deleted.rows_affected(), end))
 }

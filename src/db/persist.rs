@@ -46,12 +46,12 @@ pub struct EndedHold<'a> {
     pub returned: &'a [OrderLine],
 }
 
-/// An idempotency key and the answer it keeps.
+/// An idempotency key, what it is bound to, and the order its request wrote.
 #[derive(Debug)]
 pub struct KeyRow<'a> {
     pub key: &'a [u8],
-    pub fingerprint: &'a [u8; 32],
-    pub response: &'a [u8],
+    pub fingerprint: &'a [u8; 16],
+    pub order_id: i64,
 }
 
 /// Everything one transaction writes.
@@ -123,9 +123,21 @@ impl Sql {
 
     /// A UTC timestamp, `'YYYY-MM-DD HH:MM:SS'`, or `NULL`.
     fn timestamp(&mut self, at: Option<Deadline>) -> &mut Self {
+        use chrono::{Datelike, Timelike};
         match at.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0)) {
+            // Its fields, not `format`: parsing a format string per order shows up
+            // in the writer's profile.
             Some(at) => {
-                let _ = write!(self.0, "'{}'", at.format("%Y-%m-%d %H:%M:%S"));
+                let _ = write!(
+                    self.0,
+                    "'{:04}-{:02}-{:02} {:02}:{:02}:{:02}'",
+                    at.year(),
+                    at.month(),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second()
+                );
             }
             None => self.0.push_str("NULL"),
         }
@@ -252,14 +264,14 @@ pub async fn write_batch(
         guarded += ids.len() as u64;
     }
     if !batch.keys.is_empty() {
-        sql.text("INSERT INTO idempotency_keys (idempotency_key, fingerprint, response) VALUES ");
+        sql.text("INSERT INTO idempotency_keys (idempotency_key, fingerprint, order_id) VALUES ");
         for (i, key) in batch.keys.iter().enumerate() {
             sql.text(if i == 0 { "(" } else { ", (" })
                 .bytes(key.key)
                 .text(", ")
                 .bytes(key.fingerprint)
                 .text(", ")
-                .bytes(key.response)
+                .int(key.order_id)
                 .text(")");
         }
         sql.text("; ");

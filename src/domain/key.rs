@@ -45,7 +45,7 @@ impl IdempotencyKey {
 /// What a key is bound to: the endpoint, the order it names, and the validated, merged
 /// body. Key order, spacing, line order and split duplicate lines do not change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
+pub struct Fingerprint(pub [u8; 16]);
 
 impl Fingerprint {
     /// `POST /api/v1/order/lock`; `hold_seconds` as the body gave it.
@@ -73,8 +73,13 @@ impl Fingerprint {
         Self::of_text(&format!("{endpoint}\norder {order}\nuser {buyer}"))
     }
 
+    /// The first half of a SHA-256: 128 bits tell requests apart, and the stored key
+    /// row stays small.
     fn of_text(text: &str) -> Self {
-        Self(Sha256::digest(text.as_bytes()).into())
+        let digest = Sha256::digest(text.as_bytes());
+        let mut half = [0u8; 16];
+        half.copy_from_slice(&digest[..16]);
+        Self(half)
     }
 }
 

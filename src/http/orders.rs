@@ -5,8 +5,14 @@
 //! with it gets 409), then is judged as any other. Its key is stored by the writer with
 //! what it committed, so the fresh path costs no extra read. Only when the answer is not
 //! a fresh 200 (the order was refused, or the database found the key taken) is the key
-//! looked up: a stored answer with the same fingerprint is replayed with
+//! looked up: a stored key with the same fingerprint is replayed with
 //! `Idempotent-Replayed: true`, one with another fingerprint is a 422.
+//!
+//! A replay is rendered from the order the key names, as the database has it: the same
+//! order id, lines, detail ids and expiry; a lock's replay says `locked`, as its first
+//! answer did, and a confirm's or cancel's the status it ended in, which cannot change
+//! again. Storing the rendered answer instead would add a quarter to the database's
+//! work per keyed order (BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +24,10 @@ use hyper::{HeaderMap, Request, Response};
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
 use super::{read_json_body, views};
-use crate::app::{AppState, Ended, MakeKeyRecord};
-use crate::db::load::OrderRow;
+use crate::app::{AppState, Ended};
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
 use crate::store::{LockError, LockRequest, Placed, ResolveError};
-use crate::writer::{Answer, KeyRecord};
+use crate::writer::KeyRecord;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
@@ -54,29 +59,9 @@ pub async fn lock(
 
     let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
     let _claim = state.keys.claim(&key).ok_or(ApiError::KeyInProgress)?;
-    let answer = {
-        let state = state.clone();
-        let lines = order.lines().to_vec();
-        Answer::Placed(Box::new(move |committed| {
-            views::lock(
-                &state.catalog,
-                &Placed {
-                    order_id: committed.order_id,
-                    details: committed
-                        .detail_ids
-                        .iter()
-                        .copied()
-                        .zip(lines.iter().copied())
-                        .collect(),
-                    expires_at,
-                },
-            )
-        }))
-    };
     let record = Arc::new(KeyRecord {
         key: key.clone(),
         fingerprint,
-        answer,
     });
     let result = state
         .lock_order(LockRequest {
@@ -90,7 +75,7 @@ pub async fn lock(
         Err(error) => {
             let error = ApiError::from(error);
             if error.is_refusal() {
-                replay_or(state, &key, fingerprint, error).await
+                replay_or(state, &key, fingerprint, Endpoint::Lock, error).await
             } else {
                 Err(error)
             }
@@ -99,7 +84,14 @@ pub async fn lock(
 }
 
 fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
-    response::json_data(&views::lock(&state.catalog, placed))
+    response::json_data(&views::placed(&state.catalog, placed))
+}
+
+/// Which answer a replay renders.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Lock,
+    End,
 }
 
 /// `GET /api/v1/order/{id}`
@@ -137,33 +129,21 @@ pub async fn end(
     // Not the hot path: a keyed confirm looks its key up first, so that a retry of one
     // that committed is replayed rather than answered as a repeat.
     if let Some(key) = &key
-        && let Some(response) = replay(state, key, fingerprint).await?
+        && let Some(response) = replay(state, key, fingerprint, Endpoint::End).await?
     {
         return Ok(response);
     }
-    let make_record = key.clone().map(|key| {
-        move |order: &OrderRow| {
-            Arc::new(KeyRecord {
-                key: key.clone(),
-                fingerprint,
-                answer: Answer::Ready(views::order(order)),
-            })
-        }
-    });
-    let make_record = make_record.as_ref().map(|make| make as &MakeKeyRecord);
-    match state.end_order(id, buyer, resolution, make_record).await {
+    let record = key
+        .clone()
+        .map(|key| Arc::new(KeyRecord { key, fingerprint }));
+    match state.end_order(id, buyer, resolution, record).await {
         Ok(Ended::Order { order, .. }) => Ok(response::json_data(&views::order(&order))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
         Err(ResolveError::KeyTaken) => match &key {
             Some(key) => {
-                replay_or(
-                    state,
-                    key,
-                    fingerprint,
-                    ApiError::Resolve(ResolveError::KeyTaken),
-                )
-                .await
+                let taken = ApiError::Resolve(ResolveError::KeyTaken);
+                replay_or(state, key, fingerprint, Endpoint::End, taken).await
             }
             None => Err(ApiError::Resolve(ResolveError::Unavailable)),
         },
@@ -186,28 +166,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     }
 }
 
-/// The stored answer of `key`, replayed, if it was stored for this very request; 422 if
-/// for another.
+/// The answer `key` got, replayed, if it was stored for this very request; 422 if for
+/// another.
 async fn replay(
     state: &AppState,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
+    endpoint: Endpoint,
 ) -> Result<Option<Response<Body>>, ApiError> {
-    let stored = state.stored_answer(key).await.map_err(|e| {
+    let unavailable = |e: sea_orm::DbErr| {
         tracing::warn!(error = %e, "idempotency key lookup failed");
         ApiError::Lock(LockError::Unavailable)
-    })?;
-    match stored {
-        None => Ok(None),
-        Some(stored) if stored.fingerprint == fingerprint => {
-            let mut response = response::json_data(&stored.response);
-            response
-                .headers_mut()
-                .insert(REPLAYED, HeaderValue::from_static("true"));
-            Ok(Some(response))
-        }
-        Some(_) => Err(ApiError::KeyReused),
+    };
+    let Some(stored) = state.stored_key(key).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    if stored.fingerprint != fingerprint {
+        return Err(ApiError::KeyReused);
     }
+    let Some(order) = state.order(stored.order_id).await.map_err(unavailable)? else {
+        tracing::error!(order = %stored.order_id, "a stored key names an order that is gone");
+        return Err(ApiError::Internal);
+    };
+    let data = match endpoint {
+        Endpoint::Lock => views::locked(&order),
+        Endpoint::End => views::order(&order),
+    };
+    let mut response = response::json_data(&data);
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    Ok(Some(response))
 }
 
 /// After a refusal of a keyed request: the stored answer if there is one, else the
@@ -217,9 +206,10 @@ async fn replay_or(
     state: &AppState,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
+    endpoint: Endpoint,
     refusal: ApiError,
 ) -> Result<Response<Body>, ApiError> {
-    match replay(state, key, fingerprint).await? {
+    match replay(state, key, fingerprint, endpoint).await? {
         Some(response) => Ok(response),
         None => Err(match refusal {
             ApiError::Lock(LockError::KeyTaken) | ApiError::Resolve(ResolveError::KeyTaken) => {

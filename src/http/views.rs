@@ -1,5 +1,4 @@
-//! The `data` of the answers, as JSON. A keyed request's answer is rendered by the same
-//! function whether it is sent now or replayed later, so a replay carries the same data.
+//! The `data` of the answers, as JSON.
 
 use serde::Serialize;
 
@@ -67,7 +66,8 @@ struct OrderView<'a> {
     order_details: Vec<DetailView<'a>>,
 }
 
-pub fn lock(catalog: &Catalog, placed: &Placed) -> Vec<u8> {
+/// The answer to a lock that was just placed.
+pub fn placed(catalog: &Catalog, placed: &Placed) -> Vec<u8> {
     let order_details = placed
         .details
         .iter()
@@ -86,6 +86,29 @@ pub fn lock(catalog: &Catalog, placed: &Placed) -> Vec<u8> {
     })
 }
 
+/// The answer that lock gave, rendered again from the order as stored (a replay).
+pub fn locked(order: &OrderRow) -> Vec<u8> {
+    to_json(&LockView {
+        order_id: order.id.0,
+        order_details: details(order),
+        status: OrderStatus::Locked.as_str(),
+        expires_at: order.expires_at.map(rfc3339),
+    })
+}
+
+fn details(order: &OrderRow) -> Vec<DetailView<'_>> {
+    order
+        .details
+        .iter()
+        .map(|d| DetailView {
+            order_detail_id: d.id.0,
+            product_id: d.product.0,
+            product_name: &d.product_name,
+            quantity: d.quantity,
+        })
+        .collect()
+}
+
 pub fn order(order: &OrderRow) -> Vec<u8> {
     let UserId(user_id) = order.buyer;
     to_json(&OrderView {
@@ -94,16 +117,7 @@ pub fn order(order: &OrderRow) -> Vec<u8> {
         store_id: order.store.0,
         status: order.status.as_str(),
         expires_at: order.expires_at.map(rfc3339),
-        order_details: order
-            .details
-            .iter()
-            .map(|d| DetailView {
-                order_detail_id: d.id.0,
-                product_id: d.product.0,
-                product_name: &d.product_name,
-                quantity: d.quantity,
-            })
-            .collect(),
+        order_details: details(order),
     })
 }
 
