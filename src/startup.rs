@@ -118,7 +118,12 @@ impl Application {
             default_hold_seconds: settings.hold_seconds,
             keys: InFlightKeys::default(),
             db: db.clone(),
-            reads: Semaphore::new((settings.database.db_pool_size as usize / 4).max(2)),
+            // What the writers leave of the pool (see `enough_connections`).
+            reads: Semaphore::new(
+                (settings.database.db_pool_size as usize)
+                    .saturating_sub(2 * writers + 2)
+                    .max(2),
+            ),
         });
         // Holds that fell due while Kitara was down expire before any store serves; the
         // others keep their deadline.

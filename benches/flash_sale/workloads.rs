@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::Request;
 use sea_orm::TransactionTrait;
 
-use crate::cpu::{CpuClock, rss_mib};
+use crate::cpu::{CpuClock, live_rss_mib, rss_mib};
 use crate::db::BenchDb;
 use crate::load::{Load, MakeRequest, Rng, drive, drive_count, drive_until_refused, percentile};
 use crate::report::Row;
@@ -415,9 +415,11 @@ pub(crate) struct Wave {
 pub(crate) async fn expiry_wave(bench: &Bench) -> (Row, Wave) {
     // The memory of a server with no holds, measured the same way, for comparison.
     let empty = BenchDb::create(bench, 1, 2, HUGE_STOCK).await;
-    let before = rss_mib();
+    let before = live_rss_mib();
     let running = Running::start(&empty, Server::Kitara).await;
-    let rss_empty = rss_mib().zip(before).map(|(after, before)| after - before);
+    let rss_empty = live_rss_mib()
+        .zip(before)
+        .map(|(after, before)| after - before);
     running.stop().await;
     empty.drop().await;
 
@@ -425,9 +427,11 @@ pub(crate) async fn expiry_wave(bench: &Bench) -> (Row, Wave) {
     let lead = if bench.quick { 4 } else { 6 };
     let deadline = chrono::Utc::now().timestamp() + lead;
     db.insert_holds(2, WAVE, deadline).await;
-    let before = rss_mib();
+    let before = live_rss_mib();
     let running = Running::start(&db, Server::Kitara).await;
-    let rss_per_wave = rss_mib().zip(before).map(|(after, before)| after - before);
+    let rss_per_wave = live_rss_mib()
+        .zip(before)
+        .map(|(after, before)| after - before);
     let start = Instant::now();
     let deadline_at = start
         + Duration::from_micros(

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
+use futures_util::StreamExt;
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, FromQueryResult, QueryResult, Statement, TransactionSession,
-    TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
+    StreamTrait, TransactionTrait, Value,
 };
 
 use crate::domain::{
@@ -66,11 +67,11 @@ pub struct StoreState {
 /// The state of one store, or of every store (`None`) grouped by store, read in one
 /// transaction.
 pub async fn stores(
-    db: &(impl ConnectionTrait + TransactionTrait),
+    db: &DatabaseConnection,
     only: Option<StoreId>,
 ) -> Result<HashMap<StoreId, StoreState>, DbErr> {
     let txn = db.begin().await?;
-    let backend = txn.get_database_backend();
+    let backend = ConnectionTrait::get_database_backend(&txn);
     let filter = |sql: &str, column: &str| match only {
         Some(_) => format!("{sql} AND {column} = ?"),
         None => sql.to_owned(),
@@ -99,8 +100,16 @@ pub async fn stores(
          WHERE o.status = 'locked' AND o.deleted_at IS NULL",
         "o.store_id",
     ) + " ORDER BY o.id, d.product_id";
-    let rows = txn.query_all_raw(statement(sql)).await?;
-    for hold in holds(&rows)? {
+    // Streamed: a store may hold millions of holds, and each row is small once read.
+    let mut rows = txn.stream_raw(statement(sql)).await?;
+    let mut holds = Holds::default();
+    while let Some(row) = rows.next().await {
+        if let Some(hold) = holds.push(&row?)? {
+            stores.entry(hold.store).or_default().holds.push(hold);
+        }
+    }
+    drop(rows);
+    if let Some(hold) = holds.finish() {
         stores.entry(hold.store).or_default().holds.push(hold);
     }
 
@@ -129,40 +138,44 @@ pub async fn stores(
     Ok(stores)
 }
 
-/// Groups the rows of live holds (ordered by order id) into one hold per order.
-fn holds(rows: &[QueryResult]) -> Result<Vec<HoldRow>, DbErr> {
-    let mut holds = Vec::new();
-    let mut current: Option<(OrderId, UserId, StoreId, Option<Deadline>)> = None;
-    let mut lines = Vec::new();
-    let mut flush = |current: Option<(OrderId, UserId, StoreId, Option<Deadline>)>,
-                     lines: &mut Vec<(ProductId, i64)>| {
-        if let Some((id, buyer, store, expires_at)) = current {
-            holds.push(HoldRow {
-                id,
-                store,
-                order: Arc::new(LockOrder::stored(buyer, lines.drain(..))),
-                expires_at,
-            });
-        }
-    };
-    for row in rows {
+/// Groups the rows of live holds, one per order line, ordered by order id, into one
+/// hold per order.
+#[derive(Default)]
+struct Holds {
+    current: Option<(OrderId, UserId, StoreId, Option<Deadline>)>,
+    lines: Vec<(ProductId, i64)>,
+}
+
+impl Holds {
+    /// Takes a row; returns the previous order's hold once this row starts another.
+    fn push(&mut self, row: &QueryResult) -> Result<Option<HoldRow>, DbErr> {
         let id = OrderId(row.try_get_by_index(0)?);
-        if current.is_none_or(|(current, ..)| current != id) {
-            flush(current.take(), &mut lines);
-            current = Some((
+        let mut done = None;
+        if self.current.is_none_or(|(current, ..)| current != id) {
+            done = self.finish();
+            self.current = Some((
                 id,
                 UserId(row.try_get_by_index(1)?),
                 StoreId(row.try_get_by_index(2)?),
                 deadline(row.try_get_by_index(3)?),
             ));
         }
-        lines.push((
+        self.lines.push((
             ProductId(row.try_get_by_index(4)?),
             row.try_get_by_index(5)?,
         ));
+        Ok(done)
     }
-    flush(current, &mut lines);
-    Ok(holds)
+
+    fn finish(&mut self) -> Option<HoldRow> {
+        let (id, buyer, store, expires_at) = self.current.take()?;
+        Some(HoldRow {
+            id,
+            store,
+            order: Arc::new(LockOrder::stored(buyer, self.lines.drain(..))),
+            expires_at,
+        })
+    }
 }
 
 /// `expires_at` as a deadline; a fraction of a second (written by a tool) rounds up.
@@ -215,50 +228,46 @@ pub struct DetailRow {
 }
 
 /// The order with this id, unless there is none (or it is deleted), with its details in
-/// ascending product id.
+/// ascending product id: one query, a row per detail.
 pub async fn order(db: &impl ConnectionTrait, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
-    let backend = db.get_database_backend();
-    let sql = "SELECT buyer_id, store_id, status, expires_at FROM orders \
-               WHERE id = ? AND deleted_at IS NULL";
-    let Some(row) = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
+    let sql = "SELECT o.buyer_id, o.store_id, o.status, o.expires_at, \
+               d.id, d.product_id, p.product_name, d.quantity FROM orders o \
+               LEFT JOIN order_details d ON d.order_id = o.id \
+               LEFT JOIN products p ON p.id = d.product_id \
+               WHERE o.id = ? AND o.deleted_at IS NULL ORDER BY d.product_id, d.id";
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
             sql,
             [Value::from(id.0)],
         ))
-        .await?
-    else {
+        .await?;
+    let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let status: String = row.try_get_by_index(2)?;
+    let status: String = first.try_get_by_index(2)?;
     let status = OrderStatus::parse(&status)
         .ok_or_else(|| DbErr::Custom(format!("order {id} has an unknown status {status:?}")))?;
-    let sql = "SELECT d.id, d.product_id, p.product_name, d.quantity FROM order_details d \
-               JOIN products p ON p.id = d.product_id WHERE d.order_id = ? \
-               ORDER BY d.product_id, d.id";
-    let details = db
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [Value::from(id.0)],
-        ))
-        .await?
-        .iter()
-        .map(|d| {
-            Ok(DetailRow {
-                id: OrderDetailId(d.try_get_by_index(0)?),
-                product: ProductId(d.try_get_by_index(1)?),
-                product_name: d.try_get_by_index(2)?,
-                quantity: d.try_get_by_index(3)?,
-            })
-        })
-        .collect::<Result<_, DbErr>>()?;
+    let mut details = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(detail) = row.try_get_by_index::<Option<i64>>(4)? else {
+            continue;
+        };
+        details.push(DetailRow {
+            id: OrderDetailId(detail),
+            product: ProductId(row.try_get_by_index(5)?),
+            product_name: row
+                .try_get_by_index::<Option<String>>(6)?
+                .unwrap_or_default(),
+            quantity: row.try_get_by_index(7)?,
+        });
+    }
     Ok(Some(OrderRow {
         id,
-        buyer: UserId(row.try_get_by_index(0)?),
-        store: StoreId(row.try_get_by_index(1)?),
+        buyer: UserId(first.try_get_by_index(0)?),
+        store: StoreId(first.try_get_by_index(1)?),
         status,
-        expires_at: deadline(row.try_get_by_index(3)?),
+        expires_at: deadline(first.try_get_by_index(3)?),
         details,
     }))
 }

@@ -28,6 +28,11 @@ const RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 /// Reads one reload makes before it gives up until the next interval.
 const RELOAD_ATTEMPTS: u32 = 3;
 
+/// An expiry submission holds up to this many batches' worth of holds: a wave of
+/// expiries is bound by the database's row updates, and larger transactions of them
+/// finish it sooner while orders still get a transaction between any two of them.
+const EXPIRY_CHUNK_BATCHES: usize = 4;
+
 pub struct ActorConfig {
     pub mailbox: usize,
     pub batch_size: usize,
@@ -221,7 +226,7 @@ impl StoreActor {
                 }
                 () = &mut self.timer, if timer_on && open => {
                     self.armed = None;
-                    self.expire_due(self.batch_size).await;
+                    self.expire_due(self.batch_size * EXPIRY_CHUNK_BATCHES).await;
                 }
                 moved = Self::clock_moved(&mut self.moved), if open && self.moved.is_some() => {
                     if moved {
@@ -303,7 +308,10 @@ impl StoreActor {
     /// Expires everything that is due, then waits until nothing is in flight.
     async fn settle_due(&mut self) {
         if self.stale_since.is_none() {
-            while self.expire_due(self.batch_size).await {}
+            while self
+                .expire_due(self.batch_size * EXPIRY_CHUNK_BATCHES)
+                .await
+            {}
         }
         while let Some((attempts, outcome)) = self.in_flight.next().await {
             self.settle(attempts, outcome).await;
