@@ -45,7 +45,7 @@ pub struct AppState {
 #[derive(Debug)]
 pub enum Ended {
     /// The order as it is now: this request's change, or a harmless repeat.
-    Order { order: OrderRow, changed: bool },
+    Order(OrderRow),
     /// The order ended otherwise and cannot change again.
     Conflict(OrderStatus),
     /// No such order of this buyer.
@@ -128,12 +128,7 @@ impl AppState {
                 return Ok(Ended::NotFound);
             };
             match judge(order.status, resolution) {
-                Judgement::AlreadyThere => {
-                    return Ok(Ended::Order {
-                        order,
-                        changed: false,
-                    });
-                }
+                Judgement::AlreadyThere => return Ok(Ended::Order(order)),
                 Judgement::Conflict(status) => return Ok(Ended::Conflict(status)),
                 Judgement::Apply => {}
             }
@@ -141,14 +136,11 @@ impl AppState {
                 return Err(ResolveError::NotHeld);
             };
             match handle.resolve(id, buyer, resolution, key.clone()).await {
-                Ok(resolved) => {
-                    order.status = resolved.status;
-                    return Ok(match judge(resolved.status, resolution) {
+                Ok(status) => {
+                    order.status = status;
+                    return Ok(match judge(status, resolution) {
                         Judgement::Conflict(status) => Ended::Conflict(status),
-                        _ => Ended::Order {
-                            order,
-                            changed: resolved.changed,
-                        },
+                        _ => Ended::Order(order),
                     });
                 }
                 Err(ResolveError::NotHeld) => continue,

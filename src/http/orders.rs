@@ -137,7 +137,7 @@ pub async fn end(
         .clone()
         .map(|key| Arc::new(KeyRecord { key, fingerprint }));
     match state.end_order(id, buyer, resolution, record).await {
-        Ok(Ended::Order { order, .. }) => Ok(response::json_data(&views::order(&order))),
+        Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
         Err(ResolveError::KeyTaken) => match &key {

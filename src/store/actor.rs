@@ -9,9 +9,7 @@ use futures_util::stream::FuturesUnordered;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{
-    Command, LockError, LockResult, Placed, ResolveError, ResolveResult, Resolved, StoreHandle,
-};
+use super::{Command, LockError, LockResult, Placed, ResolveError, ResolveResult, StoreHandle};
 use crate::catalog::Product;
 use crate::clock::Clock;
 use crate::db::load::{self, StoreState};
@@ -300,7 +298,7 @@ impl StoreActor {
                 resolution: Resolution::Expire,
             });
         }
-        self.expiring = true;
+        self.expiring = !attempts.is_empty();
         self.submit(attempts, writes).await;
         true
     }
@@ -495,15 +493,9 @@ impl StoreActor {
                         self.publish(hold.order.lines().iter().map(|l| l.product));
                     }
                     let status = resolution.status();
-                    request.answer(Ok(Resolved {
-                        status,
-                        changed: resolution == request.asked,
-                    }));
+                    request.answer(Ok(status));
                     for mut waiter in self.waiting.remove(&request.order).unwrap_or_default() {
-                        waiter.answer(Ok(Resolved {
-                            status,
-                            changed: false,
-                        }));
+                        waiter.answer(Ok(status));
                     }
                 }
                 // Nothing of it was written: the key belongs to an earlier request.

@@ -68,15 +68,6 @@ pub struct LockRequest {
     pub key: Option<Arc<KeyRecord>>,
 }
 
-/// Where a confirm or cancel left the order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resolved {
-    /// The order's status now (never `locked`).
-    pub status: OrderStatus,
-    /// Whether this request made the change (and stored its key, if it had one).
-    pub changed: bool,
-}
-
 /// Why a confirm or cancel got no `Resolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -96,7 +87,9 @@ pub enum ResolveError {
     ShuttingDown,
 }
 
-pub type ResolveResult = Result<Resolved, ResolveError>;
+/// The status a confirm or cancel left the order in (never `locked`): the one asked
+/// for, or the one an earlier end (or the hold's deadline) gave it.
+pub type ResolveResult = Result<OrderStatus, ResolveError>;
 
 /// What a store actor is asked to do.
 enum Command {
