@@ -162,6 +162,7 @@ impl Application {
     /// actor settle its orders and the writer commit what it holds, and closes the pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(address = %self.addr, "listening");
+        let shutdown_timeout = self.server.shutdown_timeout;
         http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
         self.purger.abort();
         // Dropping the handles closes every mailbox: each actor settles what it holds
@@ -173,7 +174,14 @@ impl Application {
         for writer in self.writers {
             let _ = writer.await;
         }
-        let _ = self.db.close().await;
+        // Closing the pool waits for every connection to close gracefully; one left
+        // talking to an unreachable database must not hold up the exit.
+        if tokio::time::timeout(shutdown_timeout, self.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still closing after the shutdown timeout");
+        }
         tracing::info!("stopped");
     }
 }

@@ -318,6 +318,9 @@ async fn through_proxy_after(deadline_ms: u64, setup: &str) -> (TestDb, Proxy, T
         s.database.database_url = url;
         s.outcome_deadline_ms = deadline_ms;
         s.database.db_acquire_timeout_ms = 300;
+        // A connection left open to the unreachable database must not hold up the
+        // test's shutdown for long.
+        s.shutdown_timeout_ms = 2_000;
     })
     .await;
     (db, proxy, app)
