@@ -131,7 +131,8 @@ pub struct Settings {
     #[arg(long, env = "KITARA_OUTCOME_DEADLINE_MS", default_value_t = 10_000)]
     pub outcome_deadline_ms: u64,
 
-    /// How long shutdown waits for requests in flight
+    /// How long shutdown waits for requests in flight, and then for database
+    /// connections to close
     #[arg(long, env = "KITARA_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
