@@ -500,15 +500,7 @@ impl StoreActor {
                 }
                 // Nothing of it was written: the key belongs to an earlier request.
                 (attempt, Err(PersistError::KeyTaken)) => {
-                    if let Attempt::End { request, .. } = &attempt {
-                        again.extend(
-                            self.waiting
-                                .remove(&request.order)
-                                .into_iter()
-                                .flatten()
-                                .map(Judge::End),
-                        );
-                    }
+                    self.judge_waiters_again(&attempt, again);
                     self.undo(attempt, Failure::KeyTaken);
                 }
                 (attempt, Err(error)) => failed.push((attempt, error)),
@@ -530,17 +522,8 @@ impl StoreActor {
         reloaded: bool,
         again: &mut Vec<Judge>,
     ) {
-        if let Attempt::End { request, .. } = &attempt {
-            // Requests that waited for this end are judged again, against what is now
-            // known (a reload replaced the holds).
-            again.extend(
-                self.waiting
-                    .remove(&request.order)
-                    .into_iter()
-                    .flatten()
-                    .map(Judge::End),
-            );
-        }
+        // A reload replaced the holds: what waited for this end is judged against them.
+        self.judge_waiters_again(&attempt, again);
         let nothing_committed = matches!(error, PersistError::Refused | PersistError::Unavailable);
         match attempt {
             // Judge it once more against the truth.
@@ -566,6 +549,15 @@ impl StoreActor {
             attempt if reloaded => Self::answer_failed(attempt, Failure::Write(error)),
             // Memory, not replaced by a reload, still counts the decision.
             attempt => self.undo(attempt, Failure::Write(error)),
+        }
+    }
+
+    /// An end that did not commit: the requests that waited for it are judged again.
+    fn judge_waiters_again(&mut self, attempt: &Attempt, again: &mut Vec<Judge>) {
+        if let Attempt::End { request, .. } = attempt
+            && let Some(waiters) = self.waiting.remove(&request.order)
+        {
+            again.extend(waiters.into_iter().map(Judge::End));
         }
     }
 

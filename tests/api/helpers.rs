@@ -382,6 +382,14 @@ pub async fn spawn_app_at(db: &TestDb, clock: Clock, tweak: impl FnOnce(&mut Set
 }
 
 impl TestApp {
+    /// Stops an app that concurrent requests shared, once they are all done.
+    pub async fn stop_shared(app: Arc<TestApp>) {
+        let Ok(app) = Arc::try_unwrap(app) else {
+            panic!("the app is still shared");
+        };
+        app.stop().await;
+    }
+
     /// Moves the manual clock and waits until every hold that fell due has expired.
     pub async fn advance(&self, by: std::time::Duration) {
         self.state.clock.advance(by);
@@ -432,7 +440,11 @@ impl Api {
         if let Some(ct) = content_type {
             builder = builder.header("content-type", ct);
         }
-        let request = builder.body(Full::new(body.into())).unwrap();
+        self.send(builder.body(Full::new(body.into())).unwrap())
+            .await
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Value) {
         let response = self.client.request(request).await.expect("request");
         let status = response.status();
         let headers = response.headers().clone();
@@ -462,13 +474,7 @@ impl Api {
         let request = builder
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
-        let response = self.client.request(request).await.expect("request");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
-        (status, headers, value)
+        self.send(request).await
     }
 
     /// `POST /api/v1/order/{id}/confirm` or `/cancel` as `user`.
@@ -483,8 +489,8 @@ impl Api {
         (status, body)
     }
 
-    /// `GET /api/v1/order/{id}`
-    pub async fn get_order(&self, id: i64) -> (StatusCode, Value) {
+    /// `GET /api/v1/order/{id}`; the id may be anything a client could write.
+    pub async fn get_order(&self, id: impl std::fmt::Display) -> (StatusCode, Value) {
         let (status, _, body) = self
             .request(
                 Method::GET,

@@ -12,7 +12,7 @@ use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, TestDb, manual_clock, order, spawn_app, spawn_app_at, spawn_app_with,
+    Backend, TestDb, manual_clock, order, spawn_app, spawn_app_at, spawn_app_with,
 };
 
 crate::on_both_backends!(
@@ -274,7 +274,7 @@ async fn bad_input_on_holds_is_named_and_changes_nothing(backend: Backend) {
 
     let huge = "9".repeat(30);
     for bad in ["abc", "0", "-1", "007", "1.5", huge.as_str()] {
-        let (status, answer) = app.get_order_path(bad).await;
+        let (status, answer) = app.get_order(bad).await;
         assert_refusal(status, &answer, StatusCode::NOT_FOUND, "order not found");
         for action in ["confirm", "cancel"] {
             let (status, _, answer) = app
@@ -409,18 +409,4 @@ async fn a_release_1_database_keeps_its_orders_as_holds(backend: Backend) {
     assert_eq!(order_id(&body), 2);
     app.stop().await;
     db.drop_database().await;
-}
-
-impl TestApp {
-    async fn get_order_path(&self, id: &str) -> (StatusCode, Value) {
-        let (status, _, body) = self
-            .request(
-                Method::GET,
-                &format!("/api/v1/order/{id}"),
-                None,
-                Bytes::new(),
-            )
-            .await;
-        (status, body)
-    }
 }

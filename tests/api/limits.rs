@@ -134,9 +134,6 @@ async fn a_buyer_firing_forty_orders_at_a_limit_of_three_gets_three(backend: Bac
     assert_eq!(db.count("orders").await, 3);
     assert_eq!(db.stocks().await[&1], 97);
     assert_eq!(app.listed_stocks().await[&1], 97);
-    let Ok(app) = Arc::try_unwrap(app) else {
-        panic!("the app is still shared");
-    };
-    app.stop().await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
 }

@@ -516,10 +516,7 @@ async fn refused_batch_then_unreachable() {
 
     // Only the first order was stored.
     assert_eq!(db.count("orders").await, 1);
-    let Ok(app) = Arc::try_unwrap(app) else {
-        panic!("the app is still shared");
-    };
-    app.stop().await;
+    crate::helpers::TestApp::stop_shared(app).await;
     drop(proxy);
     db.drop_database().await;
 }

@@ -109,7 +109,7 @@ async fn confirm_cancel_and_expiry_racing_on_a_hold_end_it_once(backend: Backend
     assert_eq!(answers.len(), ids.len());
     db.assert_invariants(&initial).await;
     assert_eq!(app.listed_stocks().await, db.stocks().await);
-    stop(app).await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
 
@@ -153,7 +153,7 @@ async fn fifty_concurrent_requests_with_one_key_place_one_order(backend: Backend
     assert_eq!(db.count("orders").await, 1);
     assert_eq!(db.stocks().await, [(1, 9), (2, 4), (3, 20)].into());
     db.assert_invariants(&initial).await;
-    stop(app).await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
 
@@ -206,13 +206,6 @@ async fn a_burst_of_holds_on_scarce_stock_all_comes_back_when_they_expire(backen
     // And the units sell again.
     let (status, body) = app.lock(&order(2, &[(1, STOCK)])).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    stop(app).await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
-}
-
-async fn stop(app: Arc<crate::helpers::TestApp>) {
-    let Ok(app) = Arc::try_unwrap(app) else {
-        panic!("the app is still shared");
-    };
-    app.stop().await;
 }

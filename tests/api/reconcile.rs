@@ -140,7 +140,7 @@ async fn stock_taken_behind_kitaras_back_mid_burst_never_oversells(backend: Back
     db.assert_invariants(&adjusted).await;
     assert_eq!(app.listed_stocks().await, db.stocks().await);
 
-    Arc::try_unwrap(app).ok().unwrap().stop().await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
 
@@ -282,6 +282,6 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
     db.assert_invariants(&initial).await;
     assert_eq!(app.listed_stocks().await, db.stocks().await);
 
-    Arc::try_unwrap(app).ok().unwrap().stop().await;
+    crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
