@@ -91,6 +91,32 @@ pub enum ResolveError {
 /// for, or the one an earlier end (or the hold's deadline) gave it.
 pub type ResolveResult = Result<OrderStatus, ResolveError>;
 
+/// Why a command did not reach the actor.
+enum NotSent {
+    /// The mailbox is full: answered 503 at once, never queued without bound.
+    Busy,
+    /// The actor is gone (shutdown).
+    Closed,
+}
+
+impl From<NotSent> for LockError {
+    fn from(e: NotSent) -> Self {
+        match e {
+            NotSent::Busy => LockError::Busy,
+            NotSent::Closed => LockError::ShuttingDown,
+        }
+    }
+}
+
+impl From<NotSent> for ResolveError {
+    fn from(e: NotSent) -> Self {
+        match e {
+            NotSent::Busy => ResolveError::Busy,
+            NotSent::Closed => ResolveError::ShuttingDown,
+        }
+    }
+}
+
 /// What a store actor is asked to do.
 enum Command {
     Lock {
@@ -123,13 +149,6 @@ impl StoreHandle {
         self.send(Command::Lock {
             request,
             respond_to,
-        })
-        .map_err(|busy| {
-            if busy {
-                LockError::Busy
-            } else {
-                LockError::ShuttingDown
-            }
         })?;
         answer.await.unwrap_or(Err(LockError::ShuttingDown))
     }
@@ -150,13 +169,6 @@ impl StoreHandle {
             resolution,
             key,
             respond_to,
-        })
-        .map_err(|busy| {
-            if busy {
-                ResolveError::Busy
-            } else {
-                ResolveError::ShuttingDown
-            }
         })?;
         answer.await.unwrap_or(Err(ResolveError::ShuttingDown))
     }
@@ -177,11 +189,10 @@ impl StoreHandle {
         }
     }
 
-    /// `Err(true)` when the mailbox is full, `Err(false)` when the actor is gone.
-    fn send(&self, command: Command) -> Result<(), bool> {
+    fn send(&self, command: Command) -> Result<(), NotSent> {
         self.sender.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => true,
-            mpsc::error::TrySendError::Closed(_) => false,
+            mpsc::error::TrySendError::Full(_) => NotSent::Busy,
+            mpsc::error::TrySendError::Closed(_) => NotSent::Closed,
         })
     }
 }

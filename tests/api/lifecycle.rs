@@ -122,6 +122,15 @@ enum Step {
     Restart,
 }
 
+/// Duplicate lines of a product merged, as Kitara merges them.
+fn merge(lines: &[(i64, i64)]) -> BTreeMap<i64, i64> {
+    let mut merged = BTreeMap::new();
+    for &(p, q) in lines {
+        *merged.entry(p).or_insert(0) += q;
+    }
+    merged
+}
+
 fn product(id: i64) -> Option<(i64, i64, &'static str, i64, Option<i64>)> {
     PRODUCTS.iter().copied().find(|p| p.0 == id)
 }
@@ -132,10 +141,7 @@ impl Model {
         if !USERS.contains(&user) {
             return refuse("user not found");
         }
-        let mut merged: BTreeMap<i64, i64> = BTreeMap::new();
-        for &(p, q) in lines {
-            *merged.entry(p).or_insert(0) += q;
-        }
+        let merged = merge(lines);
         let stores: std::collections::BTreeSet<i64> = merged
             .keys()
             .filter_map(|&p| product(p))
@@ -342,10 +348,7 @@ impl ReferenceStateMachine for Model {
             } => {
                 let request = Request::Lock {
                     user: *user,
-                    lines: lines.iter().fold(BTreeMap::new(), |mut m, &(p, q)| {
-                        *m.entry(p).or_insert(0) += q;
-                        m
-                    }),
+                    lines: merge(lines),
                     hold: *hold,
                 };
                 state.keyed(*key, request, |m| {
