@@ -8,6 +8,7 @@ use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Semaphore;
 
+use crate::admin::AdminDesk;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::db::keys::{self, StoredKey};
@@ -21,7 +22,7 @@ use crate::users::KnownUsers;
 use crate::writer::KeyRecord;
 
 pub struct AppState {
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// The concurrent index from a store to its actor.
     pub stores: DashMap<StoreId, StoreHandle>,
     pub users: KnownUsers,
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Caps those reads, so that a flood of them cannot take the pool's connections
     /// from the writer.
     pub reads: Semaphore,
+    /// The store owner's token, stores, and what starts a new store's actor.
+    pub admin: AdminDesk,
 }
 
 /// Where a confirm or cancel leaves the order.
@@ -77,8 +80,9 @@ impl AppState {
         // are simply lines that cannot be served (rule 6).
         let mut store = None;
         let mut sold_out = true;
+        let catalog = self.catalog.snapshot();
         for line in order.lines() {
-            let Some(product) = self.catalog.get(line.product) else {
+            let Some(product) = catalog.get(line.product) else {
                 continue;
             };
             match store {
@@ -91,6 +95,7 @@ impl AppState {
                 sold_out = false;
             }
         }
+        drop(catalog);
         let Some(store) = store else {
             return Err(LockError::NoneAvailable);
         };
@@ -169,7 +174,7 @@ impl AppState {
         keys::stored(&self.db, key).await
     }
 
-    async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+    pub(crate) async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
         self.reads
             .acquire()
             .await

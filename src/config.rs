@@ -32,6 +32,15 @@ pub enum Command {
     Serve(Settings),
     /// Create or update the schema and, into a database without stores, load demo data
     Migrate(MigrateArgs),
+    /// Prove that every product's stock adds up: current_stock = Σ ledger deltas − units
+    /// of live order lines. Safe while Kitara serves; exits 1 if any product fails
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -135,6 +144,12 @@ pub struct Settings {
     /// connections to close
     #[arg(long, env = "KITARA_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// The bearer token of the admin API (`/api/v1/admin/`, and the page `/admin`):
+    /// at least 16 visible ASCII characters. Unset or empty disables the admin API
+    /// (403). Prefer the environment or `.env`: a flag is visible to other users.
+    #[arg(long, env = "KITARA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     /// Log format
     #[arg(long, env = "KITARA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -20,6 +20,10 @@ pub enum StartupError {
         writers: u32,
         needed: u32,
     },
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::TokenError),
+    #[error("cannot adopt the products made by SQL into the ledger: {0}")]
+    Adopt(crate::writer::PersistError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]

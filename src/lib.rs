@@ -5,6 +5,8 @@
 //!
 //! - [`http`]: the hyper front end: routing, the edge checks (content type, size, JSON,
 //!   types, ranges), the JSON envelope, and the mapping of errors to statuses.
+//! - [`admin`]: the store owner's desk: the admin token, and how an admin change
+//!   reaches a store's actor (or, for users and stores, the writer).
 //! - [`app`]: the order desk shared by connections: the known-user check, routing an
 //!   order to its store's actor through a concurrent index, the sold-out fast path.
 //! - [`store`]: one single-owner actor per store, the only code that decides a change
@@ -20,6 +22,7 @@
 //! - [`catalog`], [`users`]: what the front end knows without asking an actor.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 
+pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod clock;

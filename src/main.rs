@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kitara::config::{Cli, Command, LogFormat};
+use kitara::db::check::Balance;
 use kitara::error::StartupError;
 use kitara::{db, startup, telemetry};
 
@@ -25,11 +26,19 @@ fn main() -> ExitCode {
         }
         Command::Migrate(args) => {
             telemetry::init(LogFormat::Text);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(StartupError::Runtime)
+            current_thread()
                 .and_then(|runtime| runtime.block_on(db::migrate(&args.database, !args.no_demo)))
+        }
+        Command::Check(args) => {
+            let checked =
+                current_thread().and_then(|runtime| runtime.block_on(db::check(&args.database)));
+            return match checked {
+                Ok(balances) => report(&balances),
+                Err(error) => {
+                    eprintln!("kitara check: {error}");
+                    ExitCode::from(2)
+                }
+            };
         }
     };
     match result {
@@ -38,5 +47,35 @@ fn main() -> ExitCode {
             eprintln!("kitara: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, StartupError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartupError::Runtime)
+}
+
+/// `kitara check`'s verdict: every product whose equation fails, then a summary line;
+/// exit 1 if any fails.
+fn report(balances: &[Balance]) -> ExitCode {
+    let failed: Vec<&Balance> = balances.iter().filter(|b| !b.holds()).collect();
+    for balance in &failed {
+        println!("{balance}");
+    }
+    if failed.is_empty() {
+        println!(
+            "kitara check: all {} products add up (current_stock = ledger - live order units)",
+            balances.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "kitara check: {} of {} products do not add up",
+            failed.len(),
+            balances.len()
+        );
+        ExitCode::from(1)
     }
 }

@@ -12,15 +12,17 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::admin::{AdminDesk, AdminToken, Spawner};
 use crate::app::AppState;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::db::{self, load};
+use crate::domain::StoreId;
 use crate::error::StartupError;
 use crate::http::{self, ServerConfig};
 use crate::idempotency::{self, InFlightKeys};
-use crate::store::{self, ActorConfig};
+use crate::store::{self, ActorConfig, Shared};
 use crate::users::KnownUsers;
 use crate::writer::{self, WriterConfig};
 
@@ -49,7 +51,9 @@ impl Application {
             enough_connections(settings.database.db_pool_size, settings.writers)?;
         }
 
-        let catalog = Catalog::new(load::products(&db).await?);
+        let admin_token =
+            AdminToken::new(settings.admin_token.as_deref()).map_err(StartupError::AdminToken)?;
+        let catalog = Arc::new(Catalog::new(load::products(&db).await?));
         let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
         let writers = match db.get_database_backend() {
             DbBackend::Sqlite => 1,
@@ -66,34 +70,50 @@ impl Application {
             load::max_ids(&db).await?,
         );
 
+        let shared = Shared {
+            catalog: catalog.clone(),
+            writer,
+            db: db.clone(),
+            clock: clock.clone(),
+        };
+        let adopted = shared.adopt().await.map_err(StartupError::Adopt)?;
+        if adopted > 0 {
+            tracing::info!(
+                products = adopted,
+                "adopted products made by SQL into the ledger"
+            );
+        }
+
         let actor_config = ActorConfig {
             mailbox: settings.mailbox_size as usize,
             batch_size: settings.batch_size as usize,
             memory_check: settings.memory_check,
         };
+        let store_rows = load::store_rows(&db).await?;
         let mut states = load::stores(&db, None).await?;
+        let mut products = catalog.snapshot().by_store();
         let stores = DashMap::new();
         let mut actors = Vec::new();
         let mut holds = 0;
-        for (store, products) in catalog.by_store() {
+        // Every live store gets an actor, with products or not: the admin API may add
+        // some.
+        for row in &store_rows {
+            let store = StoreId(row.id);
             let state = states.remove(&store).unwrap_or_default();
             holds += state.holds.len();
             let (handle, task) = store::spawn(
                 store,
-                products,
+                products.remove(&store).unwrap_or_default(),
                 state,
-                writer.clone(),
-                db.clone(),
-                clock.clone(),
+                shared.clone(),
                 &actor_config,
             );
             stores.insert(store, handle);
             actors.push(task);
         }
-        drop(writer);
         tracing::info!(
             stores = stores.len(),
-            products = catalog.products().len(),
+            products = catalog.snapshot().products().len(),
             holds,
             "loaded stock and holds"
         );
@@ -123,6 +143,15 @@ impl Application {
                 (settings.database.db_pool_size as usize)
                     .saturating_sub(2 * writers + 2)
                     .max(2),
+            ),
+            admin: AdminDesk::new(
+                admin_token,
+                store_rows,
+                Spawner {
+                    shared,
+                    config: actor_config,
+                    actors: Vec::new(),
+                },
             ),
         });
         // Holds that fell due while Kitara was down expire before any store serves; the
@@ -167,8 +196,9 @@ impl Application {
         self.purger.abort();
         // Dropping the handles closes every mailbox: each actor settles what it holds
         // and stops, which drops the last writer handles, which stops the writer.
+        let started_later = self.state.admin.close();
         self.state.stores.clear();
-        for actor in self.actors {
+        for actor in self.actors.into_iter().chain(started_later) {
             let _ = actor.await;
         }
         for writer in self.writers {

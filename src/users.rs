@@ -30,6 +30,11 @@ impl KnownUsers {
         }
     }
 
+    /// A user the admin API just created.
+    pub fn add(&self, user: UserId) {
+        self.known.insert(user);
+    }
+
     pub async fn exists(&self, user: UserId) -> Result<bool, DbErr> {
         if self.known.contains(&user) {
             return Ok(true);

@@ -33,7 +33,8 @@ use tokio::task::JoinHandle;
 
 use crate::db::{self, keys, load, persist};
 use crate::domain::{
-    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, Resolution, StoreId,
+    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductId,
+    Resolution, StoreId, UserId,
 };
 
 /// Why a submission was not persisted. The cause is logged by the writer.
@@ -63,10 +64,11 @@ pub struct Committed {
     pub detail_ids: Vec<OrderDetailId>,
 }
 
-/// One decision of a store actor, to be persisted.
+/// One decision of a store actor (or of the admin API), to be persisted.
 pub enum Write {
     /// A new order: its units are taken, and it is a hold from now on.
     Lock {
+        store: StoreId,
         order: Arc<LockOrder>,
         expires_at: Option<Deadline>,
         key: Option<Arc<KeyRecord>>,
@@ -78,12 +80,55 @@ pub enum Write {
         order: Arc<LockOrder>,
         key: Option<Arc<KeyRecord>>,
     },
+    /// A change the store's owner made; its ledger row, if it has one, is written with
+    /// it.
+    Admin(AdminWrite),
+}
+
+/// What the admin API changes. A change of a product's stock is decided by its store's
+/// actor like an order; users and stores change no stock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminWrite {
+    NewUser {
+        name: String,
+    },
+    /// Refused if the owner is gone.
+    NewStore {
+        name: String,
+        owner: UserId,
+    },
+    /// With its `created` ledger row; refused if the store is gone.
+    NewProduct {
+        store: StoreId,
+        name: String,
+        stock: i64,
+        limit: Option<i64>,
+    },
+    /// A delta of `current_stock`, guarded like an order's, with its ledger row.
+    Restock {
+        product: ProductId,
+        delta: i64,
+        reason: String,
+    },
+    /// `limit: Some(None)` clears the limit.
+    EditProduct {
+        product: ProductId,
+        name: Option<String>,
+        limit: Option<Option<i64>>,
+    },
+    /// A soft delete.
+    DeleteProduct {
+        product: ProductId,
+    },
+    /// Start-up: an `adopted` ledger row for every product that has none (made by SQL).
+    Adopt,
 }
 
 impl Write {
     fn key(&self) -> Option<&KeyRecord> {
         match self {
             Write::Lock { key, .. } | Write::End { key, .. } => key.as_deref(),
+            Write::Admin(_) => None,
         }
     }
 }
@@ -100,6 +145,9 @@ pub struct KeyRecord {
 pub enum Written {
     Placed(Committed),
     Ended,
+    /// An admin write: the id of the row it created, or for `Adopt` the number of
+    /// products adopted; 0 for the others.
+    Admin(i64),
 }
 
 /// One result per write of a submission, in the order they were submitted.
@@ -107,7 +155,6 @@ pub type Outcome = Vec<Result<Written, PersistError>>;
 
 /// Writes one actor decided together, answered together.
 struct Submission {
-    store: StoreId,
     writes: Vec<Write>,
     done: oneshot::Sender<Outcome>,
 }
@@ -128,19 +175,28 @@ impl WriterHandle {
     /// holding them has committed or failed.
     pub async fn submit(
         &self,
-        store: StoreId,
         writes: Vec<Write>,
     ) -> Result<oneshot::Receiver<Outcome>, WriterClosed> {
         let (done, outcome) = oneshot::channel();
         self.sender
-            .send(Submission {
-                store,
-                writes,
-                done,
-            })
+            .send(Submission { writes, done })
             .await
             .map_err(|_| WriterClosed)?;
         Ok(outcome)
+    }
+
+    /// Persists one write on its own and waits for its outcome: the admin API's users
+    /// and stores, and start-up's adoption.
+    pub async fn write(&self, write: Write) -> Result<Written, PersistError> {
+        let outcome = self
+            .submit(vec![write])
+            .await
+            .map_err(|_| PersistError::Unavailable)?;
+        outcome
+            .await
+            .ok()
+            .and_then(|mut o| o.pop())
+            .unwrap_or(Err(PersistError::Unavailable))
     }
 }
 
@@ -254,10 +310,7 @@ impl Writer {
     }
 
     async fn persist(&mut self, batch: Vec<Submission>) {
-        let writes: Vec<(StoreId, &Write)> = batch
-            .iter()
-            .flat_map(|s| s.writes.iter().map(move |w| (s.store, w)))
-            .collect();
+        let writes: Vec<&Write> = batch.iter().flat_map(|s| s.writes.iter()).collect();
         let outcomes = self.write_all(&writes).await;
         drop(writes);
         let mut outcomes = outcomes.into_iter();
@@ -269,7 +322,7 @@ impl Writer {
 
     /// Writes everything in one transaction; if the database refuses it, finds out
     /// which writes it refuses (see the module's doc).
-    async fn write_all(&mut self, writes: &[(StoreId, &Write)]) -> Outcome {
+    async fn write_all(&mut self, writes: &[&Write]) -> Outcome {
         match self.write(writes).await {
             Ok(written) => return written.into_iter().map(Ok).collect(),
             Err(PersistError::Refused) => {}
@@ -280,7 +333,7 @@ impl Writer {
         // them was written) and write the others together again.
         let taken = self.taken_keys(writes).await;
         let mut rest = Vec::with_capacity(writes.len());
-        for (i, &(_, write)) in writes.iter().enumerate() {
+        for (i, &write) in writes.iter().enumerate() {
             match write.key() {
                 Some(record) if taken.iter().any(|k| k == record.key.as_bytes()) => {
                     outcomes[i] = Some(Err(PersistError::KeyTaken));
@@ -290,7 +343,7 @@ impl Writer {
         }
         let mut tried_alone = writes.len() == 1;
         if !taken.is_empty() && !rest.is_empty() {
-            let subset: Vec<(StoreId, &Write)> = rest.iter().map(|&i| writes[i]).collect();
+            let subset: Vec<&Write> = rest.iter().map(|&i| writes[i]).collect();
             match self.write(&subset).await {
                 Ok(written) => {
                     for (&i, w) in rest.iter().zip(written) {
@@ -338,16 +391,14 @@ impl Writer {
         // same batch (a client that retried while its first request was still queued).
         let refused: Vec<usize> = (0..writes.len())
             .filter(|&i| {
-                matches!(outcomes[i], Some(Err(PersistError::Refused)))
-                    && writes[i].1.key().is_some()
+                matches!(outcomes[i], Some(Err(PersistError::Refused))) && writes[i].key().is_some()
             })
             .collect();
         if !refused.is_empty() {
-            let subset: Vec<(StoreId, &Write)> = refused.iter().map(|&i| writes[i]).collect();
+            let subset: Vec<&Write> = refused.iter().map(|&i| writes[i]).collect();
             let taken = self.taken_keys(&subset).await;
             for i in refused {
                 if writes[i]
-                    .1
                     .key()
                     .is_some_and(|k| taken.iter().any(|t| t == k.key.as_bytes()))
                 {
@@ -370,10 +421,10 @@ impl Writer {
 
     /// The keys of these writes that are already stored; none if the lookup fails
     /// (writing them one by one then tells).
-    async fn taken_keys(&self, writes: &[(StoreId, &Write)]) -> Vec<Vec<u8>> {
+    async fn taken_keys(&self, writes: &[&Write]) -> Vec<Vec<u8>> {
         let keys: Vec<&[u8]> = writes
             .iter()
-            .filter_map(|(_, w)| w.key().map(|k| k.key.as_bytes()))
+            .filter_map(|w| w.key().map(|k| k.key.as_bytes()))
             .collect();
         if keys.is_empty() {
             return Vec::new();
@@ -385,77 +436,73 @@ impl Writer {
     }
 
     /// Numbers the new orders and writes everything in one transaction.
-    async fn write(&mut self, writes: &[(StoreId, &Write)]) -> Result<Vec<Written>, PersistError> {
-        let locks = writes.iter().filter_map(|(_, w)| match w {
+    async fn write(&mut self, writes: &[&Write]) -> Result<Vec<Written>, PersistError> {
+        let locks = writes.iter().filter_map(|w| match w {
             Write::Lock { order, .. } => Some(order.lines().len() as i64),
-            Write::End { .. } => None,
+            Write::End { .. } | Write::Admin(_) => None,
         });
         let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
         let mut order_id = self.ids.order.fetch_add(count, Ordering::Relaxed);
         let mut detail_id = self.ids.detail.fetch_add(lines, Ordering::Relaxed);
-        let written: Vec<Written> = writes
-            .iter()
-            .map(|(_, w)| match w {
-                Write::Lock { order, .. } => {
+        let mut batch = persist::Batch::default();
+        let mut written = Vec::with_capacity(writes.len());
+        for &w in writes {
+            let (done, key_order) = match w {
+                Write::Lock {
+                    store,
+                    order,
+                    expires_at,
+                    ..
+                } => {
                     order_id += 1;
                     let first_detail_id = detail_id + 1;
                     detail_id += order.lines().len() as i64;
-                    Written::Placed(Committed {
+                    batch.orders.push(persist::NewOrder {
+                        id: order_id,
+                        buyer: order.buyer().0,
+                        store: store.0,
+                        total: order.total(),
+                        first_detail_id,
+                        lines: order.lines(),
+                        expires_at: *expires_at,
+                    });
+                    let committed = Committed {
                         order_id: OrderId(order_id),
                         detail_ids: (first_detail_id..=detail_id).map(OrderDetailId).collect(),
-                    })
+                    };
+                    (Written::Placed(committed), order_id)
                 }
-                Write::End { .. } => Written::Ended,
-            })
-            .collect();
-        let mut batch = persist::Batch::default();
-        for ((store, w), written) in writes.iter().zip(&written) {
-            match (w, written) {
-                (
-                    Write::Lock {
-                        order, expires_at, ..
-                    },
-                    Written::Placed(c),
-                ) => batch.orders.push(persist::NewOrder {
-                    id: c.order_id.0,
-                    buyer: order.buyer().0,
-                    store: store.0,
-                    total: order.total(),
-                    first_detail_id: c.detail_ids.first().map_or(0, |d| d.0),
-                    lines: order.lines(),
-                    expires_at: *expires_at,
-                }),
-                (
-                    Write::End {
-                        order_id,
-                        resolution,
-                        order,
-                        ..
-                    },
-                    _,
-                ) => batch.ended.push(persist::EndedHold {
-                    order_id: order_id.0,
-                    status: resolution.status(),
-                    returned: if resolution.returns_units() {
-                        order.lines()
-                    } else {
-                        &[]
-                    },
-                }),
-                (Write::Lock { .. }, Written::Ended) => {}
-            }
+                Write::End {
+                    order_id,
+                    resolution,
+                    order,
+                    ..
+                } => {
+                    batch.ended.push(persist::EndedHold {
+                        order_id: order_id.0,
+                        status: resolution.status(),
+                        returned: if resolution.returns_units() {
+                            order.lines()
+                        } else {
+                            &[]
+                        },
+                    });
+                    (Written::Ended, order_id.0)
+                }
+                Write::Admin(change) => {
+                    batch.admin.push(change);
+                    // Filled in with what the database answered.
+                    (Written::Admin(0), 0)
+                }
+            };
             if let Some(record) = w.key() {
-                let order_id = match (w, written) {
-                    (_, Written::Placed(c)) => c.order_id,
-                    (Write::End { order_id, .. }, _) => *order_id,
-                    (Write::Lock { .. }, Written::Ended) => continue,
-                };
                 batch.keys.push(persist::KeyRow {
                     key: record.key.as_bytes(),
                     fingerprint: &record.fingerprint.0,
-                    order_id: order_id.0,
+                    order_id: key_order,
                 });
             }
+            written.push(done);
         }
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
@@ -466,15 +513,22 @@ impl Writer {
             // refused: renumber from what the database has.
             self.resync_ids().await;
         }
-        outcome.map(|()| written)
+        let mut answered = outcome?.into_iter();
+        for w in &mut written {
+            if let Written::Admin(value) = w {
+                *value = answered.next().unwrap_or_default();
+            }
+        }
+        Ok(written)
     }
 
+    /// Writes the batch in one transaction; answers what its admin writes answered.
     async fn transact(
         &mut self,
         batch: &persist::Batch<'_>,
         token: &persist::Token,
-    ) -> Result<(), PersistError> {
-        let writes = batch.orders.len() + batch.ended.len();
+    ) -> Result<Vec<i64>, PersistError> {
+        let writes = batch.orders.len() + batch.ended.len() + batch.admin.len();
         let txn = self.begin().await?;
         if self.db.get_database_backend() == DbBackend::MySql {
             let pool = self.db.clone();
@@ -485,29 +539,32 @@ impl Writer {
                 (txn, Instant::now())
             }));
         }
-        if let Err(e) = persist::write_batch(&txn, batch, token).await {
+        let answered = match persist::write_batch(&txn, batch, token).await {
+            Ok(answered) => answered,
             // Dropping `txn` rolls it back.
-            return Err(match e {
-                persist::WriteError::GuardTripped { .. } => {
-                    tracing::warn!(error = %e, writes, "batch refused");
-                    PersistError::Refused
-                }
-                // A constraint, or a key stored before: `write_all` finds out which.
-                persist::WriteError::Db(ref err) if db::is_refusal(err) => {
-                    tracing::debug!(error = %e, writes, "batch refused");
-                    PersistError::Refused
-                }
-                persist::WriteError::Db(_) => {
-                    tracing::error!(error = %e, writes, "batch failed");
-                    PersistError::Unavailable
-                }
-            });
-        }
+            Err(e) => {
+                return Err(match e {
+                    persist::WriteError::GuardTripped { .. } => {
+                        tracing::warn!(error = %e, writes, "batch refused");
+                        PersistError::Refused
+                    }
+                    // A constraint, or a key stored before: `write_all` finds out which.
+                    persist::WriteError::Db(ref err) if db::is_refusal(err) => {
+                        tracing::debug!(error = %e, writes, "batch refused");
+                        PersistError::Refused
+                    }
+                    persist::WriteError::Db(_) => {
+                        tracing::error!(error = %e, writes, "batch failed");
+                        PersistError::Unavailable
+                    }
+                });
+            }
+        };
         match txn.commit().await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(answered),
             Err(e) => {
                 tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
-                self.resolve(token).await
+                self.resolve(token).await.map(|()| answered)
             }
         }
     }

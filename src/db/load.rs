@@ -227,14 +227,18 @@ pub struct DetailRow {
     pub quantity: i64,
 }
 
+/// The columns `orders_of` reads, one row per detail (or one for an order without any).
+const ORDER_COLUMNS: &str = "SELECT o.id, o.buyer_id, o.store_id, o.status, o.expires_at, \
+     d.id, d.product_id, p.product_name, d.quantity FROM orders o \
+     LEFT JOIN order_details d ON d.order_id = o.id \
+     LEFT JOIN products p ON p.id = d.product_id";
+
 /// The order with this id, unless there is none (or it is deleted), with its details in
 /// ascending product id: one query, a row per detail.
 pub async fn order(db: &impl ConnectionTrait, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
-    let sql = "SELECT o.buyer_id, o.store_id, o.status, o.expires_at, \
-               d.id, d.product_id, p.product_name, d.quantity FROM orders o \
-               LEFT JOIN order_details d ON d.order_id = o.id \
-               LEFT JOIN products p ON p.id = d.product_id \
-               WHERE o.id = ? AND o.deleted_at IS NULL ORDER BY d.product_id, d.id";
+    let sql = format!(
+        "{ORDER_COLUMNS} WHERE o.id = ? AND o.deleted_at IS NULL ORDER BY d.product_id, d.id"
+    );
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
@@ -242,34 +246,144 @@ pub async fn order(db: &impl ConnectionTrait, id: OrderId) -> Result<Option<Orde
             [Value::from(id.0)],
         ))
         .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let status: String = first.try_get_by_index(2)?;
-    let status = OrderStatus::parse(&status)
-        .ok_or_else(|| DbErr::Custom(format!("order {id} has an unknown status {status:?}")))?;
-    let mut details = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let Some(detail) = row.try_get_by_index::<Option<i64>>(4)? else {
+    Ok(orders_of(&rows)?.pop())
+}
+
+/// Which orders the admin API lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub store: Option<StoreId>,
+    pub status: Option<OrderStatus>,
+    /// Only orders with a larger id.
+    pub after: i64,
+    pub limit: u32,
+}
+
+/// A page of orders in ascending id, with their details: the ids first (through the
+/// primary key), then their rows.
+pub async fn orders(
+    db: &impl ConnectionTrait,
+    filter: OrderFilter,
+) -> Result<Vec<OrderRow>, DbErr> {
+    let backend = db.get_database_backend();
+    let mut sql = String::from("SELECT id FROM orders WHERE deleted_at IS NULL AND id > ?");
+    let mut values = vec![Value::from(filter.after)];
+    if let Some(store) = filter.store {
+        sql.push_str(" AND store_id = ?");
+        values.push(store.0.into());
+    }
+    if let Some(status) = filter.status {
+        sql.push_str(" AND status = ?");
+        values.push(status.as_str().into());
+    }
+    sql.push_str(" ORDER BY id LIMIT ?");
+    values.push(i64::from(filter.limit).into());
+    let ids: Vec<i64> = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index(0))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders = vec!["?"; ids.len()].join(", ");
+    let sql =
+        format!("{ORDER_COLUMNS} WHERE o.id IN ({placeholders}) ORDER BY o.id, d.product_id, d.id");
+    let values: Vec<Value> = ids.into_iter().map(Value::from).collect();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    orders_of(&rows)
+}
+
+/// Groups rows of `ORDER_COLUMNS`, ordered by order id, into orders.
+fn orders_of(rows: &[QueryResult]) -> Result<Vec<OrderRow>, DbErr> {
+    let mut orders: Vec<OrderRow> = Vec::new();
+    for row in rows {
+        let id = OrderId(row.try_get_by_index(0)?);
+        if orders.last().is_none_or(|o| o.id != id) {
+            let status: String = row.try_get_by_index(3)?;
+            let status = OrderStatus::parse(&status).ok_or_else(|| {
+                DbErr::Custom(format!("order {id} has an unknown status {status:?}"))
+            })?;
+            orders.push(OrderRow {
+                id,
+                buyer: UserId(row.try_get_by_index(1)?),
+                store: StoreId(row.try_get_by_index(2)?),
+                status,
+                expires_at: deadline(row.try_get_by_index(4)?),
+                details: Vec::new(),
+            });
+        }
+        let Some(detail) = row.try_get_by_index::<Option<i64>>(5)? else {
             continue;
         };
-        details.push(DetailRow {
-            id: OrderDetailId(detail),
-            product: ProductId(row.try_get_by_index(5)?),
-            product_name: row
-                .try_get_by_index::<Option<String>>(6)?
-                .unwrap_or_default(),
-            quantity: row.try_get_by_index(7)?,
-        });
+        if let Some(order) = orders.last_mut() {
+            order.details.push(DetailRow {
+                id: OrderDetailId(detail),
+                product: ProductId(row.try_get_by_index(6)?),
+                product_name: row
+                    .try_get_by_index::<Option<String>>(7)?
+                    .unwrap_or_default(),
+                quantity: row.try_get_by_index(8)?,
+            });
+        }
     }
-    Ok(Some(OrderRow {
-        id,
-        buyer: UserId(first.try_get_by_index(0)?),
-        store: StoreId(first.try_get_by_index(1)?),
-        status,
-        expires_at: deadline(first.try_get_by_index(3)?),
-        details,
-    }))
+    Ok(orders)
+}
+
+/// A live store, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct StoreRow {
+    pub id: i64,
+    pub store_name: String,
+    pub user_id: i64,
+}
+
+pub async fn store_rows(db: &impl ConnectionTrait) -> Result<Vec<StoreRow>, DbErr> {
+    let sql = "SELECT id, store_name, user_id FROM stores WHERE deleted_at IS NULL ORDER BY id";
+    StoreRow::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
+        .all(db)
+        .await
+}
+
+/// A row of a product's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct MovementRow {
+    pub id: i64,
+    pub delta: i64,
+    pub reason: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// The ledger of a product, ascending id; `None` if there is no such product (deleted
+/// ones keep theirs).
+pub async fn movements(
+    db: &impl ConnectionTrait,
+    product: ProductId,
+) -> Result<Option<Vec<MovementRow>>, DbErr> {
+    let backend = db.get_database_backend();
+    let exists = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT id FROM products WHERE id = ?",
+            [Value::from(product.0)],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let sql = "SELECT id, delta, reason, created_at FROM stock_movements WHERE product_id = ? ORDER BY id";
+    MovementRow::find_by_statement(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [Value::from(product.0)],
+    ))
+    .all(db)
+    .await
+    .map(Some)
 }
 
 /// The largest `orders.id` and `order_details.id`: Kitara numbers new rows itself, so

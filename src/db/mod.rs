@@ -3,6 +3,7 @@
 //! Statements are plain SQL with `?` placeholders, which SQLite and MySQL both accept,
 //! executed through SeaORM (`DatabaseConnection`, `DatabaseTransaction`).
 
+pub mod check;
 pub mod keys;
 pub mod load;
 pub mod persist;
@@ -69,6 +70,14 @@ pub async fn migrate(args: &DatabaseArgs, demo: bool) -> Result<(), StartupError
     migrate_and_seed(&db, demo).await?;
     db.close().await?;
     Ok(())
+}
+
+/// `kitara check`: every product's balance (see `check`), read in one statement.
+pub async fn check(args: &DatabaseArgs) -> Result<Vec<check::Balance>, StartupError> {
+    let db = connect(args).await?;
+    let balances = check::balances(&db).await;
+    db.close().await?;
+    Ok(balances?)
 }
 
 pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(), StartupError> {

@@ -19,9 +19,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, Statement, Value};
 
 use crate::domain::{Deadline, OrderLine, OrderStatus, ProductId};
+use crate::writer::AdminWrite;
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]
@@ -60,6 +61,10 @@ pub struct Batch<'a> {
     pub orders: Vec<NewOrder<'a>>,
     pub ended: Vec<EndedHold<'a>>,
     pub keys: Vec<KeyRow<'a>>,
+    /// Written after the rest, one prepared statement or two each: they are rare, and
+    /// they carry the owner's text (names, reasons), which only travels as a bound
+    /// value.
+    pub admin: Vec<&'a AdminWrite>,
 }
 
 /// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
@@ -192,7 +197,8 @@ struct StockChange {
     returned: i64,
 }
 
-/// Writes the batch inside `txn`; the caller commits.
+/// Writes the batch inside `txn`; the caller commits. Answers, for each admin write in
+/// turn, the id of the row it created (for `Adopt`, the products adopted; else 0).
 ///
 /// The database reports the rows affected by all statements together. Every insert
 /// either writes all its rows or fails the request, so what is left is exactly the
@@ -203,7 +209,7 @@ pub async fn write_batch(
     txn: &DatabaseTransaction,
     batch: &Batch<'_>,
     token: &Token,
-) -> Result<(), WriteError> {
+) -> Result<Vec<i64>, WriteError> {
     let mut stock: BTreeMap<ProductId, StockChange> = BTreeMap::new();
     for line in batch.orders.iter().flat_map(|o| o.lines) {
         stock.entry(line.product).or_default().taken += line.quantity;
@@ -291,8 +297,127 @@ pub async fn write_batch(
             matched,
         });
     }
-    Ok(())
+    let mut answered = Vec::with_capacity(batch.admin.len());
+    for change in &batch.admin {
+        answered.push(write_admin(txn, change).await?);
+    }
+    Ok(answered)
 }
+
+/// The SQL of one admin write. A change of a product that is gone (deleted behind
+/// Kitara's back), or a delta that would take its stock below 0, trips a guard.
+async fn write_admin(txn: &DatabaseTransaction, change: &AdminWrite) -> Result<i64, WriteError> {
+    let run = |sql: &str, values: Vec<Value>| {
+        txn.execute_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            sql,
+            values,
+        ))
+    };
+    let guarded = |result: ExecResult| match result.rows_affected() {
+        1 => Ok(result),
+        matched => Err(WriteError::GuardTripped {
+            expected: 1,
+            matched,
+        }),
+    };
+    let created = |result: ExecResult| {
+        i64::try_from(result.last_insert_id())
+            .map_err(|_| WriteError::Db(DbErr::Custom("an id beyond i64".into())))
+    };
+    match change {
+        AdminWrite::NewUser { name } => {
+            let result = run("INSERT INTO users (name) VALUES (?)", vec![name.into()]).await?;
+            created(result)
+        }
+        AdminWrite::NewStore { name, owner } => {
+            let sql = "INSERT INTO stores (store_name, user_id) \
+                       SELECT ?, id FROM users WHERE id = ? AND deleted_at IS NULL";
+            created(guarded(run(sql, vec![name.into(), owner.0.into()]).await?)?)
+        }
+        AdminWrite::NewProduct {
+            store,
+            name,
+            stock,
+            limit,
+        } => {
+            let sql = "INSERT INTO products (product_name, current_stock, store_id, max_per_customer) \
+                       SELECT ?, ?, id, ? FROM stores WHERE id = ? AND deleted_at IS NULL";
+            let values = vec![
+                name.into(),
+                (*stock).into(),
+                (*limit).into(),
+                store.0.into(),
+            ];
+            let id = created(guarded(run(sql, values).await?)?)?;
+            let sql =
+                "INSERT INTO stock_movements (product_id, delta, reason) VALUES (?, ?, 'created')";
+            run(sql, vec![id.into(), (*stock).into()]).await?;
+            Ok(id)
+        }
+        AdminWrite::Restock {
+            product,
+            delta,
+            reason,
+        } => {
+            let sql = "UPDATE products SET current_stock = current_stock + ?, updated_at = CURRENT_TIMESTAMP \
+                       WHERE id = ? AND deleted_at IS NULL AND current_stock + ? >= 0";
+            guarded(
+                run(
+                    sql,
+                    vec![(*delta).into(), product.0.into(), (*delta).into()],
+                )
+                .await?,
+            )?;
+            let sql = "INSERT INTO stock_movements (product_id, delta, reason) VALUES (?, ?, ?)";
+            run(sql, vec![product.0.into(), (*delta).into(), reason.into()]).await?;
+            Ok(0)
+        }
+        AdminWrite::EditProduct {
+            product,
+            name,
+            limit,
+        } => {
+            let mut sql = String::from("UPDATE products SET updated_at = CURRENT_TIMESTAMP");
+            let mut values: Vec<Value> = Vec::new();
+            if let Some(name) = name {
+                sql.push_str(", product_name = ?");
+                values.push(name.into());
+            }
+            if let Some(limit) = limit {
+                sql.push_str(", max_per_customer = ?");
+                values.push((*limit).into());
+            }
+            sql.push_str(" WHERE id = ? AND deleted_at IS NULL");
+            values.push(product.0.into());
+            guarded(run(&sql, values).await?)?;
+            Ok(0)
+        }
+        AdminWrite::DeleteProduct { product } => {
+            let sql = "UPDATE products SET deleted_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP \
+                       WHERE id = ? AND deleted_at IS NULL";
+            guarded(run(sql, vec![product.0.into()]).await?)?;
+            Ok(0)
+        }
+        AdminWrite::Adopt => {
+            let sql = format!(
+                "INSERT INTO stock_movements (product_id, delta, reason) \
+                 SELECT p.id, p.current_stock + COALESCE(({}), 0), 'adopted' FROM products p \
+                 WHERE NOT EXISTS (SELECT 1 FROM stock_movements m WHERE m.product_id = p.id)",
+                LIVE_UNITS_OF_P
+            );
+            let result = run(&sql, Vec::new()).await?;
+            Ok(result.rows_affected() as i64)
+        }
+    }
+}
+
+/// The units of live order lines (held or sold) of the product `p`: the second term of
+/// the ledger's equation, which `kitara check` proves. A line counts as Kitara counts it
+/// when it loads a hold: by its order's status alone.
+pub(crate) const LIVE_UNITS_OF_P: &str = "SELECT SUM(d.quantity) FROM order_details d \
+     JOIN orders o ON o.id = d.order_id WHERE d.product_id = p.id \
+     AND o.status IN ('locked', 'confirmed') AND o.deleted_at IS NULL";
 
 /// `SET current_stock = current_stock + d WHERE id = ? AND current_stock + d >= 0` for
 /// every product of the batch in one statement, `d` being the units given back minus

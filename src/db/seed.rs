@@ -6,6 +6,8 @@ const DEMO: &[&str] = &[
     "INSERT INTO stores (id, store_name, user_id) VALUES (1, 'kitara store', 1), (2, 'deni store', 3)",
     "INSERT INTO products (id, product_name, current_stock, store_id) VALUES \
      (1, 'masker', 10, 1), (2, 'sikat gigi', 5, 1), (3, 'sabun', 20, 2)",
+    "INSERT INTO stock_movements (product_id, delta, reason) VALUES \
+     (1, 10, 'created'), (2, 5, 'created'), (3, 20, 'created')",
 ];
 
 /// Loads the demo data into a database without stores. Returns whether it did.

@@ -42,6 +42,20 @@ impl Purchases {
         self.units.get(&(buyer, product)).copied().unwrap_or(0)
     }
 
+    /// Sets or clears a product's limit. A product that had none was not counted, so
+    /// its units start at zero here: the caller reloads them from the database.
+    pub fn set_limit(&mut self, product: ProductId, limit: Option<i64>) {
+        match limit {
+            Some(limit) => {
+                self.limits.insert(product, limit);
+            }
+            None => {
+                self.limits.remove(&product);
+                self.units.retain(|(_, p), _| *p != product);
+            }
+        }
+    }
+
     /// Whether the order keeps its buyer within every limit.
     pub fn allows(&self, order: &LockOrder) -> bool {
         order

@@ -75,6 +75,16 @@ impl StockBook {
         }
     }
 
+    /// A product that joins the store (created by the admin API).
+    pub fn insert(&mut self, product: ProductId, stock: i64) {
+        self.stock.insert(product, stock);
+    }
+
+    /// A product that leaves the store (deleted): it can no longer be reserved.
+    pub fn remove(&mut self, product: ProductId) {
+        self.stock.remove(&product);
+    }
+
     /// Replaces the stock with what the database says; products the database no longer
     /// has become unknown.
     pub fn replace(&mut self, stock: impl IntoIterator<Item = (ProductId, i64)>) {

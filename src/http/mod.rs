@@ -3,6 +3,7 @@
 //! The service never returns `Err` (hyper would drop the connection): every failure
 //! becomes an `ApiError` answer.
 
+mod admin;
 mod orders;
 mod request;
 pub mod response;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::app::AppState;
-use crate::domain::Resolution;
+use crate::domain::{OrderId, Resolution};
 use response::{ApiError, Body};
 use views::ProductView;
 
@@ -114,13 +115,16 @@ enum Route {
     Order,
     Confirm,
     Cancel,
+    AdminPage,
+    Admin(admin::Endpoint),
 }
 
 impl Route {
     fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Products | Route::Order => "GET, HEAD",
+            Route::Healthz | Route::Products | Route::Order | Route::AdminPage => "GET, HEAD",
             Route::Lock | Route::Confirm | Route::Cancel => "POST",
+            Route::Admin(endpoint) => endpoint.allow(),
         }
     }
 }
@@ -138,6 +142,32 @@ fn router() -> &'static matchit::Router<Route> {
             ("/api/v1/order/{id}", Route::Order),
             ("/api/v1/order/{id}/confirm", Route::Confirm),
             ("/api/v1/order/{id}/cancel", Route::Cancel),
+            ("/admin", Route::AdminPage),
+            ("/api/v1/admin/users", Route::Admin(admin::Endpoint::Users)),
+            (
+                "/api/v1/admin/stores",
+                Route::Admin(admin::Endpoint::Stores),
+            ),
+            (
+                "/api/v1/admin/products",
+                Route::Admin(admin::Endpoint::Products),
+            ),
+            (
+                "/api/v1/admin/products/{id}",
+                Route::Admin(admin::Endpoint::Product),
+            ),
+            (
+                "/api/v1/admin/products/{id}/stock",
+                Route::Admin(admin::Endpoint::Stock),
+            ),
+            (
+                "/api/v1/admin/products/{id}/movements",
+                Route::Admin(admin::Endpoint::Movements),
+            ),
+            (
+                "/api/v1/admin/orders",
+                Route::Admin(admin::Endpoint::Orders),
+            ),
         ] {
             if let Err(e) = router.insert(path, route) {
                 unreachable!("Kitara's routes do not conflict: {e}");
@@ -155,26 +185,32 @@ async fn route(
     let (route, id) = match router().at(request.uri().path()) {
         Ok(matched) => (
             *matched.value,
-            matched.params.get("id").map(request::parse_order_id),
+            matched.params.get("id").map(request::parse_id),
         ),
         Err(_) => return ApiError::NotFound.into_response(),
     };
-    // The path names an order, or something that names none.
+    // The path names an order or a product, or something that names none.
     let id = id.flatten();
+    let order = id.map(OrderId);
     // HEAD is answered like GET; hyper leaves the body out.
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let post = request.method() == Method::POST;
     let result = match route {
         Route::Healthz if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
         Route::Products if read => Ok(list_products(state)),
-        Route::Order if read => orders::get(state, id).await,
+        Route::Order if read => orders::get(state, order).await,
         Route::Lock if post => orders::lock(state, request, request_timeout).await,
         Route::Confirm if post => {
-            orders::end(state, request, id, Resolution::Confirm, request_timeout).await
+            orders::end(state, request, order, Resolution::Confirm, request_timeout).await
         }
         Route::Cancel if post => {
-            orders::end(state, request, id, Resolution::Cancel, request_timeout).await
+            orders::end(state, request, order, Resolution::Cancel, request_timeout).await
         }
+        Route::AdminPage if read => Ok(admin::page()),
+        Route::Admin(endpoint) => match admin::authorize(state, request.headers()) {
+            Ok(()) => admin::serve(state, endpoint, id, request, request_timeout).await,
+            Err(refusal) => Err(refusal),
+        },
         route => Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         }),
@@ -188,8 +224,8 @@ async fn route(
 }
 
 fn list_products(state: &AppState) -> Response<Body> {
-    let products: Vec<ProductView<'_>> = state
-        .catalog
+    let catalog = state.catalog.snapshot();
+    let products: Vec<ProductView<'_>> = catalog
         .products()
         .iter()
         .map(|p| ProductView::from(&**p))

@@ -84,7 +84,7 @@ pub async fn lock(
 }
 
 fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
-    response::json_data(&views::placed(&state.catalog, placed))
+    response::json_data(&views::placed(&state.catalog.snapshot(), placed))
 }
 
 /// Which answer a replay renders.

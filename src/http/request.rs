@@ -17,9 +17,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::domain::{
-    LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, OrderId, ProductId, UserId,
-};
+use crate::domain::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
 
 use super::response::ApiError;
 
@@ -45,15 +43,12 @@ pub fn parse_buyer(body: &[u8]) -> Result<UserId, ApiError> {
     Ok(UserId(integer(user_id, "user_id")?))
 }
 
-/// The `{id}` of `/api/v1/order/{id}`: a decimal order id without sign or leading
-/// zeros. Anything else names no order.
-pub fn parse_order_id(text: &str) -> Option<OrderId> {
+/// The `{id}` of `/api/v1/order/{id}` or `/api/v1/admin/products/{id}`: a decimal id
+/// without sign or leading zeros. Anything else names nothing.
+pub fn parse_id(text: &str) -> Option<i64> {
     let canonical =
         !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
-    canonical
-        .then(|| text.parse::<i64>().ok())
-        .flatten()
-        .map(OrderId)
+    canonical.then(|| text.parse::<i64>().ok()).flatten()
 }
 
 /// A body of the expected shape; serde refuses a float, a string or a boolean where an
@@ -267,21 +262,21 @@ fn parse_checked(body: &[u8]) -> Result<LockBody, ApiError> {
 }
 
 /// A JSON object's fields as raw JSON text; of a repeated key, the last one counts.
-type Fields<'a> = BTreeMap<String, &'a RawValue>;
+pub(super) type Fields<'a> = BTreeMap<String, &'a RawValue>;
 
 /// Rule 1's last part: the body is one JSON object, UTF-8 throughout.
-fn object(body: &[u8]) -> Result<Fields<'_>, ApiError> {
+pub(super) fn object(body: &[u8]) -> Result<Fields<'_>, ApiError> {
     let not_an_object = || bad("request body must be one JSON object");
     let text = std::str::from_utf8(body).map_err(|_| not_an_object())?;
     serde_json::from_str(text).map_err(|_| not_an_object())
 }
 
-fn bad(message: &str) -> ApiError {
+pub(super) fn bad(message: &str) -> ApiError {
     ApiError::BadRequest(message.to_owned())
 }
 
 /// A field that must be present and not null.
-fn required<'a>(object: &Fields<'a>, field: &str) -> Result<&'a RawValue, ApiError> {
+pub(super) fn required<'a>(object: &Fields<'a>, field: &str) -> Result<&'a RawValue, ApiError> {
     match object.get(field) {
         Some(value) if value.get() != "null" => Ok(value),
         _ => Err(bad(&format!("{field} is required"))),
@@ -290,7 +285,7 @@ fn required<'a>(object: &Fields<'a>, field: &str) -> Result<&'a RawValue, ApiErr
 
 /// An integer in `1..=MAX_QUANTITY`: not a string, a boolean, or a number written with a
 /// fraction or an exponent (`2.0`, `1e2`), nor one too large for any integer type.
-fn integer(value: &RawValue, field: &str) -> Result<i64, ApiError> {
+pub(super) fn integer(value: &RawValue, field: &str) -> Result<i64, ApiError> {
     match serde_json::from_str::<i64>(value.get()) {
         Ok(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
         _ => Err(bad(&format!(
@@ -391,11 +386,8 @@ mod tests {
 
     #[test]
     fn an_order_id_is_a_plain_positive_integer() {
-        assert_eq!(parse_order_id("42"), Some(OrderId(42)));
-        assert_eq!(
-            parse_order_id("9223372036854775807"),
-            Some(OrderId(i64::MAX))
-        );
+        assert_eq!(parse_id("42"), Some(42));
+        assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
         for bad in [
             "",
             "0",
@@ -407,7 +399,7 @@ mod tests {
             "9223372036854775808",
             "1 ",
         ] {
-            assert_eq!(parse_order_id(bad), None, "{bad}");
+            assert_eq!(parse_id(bad), None, "{bad}");
         }
     }
 

@@ -3,13 +3,14 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::admin::AdminError;
 use crate::domain::OrderStatus;
-use crate::store::{LockError, ResolveError};
+use crate::store::{ChangeError, LockError, ResolveError};
 
 pub type Body = Full<Bytes>;
 
@@ -43,8 +44,19 @@ pub fn json<T: Serialize>(status: StatusCode, message: &str, data: Option<T>) ->
 
 /// An answer 200 whose `data` is JSON rendered already (see `views`).
 pub fn json_data(data: &[u8]) -> Response<Body> {
+    json_data_with(StatusCode::OK, data)
+}
+
+/// An answer 201 to a request that created something.
+pub fn created<T: Serialize>(data: T) -> Response<Body> {
+    json(StatusCode::CREATED, "Created", Some(data))
+}
+
+/// An answer with `status` whose `data` is JSON rendered already.
+pub fn json_data_with(status: StatusCode, data: &[u8]) -> Response<Body> {
+    let message = status.canonical_reason().unwrap_or("OK");
     match serde_json::from_slice::<&RawValue>(data) {
-        Ok(data) => json(StatusCode::OK, "OK", Some(data)),
+        Ok(data) => json(status, message, Some(data)),
         Err(e) => {
             tracing::error!(error = %e, "an answer's data is not JSON");
             ApiError::Internal.into_response()
@@ -89,6 +101,14 @@ pub enum ApiError {
     KeyReused,
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    /// `KITARA_ADMIN_TOKEN` is unset: every admin path is refused.
+    #[error("admin API is disabled")]
+    AdminDisabled,
+    /// No bearer token, or not the admin token.
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// A bug; the cause was logged.
     #[error("internal error")]
     Internal,
@@ -130,6 +150,25 @@ impl ApiError {
                 | ResolveError::OutcomeUnknown
                 | ResolveError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             },
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Admin(e) => match e {
+                AdminError::UserNotFound(_)
+                | AdminError::StoreNotFound(_)
+                | AdminError::ProductNotFound(_)
+                | AdminError::UnknownProduct
+                | AdminError::Change(ChangeError::NotFound) => StatusCode::NOT_FOUND,
+                AdminError::Change(ChangeError::NotEnoughStock) => StatusCode::CONFLICT,
+                AdminError::Change(
+                    ChangeError::Busy
+                    | ChangeError::Unavailable
+                    | ChangeError::Conflict
+                    | ChangeError::OutcomeUnknown
+                    | ChangeError::ShuttingDown,
+                )
+                | AdminError::Unavailable
+                | AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +202,12 @@ impl ApiError {
         let headers = response.headers_mut();
         if let ApiError::MethodNotAllowed { allow } = self {
             headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="kitara-admin""#),
+            );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));

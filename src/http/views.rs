@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Product};
+use crate::catalog::{Listing, Product};
 use crate::clock::rfc3339;
-use crate::db::load::OrderRow;
+use crate::db::load::{MovementRow, OrderRow, StoreRow};
 use crate::domain::{OrderStatus, UserId};
 use crate::store::Placed;
 
@@ -67,7 +67,7 @@ struct OrderView<'a> {
 }
 
 /// The answer to a lock that was just placed.
-pub fn placed(catalog: &Catalog, placed: &Placed) -> Vec<u8> {
+pub fn placed(catalog: &Listing, placed: &Placed) -> Vec<u8> {
     let order_details = placed
         .details
         .iter()
@@ -109,16 +109,91 @@ fn details(order: &OrderRow) -> Vec<DetailView<'_>> {
         .collect()
 }
 
+impl<'a> From<&'a OrderRow> for OrderView<'a> {
+    fn from(order: &'a OrderRow) -> Self {
+        let UserId(user_id) = order.buyer;
+        OrderView {
+            order_id: order.id.0,
+            user_id,
+            store_id: order.store.0,
+            status: order.status.as_str(),
+            expires_at: order.expires_at.map(rfc3339),
+            order_details: details(order),
+        }
+    }
+}
+
 pub fn order(order: &OrderRow) -> Vec<u8> {
-    let UserId(user_id) = order.buyer;
-    to_json(&OrderView {
-        order_id: order.id.0,
-        user_id,
-        store_id: order.store.0,
-        status: order.status.as_str(),
-        expires_at: order.expires_at.map(rfc3339),
-        order_details: details(order),
-    })
+    to_json(&OrderView::from(order))
+}
+
+/// A page of `GET /api/v1/admin/orders`: each order as `GET /api/v1/order/{id}` shows it.
+pub fn orders(orders: &[OrderRow]) -> Vec<u8> {
+    to_json(&orders.iter().map(OrderView::from).collect::<Vec<_>>())
+}
+
+/// A product as every admin answer shows it.
+#[derive(Serialize)]
+pub struct AdminProductView<'a> {
+    id: i64,
+    product_name: &'a str,
+    current_stock: i64,
+    store_id: i64,
+    max_per_customer: Option<i64>,
+}
+
+impl<'a> From<&'a Product> for AdminProductView<'a> {
+    fn from(p: &'a Product) -> Self {
+        AdminProductView {
+            id: p.id.0,
+            product_name: &p.name,
+            current_stock: p.stock(),
+            store_id: p.store.0,
+            max_per_customer: p.max_per_customer,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct UserView<'a> {
+    pub id: i64,
+    pub name: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct AdminStoreView<'a> {
+    id: i64,
+    store_name: &'a str,
+    user_id: i64,
+}
+
+impl<'a> From<&'a StoreRow> for AdminStoreView<'a> {
+    fn from(s: &'a StoreRow) -> Self {
+        AdminStoreView {
+            id: s.id,
+            store_name: &s.store_name,
+            user_id: s.user_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MovementView<'a> {
+    id: i64,
+    delta: i64,
+    reason: &'a str,
+    created_at: String,
+}
+
+impl<'a> From<&'a MovementRow> for MovementView<'a> {
+    fn from(m: &'a MovementRow) -> Self {
+        MovementView {
+            id: m.id,
+            delta: m.delta,
+            reason: &m.reason,
+            created_at: rfc3339(m.created_at.and_utc().timestamp()),
+        }
+    }
 }
 
 /// These views hold only strings and integers, which always serialise.

@@ -9,15 +9,18 @@ use futures_util::stream::FuturesUnordered;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Command, LockError, LockResult, Placed, ResolveError, ResolveResult, StoreHandle};
-use crate::catalog::Product;
+use super::{
+    ChangeError, ChangeResult, Command, LockError, LockResult, Placed, ProductChange, ResolveError,
+    ResolveResult, StoreHandle,
+};
+use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
 use crate::db::load::{self, StoreState};
 use crate::domain::{
-    Begin, Deadline, HoldBook, LockOrder, OrderId, ProductId, Purchases, Resolution, StockBook,
-    StoreId, UserId, Verdict,
+    Begin, Deadline, HoldBook, LockOrder, OrderId, OrderLine, ProductId, Purchases, Resolution,
+    StockBook, StoreId, UserId, Verdict,
 };
-use crate::writer::{KeyRecord, Outcome, PersistError, Write, WriterHandle, Written};
+use crate::writer::{AdminWrite, KeyRecord, Outcome, PersistError, Write, WriterHandle, Written};
 
 /// While its stock is unknown (the database was unreachable), a store tries to reload it
 /// at most this often; orders in between are answered 503 at once.
@@ -37,16 +40,31 @@ pub struct ActorConfig {
     pub memory_check: bool,
 }
 
-/// Starts the actor of one store with the state start-up read.
+/// What every store actor shares: where it publishes, what it writes through, what it
+/// reloads from, and the clock its holds are timed by.
+#[derive(Clone)]
+pub struct Shared {
+    pub catalog: Arc<Catalog>,
+    pub writer: WriterHandle,
+    pub db: DatabaseConnection,
+    pub clock: Clock,
+}
+
+/// Starts the actor of one store with the state start-up read (a new store's is
+/// empty).
 pub fn spawn(
     store: StoreId,
     products: Vec<Arc<Product>>,
     state: StoreState,
-    writer: WriterHandle,
-    db: DatabaseConnection,
-    clock: Clock,
+    shared: Shared,
     config: &ActorConfig,
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
+    let Shared {
+        catalog,
+        writer,
+        db,
+        clock,
+    } = shared;
     let (sender, mailbox) = mpsc::channel(config.mailbox);
     let moved = clock.is_manual().then(|| clock.watch());
     let mut actor = StoreActor {
@@ -54,7 +72,11 @@ pub fn spawn(
         book: StockBook::default(),
         holds: HoldBook::default(),
         purchases: Purchases::default(),
-        products: products.into_iter().map(|p| (p.id, p)).collect(),
+        products: products
+            .into_iter()
+            .map(|p| (p.id, p.stock.clone()))
+            .collect(),
+        catalog,
         mailbox,
         writer,
         db,
@@ -68,6 +90,7 @@ pub fn spawn(
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         armed: None,
         expiring: false,
+        reload_after: false,
     };
     actor.replace_state(state);
     (StoreHandle { sender }, tokio::spawn(actor.run()))
@@ -104,9 +127,22 @@ impl EndRequest {
     }
 }
 
+/// A change of the store's products the actor is handling.
+struct ChangeAttempt {
+    change: ProductChange,
+    respond_to: oneshot::Sender<ChangeResult>,
+}
+
+impl ChangeAttempt {
+    fn answer(self, result: ChangeResult) {
+        let _ = self.respond_to.send(result);
+    }
+}
+
 /// What the actor has decided and handed to the writer.
 enum Attempt {
     Lock(LockAttempt),
+    Change(ChangeAttempt),
     End {
         request: EndRequest,
         /// The resolution under way: the asked one, or `Expire` for a hold past due.
@@ -128,6 +164,7 @@ enum Failure {
 enum Judge {
     Lock(LockAttempt),
     End(EndRequest),
+    Change(ChangeAttempt),
 }
 
 impl LockAttempt {
@@ -147,8 +184,12 @@ struct StoreActor {
     holds: HoldBook,
     /// What buyers hold or bought of the products with a per-customer limit.
     purchases: Purchases,
-    /// Where the stock is published for readers that must not wait for the actor.
-    products: HashMap<ProductId, Arc<Product>>,
+    /// Where the stock of each product is published for readers that must not wait
+    /// for the actor.
+    products: HashMap<ProductId, Arc<PublishedStock>>,
+    /// The products every reader sees; the actor replaces its store's entries when a
+    /// change of them committed.
+    catalog: Arc<Catalog>,
     mailbox: mpsc::Receiver<Command>,
     writer: WriterHandle,
     /// For reloading the store after the database refused a batch.
@@ -172,6 +213,9 @@ struct StoreActor {
     /// An expiry submission is in flight: the next waits for it, so that a wave of
     /// expiries takes turns with orders at the writer instead of queueing ahead of them.
     expiring: bool,
+    /// A limit was set on a product that had none: what buyers hold of it is read from
+    /// the database before anything else is judged.
+    reload_after: bool,
 }
 
 impl StoreActor {
@@ -211,6 +255,9 @@ impl StoreActor {
                                     respond_to: Some(respond_to),
                                     retried: false,
                                 }))
+                            }
+                            Command::Change { change, respond_to } => {
+                                judge.push(Judge::Change(ChangeAttempt { change, respond_to }))
                             }
                             Command::SettleDue { respond_to } => {
                                 // What came before it is judged first.
@@ -327,6 +374,7 @@ impl StoreActor {
                 match request {
                     Judge::Lock(attempt) => attempt.answer(Err(LockError::Unavailable)),
                     Judge::End(mut request) => request.answer(Err(ResolveError::Unavailable)),
+                    Judge::Change(attempt) => attempt.answer(Err(ChangeError::Unavailable)),
                 }
             }
             return;
@@ -352,6 +400,7 @@ impl StoreActor {
                             self.purchases.add(&attempt.order);
                             self.publish(lines.iter().map(|l| l.product));
                             writes.push(Write::Lock {
+                                store: self.store,
                                 order: attempt.order.clone(),
                                 expires_at: attempt.expires_at,
                                 key: attempt.key.clone(),
@@ -401,9 +450,153 @@ impl StoreActor {
                         }
                     }
                 }
+                Judge::Change(attempt) => match self.judge_change(&attempt.change) {
+                    Ok(write) => {
+                        writes.push(Write::Admin(write));
+                        attempts.push(Attempt::Change(attempt));
+                    }
+                    Err(error) => attempt.answer(Err(error)),
+                },
             }
         }
         self.submit(attempts, writes).await;
+    }
+
+    /// Judges a change of the store's products against memory. A negative delta takes
+    /// its units at once, as an order does; everything else changes memory only once
+    /// it committed, so that no order counts on units that may not come.
+    fn judge_change(&mut self, change: &ProductChange) -> Result<AdminWrite, ChangeError> {
+        let known = |product: &ProductId| {
+            if self.products.contains_key(product) {
+                Ok(*product)
+            } else {
+                Err(ChangeError::NotFound)
+            }
+        };
+        Ok(match change {
+            ProductChange::Add {
+                name, stock, limit, ..
+            } => AdminWrite::NewProduct {
+                store: self.store,
+                name: name.clone(),
+                stock: *stock,
+                limit: *limit,
+            },
+            ProductChange::Restock {
+                product,
+                delta,
+                reason,
+            } => {
+                let product = known(product)?;
+                if *delta < 0 {
+                    let taken = [OrderLine {
+                        product,
+                        quantity: -delta,
+                    }];
+                    if self.memory_check && self.book.try_reserve(&taken) != Verdict::Reserved {
+                        return Err(ChangeError::NotEnoughStock);
+                    }
+                    if !self.memory_check {
+                        self.book.reserve_unchecked(&taken);
+                    }
+                    self.publish(std::iter::once(product));
+                }
+                AdminWrite::Restock {
+                    product,
+                    delta: *delta,
+                    reason: reason.clone(),
+                }
+            }
+            ProductChange::Edit {
+                product,
+                name,
+                limit,
+            } => AdminWrite::EditProduct {
+                product: known(product)?,
+                name: name.clone(),
+                limit: *limit,
+            },
+            ProductChange::Delete { product } => AdminWrite::DeleteProduct {
+                product: known(product)?,
+            },
+        })
+    }
+
+    /// Applies a committed change of the store's products to memory and the catalog,
+    /// and answers it.
+    fn changed(&mut self, attempt: ChangeAttempt, created: i64) {
+        let current = |catalog: &Catalog, id: ProductId| {
+            catalog
+                .snapshot()
+                .get(id)
+                .map(|p| (**p).clone())
+                .ok_or(ChangeError::NotFound)
+        };
+        let result = match &attempt.change {
+            ProductChange::Add {
+                name,
+                stock,
+                limit,
+                store_name,
+            } => {
+                let id = ProductId(created);
+                let published = Arc::new(PublishedStock::new(*stock));
+                self.book.insert(id, *stock);
+                self.products.insert(id, published.clone());
+                // A new product has no buyers yet.
+                self.purchases.set_limit(id, *limit);
+                let product = Product {
+                    id,
+                    name: name.clone(),
+                    store: self.store,
+                    store_name: store_name.clone(),
+                    max_per_customer: *limit,
+                    stock: published,
+                };
+                self.catalog.put(product.clone());
+                Ok(product)
+            }
+            ProductChange::Restock { product, delta, .. } => {
+                if *delta > 0 {
+                    self.book.release(&[OrderLine {
+                        product: *product,
+                        quantity: *delta,
+                    }]);
+                    self.publish(std::iter::once(*product));
+                }
+                current(&self.catalog, *product)
+            }
+            ProductChange::Edit {
+                product,
+                name,
+                limit,
+            } => {
+                if let Some(limit) = *limit {
+                    if limit.is_some() && self.purchases.limit(*product).is_none() {
+                        self.reload_after = true;
+                    }
+                    self.purchases.set_limit(*product, limit);
+                }
+                current(&self.catalog, *product).map(|mut edited| {
+                    if let Some(name) = name {
+                        edited.name = name.clone();
+                    }
+                    if let Some(limit) = *limit {
+                        edited.max_per_customer = limit;
+                    }
+                    self.catalog.put(edited.clone());
+                    edited
+                })
+            }
+            ProductChange::Delete { product } => {
+                let gone = current(&self.catalog, *product);
+                self.book.remove(*product);
+                self.products.remove(product);
+                self.catalog.remove(*product);
+                gone
+            }
+        };
+        attempt.answer(result);
     }
 
     /// Hands decided writes to the writer; the outcome comes back through `in_flight`.
@@ -411,7 +604,7 @@ impl StoreActor {
         if attempts.is_empty() {
             return;
         }
-        match self.writer.submit(self.store, writes).await {
+        match self.writer.submit(writes).await {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
                 let outcome = outcome
                     .await
@@ -430,7 +623,8 @@ impl StoreActor {
         let mut failed = Vec::new();
         let mut again = Vec::new();
         self.apply(attempts, outcome, &mut failed, &mut again);
-        if !failed.is_empty() {
+        if !failed.is_empty() || self.reload_after {
+            self.reload_after = false;
             // Memory and database may now disagree. Wait until nothing of this store is
             // in flight, so the database holds every decision memory still counts, then
             // reload: what is read is then the whole truth.
@@ -503,11 +697,14 @@ impl StoreActor {
                     self.judge_waiters_again(&attempt, again);
                     self.undo(attempt, Failure::KeyTaken);
                 }
+                (Attempt::Change(attempt), Ok(Written::Admin(created))) => {
+                    self.changed(attempt, created);
+                }
                 (attempt, Err(error)) => failed.push((attempt, error)),
-                (Attempt::Lock(attempt), Ok(Written::Ended)) => {
-                    // The writer answers a lock with its ids; this cannot happen.
-                    self.give_back(&attempt.order);
-                    attempt.answer(Err(LockError::Unavailable));
+                // The writer answers each write in kind; this cannot happen.
+                (attempt, Ok(written)) => {
+                    tracing::error!(?written, "the writer answered a write of another kind");
+                    self.undo(attempt, Failure::Write(PersistError::Unavailable));
                 }
             }
         }
@@ -572,6 +769,18 @@ impl StoreActor {
             }
             Attempt::Lock(_) => {}
             Attempt::End { request, .. } => self.holds.abort(request.order),
+            Attempt::Change(attempt) => {
+                if let ProductChange::Restock { product, delta, .. } = attempt.change
+                    && delta < 0
+                    && failure != Failure::Write(PersistError::OutcomeUnknown)
+                {
+                    self.book.release(&[OrderLine {
+                        product,
+                        quantity: -delta,
+                    }]);
+                    self.publish(std::iter::once(product));
+                }
+            }
         }
         Self::answer_failed(attempt, failure);
     }
@@ -594,6 +803,12 @@ impl StoreActor {
                 Failure::ShuttingDown => ResolveError::ShuttingDown,
                 Failure::Write(PersistError::OutcomeUnknown) => ResolveError::OutcomeUnknown,
                 Failure::Write(_) => ResolveError::Unavailable,
+            })),
+            Attempt::Change(attempt) => attempt.answer(Err(match failure {
+                Failure::ShuttingDown => ChangeError::ShuttingDown,
+                Failure::Write(PersistError::OutcomeUnknown) => ChangeError::OutcomeUnknown,
+                Failure::Write(PersistError::Refused) => ChangeError::Conflict,
+                Failure::KeyTaken | Failure::Write(_) => ChangeError::Unavailable,
             })),
         }
     }
@@ -658,8 +873,8 @@ impl StoreActor {
 
     fn publish(&self, products: impl Iterator<Item = ProductId>) {
         for id in products {
-            if let Some(product) = self.products.get(&id) {
-                product.publish(self.book.get(id).unwrap_or(0));
+            if let Some(stock) = self.products.get(&id) {
+                stock.publish(self.book.get(id).unwrap_or(0));
             }
         }
     }

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use actor::{ActorConfig, spawn};
+pub use actor::{ActorConfig, Shared, spawn};
 
+use crate::catalog::Product;
 use crate::domain::{
-    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, Resolution, UserId,
+    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, ProductId, Resolution,
+    UserId,
 };
 use crate::writer::KeyRecord;
 
@@ -91,6 +93,58 @@ pub enum ResolveError {
 /// for, or the one an earlier end (or the hold's deadline) gave it.
 pub type ResolveResult = Result<OrderStatus, ResolveError>;
 
+/// A change of the store's products, from the admin API: decided by the store's actor
+/// in order with its orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductChange {
+    Add {
+        name: String,
+        stock: i64,
+        limit: Option<i64>,
+        store_name: Arc<str>,
+    },
+    /// A delta of `current_stock` (never 0); a negative one may take only unheld units.
+    Restock {
+        product: ProductId,
+        delta: i64,
+        reason: String,
+    },
+    /// `limit: Some(None)` clears the limit.
+    Edit {
+        product: ProductId,
+        name: Option<String>,
+        limit: Option<Option<i64>>,
+    },
+    Delete {
+        product: ProductId,
+    },
+}
+
+/// Why a product change was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The store has no such product (or it was deleted).
+    #[error("product not found")]
+    NotFound,
+    #[error("not enough unheld stock")]
+    NotEnoughStock,
+    #[error("store is busy")]
+    Busy,
+    #[error("database unavailable")]
+    Unavailable,
+    /// The database refused the change (the product changed behind Kitara's back); the
+    /// store reloaded.
+    #[error("stock changed concurrently")]
+    Conflict,
+    #[error("outcome of the change unknown")]
+    OutcomeUnknown,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// The product as the committed change left it (for a deletion, as it was).
+pub type ChangeResult = Result<Product, ChangeError>;
+
 /// Why a command did not reach the actor.
 enum NotSent {
     /// The mailbox is full: answered 503 at once, never queued without bound.
@@ -104,6 +158,15 @@ impl From<NotSent> for LockError {
         match e {
             NotSent::Busy => LockError::Busy,
             NotSent::Closed => LockError::ShuttingDown,
+        }
+    }
+}
+
+impl From<NotSent> for ChangeError {
+    fn from(e: NotSent) -> Self {
+        match e {
+            NotSent::Busy => ChangeError::Busy,
+            NotSent::Closed => ChangeError::ShuttingDown,
         }
     }
 }
@@ -129,6 +192,10 @@ enum Command {
         resolution: Resolution,
         key: Option<Arc<KeyRecord>>,
         respond_to: oneshot::Sender<ResolveResult>,
+    },
+    Change {
+        change: ProductChange,
+        respond_to: oneshot::Sender<ChangeResult>,
     },
     /// Expire every hold that is due now, and answer once those expiries committed.
     SettleDue { respond_to: oneshot::Sender<()> },
@@ -171,6 +238,13 @@ impl StoreHandle {
             respond_to,
         })?;
         answer.await.unwrap_or(Err(ResolveError::ShuttingDown))
+    }
+
+    /// Makes a change of the store's products; answers after it committed.
+    pub async fn change(&self, change: ProductChange) -> ChangeResult {
+        let (respond_to, answer) = oneshot::channel();
+        self.send(Command::Change { change, respond_to })?;
+        answer.await.unwrap_or(Err(ChangeError::ShuttingDown))
     }
 
     /// Expires every hold that is due by the store's clock, and returns once those

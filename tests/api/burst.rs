@@ -99,7 +99,14 @@ fn runner() -> TestRunner {
 }
 
 async fn reset(db: &TestDb, scenario: &Scenario) {
-    for table in ["order_details", "orders", "products", "stores", "users"] {
+    for table in [
+        "stock_movements",
+        "order_details",
+        "orders",
+        "products",
+        "stores",
+        "users",
+    ] {
         db.exec(&format!("DELETE FROM {table}")).await;
     }
     db.exec("INSERT INTO users (id, name) VALUES (1, 'kitara'), (2, 'rara'), (3, 'deni')")

@@ -208,6 +208,16 @@ impl TestDb {
         .collect()
     }
 
+    /// `kitara check`'s verdict on this database: the products whose ledger does not
+    /// add up.
+    pub async fn unbalanced(&self) -> Vec<kitara::db::check::Balance> {
+        let balances = kitara::db::check::balances(&self.conn)
+            .await
+            .expect("check");
+        assert!(!balances.is_empty(), "no products to check");
+        balances.into_iter().filter(|b| !b.holds()).collect()
+    }
+
     /// The status of an order, as stored.
     pub async fn status(&self, order_id: i64) -> String {
         let rows = self
@@ -341,6 +351,14 @@ impl std::ops::Deref for TestApp {
     }
 }
 
+/// The admin token of `spawn_admin_app`.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Starts Kitara in-process with the admin API on (`ADMIN_TOKEN`).
+pub async fn spawn_admin_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, |s| s.admin_token = Some(ADMIN_TOKEN.into())).await
+}
+
 /// Starts Kitara in-process on a random port against `db`.
 pub async fn spawn_app(db: &TestDb) -> TestApp {
     spawn_app_with(db, |_| {}).await
@@ -452,6 +470,40 @@ impl Api {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
         (status, headers, value)
+    }
+
+    /// An admin request with `ADMIN_TOKEN`; a body is sent as JSON.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let (status, _, value) = self.admin_raw(method, path, Some(ADMIN_TOKEN), body).await;
+        (status, value)
+    }
+
+    /// An admin request as a client could write it: any token or none, any body bytes
+    /// (sent as `application/json`).
+    pub async fn admin_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Bytes>,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        self.send(builder.body(Full::new(body.unwrap_or_default())).unwrap())
+            .await
     }
 
     /// A JSON POST, with an `Idempotency-Key` if one is given.

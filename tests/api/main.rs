@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod admin;
 mod burst;
 mod contract;
 mod durability;

@@ -1,0 +1,279 @@
+//! The store owner's desk: what the admin API does between the edge and the actors.
+//!
+//! A change of a product (a new one, a stock delta, a rename, a limit, a deletion) is
+//! sent to its store's actor, which decides it in order with the store's orders and has
+//! the writer persist it with its ledger row. Users and stores change no stock: they
+//! are written by the writer directly. A new store gets its own actor and index entry
+//! before it is answered, so it takes orders at once.
+
+use std::sync::{Mutex, PoisonError};
+
+use dashmap::DashMap;
+use sea_orm::DbErr;
+use subtle::ConstantTimeEq;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::catalog::Product;
+use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
+use crate::domain::{ProductId, StoreId, UserId};
+use crate::store::{self, ActorConfig, ChangeError, ProductChange, Shared};
+use crate::writer::{AdminWrite, PersistError, Write, Written};
+
+/// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// `KITARA_ADMIN_TOKEN`: what a bearer must present.
+pub struct AdminToken(Box<[u8]>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "KITARA_ADMIN_TOKEN must be at least {MIN_TOKEN_LEN} characters (it has {0}); leave it unset to disable the admin API"
+    )]
+    TooShort(usize),
+    #[error("KITARA_ADMIN_TOKEN must be visible ASCII characters only (it goes in a header)")]
+    NotVisibleAscii,
+}
+
+impl AdminToken {
+    /// The token, or `None` when it is unset or empty (the admin API is then disabled).
+    pub fn new(text: Option<&str>) -> Result<Option<Self>, TokenError> {
+        let text = text.unwrap_or_default();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::NotVisibleAscii);
+        }
+        if text.len() < MIN_TOKEN_LEN {
+            return Err(TokenError::TooShort(text.len()));
+        }
+        Ok(Some(Self(text.as_bytes().into())))
+    }
+
+    /// Compares in constant time, so that the answer's timing does not tell how much of
+    /// a guess was right.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.0.ct_eq(presented).into()
+    }
+}
+
+/// What starts the actor of a store created while Kitara serves. Taken at shutdown, so
+/// that the writer's last handle goes with the actors'.
+pub struct Spawner {
+    pub shared: Shared,
+    pub config: ActorConfig,
+    pub actors: Vec<JoinHandle<()>>,
+}
+
+pub struct AdminDesk {
+    pub token: Option<AdminToken>,
+    /// The live stores: read at start, added to by the admin API.
+    stores: DashMap<StoreId, StoreRow>,
+    spawner: Mutex<Option<Spawner>>,
+}
+
+/// Why an admin request was not done. `http::response` maps each to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("user {0} not found")]
+    UserNotFound(UserId),
+    #[error("store {0} not found")]
+    StoreNotFound(StoreId),
+    #[error("product {0} not found")]
+    ProductNotFound(ProductId),
+    /// A path that names no product id at all.
+    #[error("product not found")]
+    UnknownProduct,
+    #[error(transparent)]
+    Change(ChangeError),
+    #[error("database unavailable")]
+    Unavailable,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl From<DbErr> for AdminError {
+    fn from(e: DbErr) -> Self {
+        tracing::warn!(error = %e, "an admin read failed");
+        AdminError::Unavailable
+    }
+}
+
+impl AdminDesk {
+    pub fn new(token: Option<AdminToken>, stores: Vec<StoreRow>, spawner: Spawner) -> Self {
+        Self {
+            token,
+            stores: stores.into_iter().map(|s| (StoreId(s.id), s)).collect(),
+            spawner: Mutex::new(Some(spawner)),
+        }
+    }
+
+    /// Stops starting actors, and hands over the ones started since start-up.
+    pub fn close(&self) -> Vec<JoinHandle<()>> {
+        self.spawner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|s| s.actors)
+            .unwrap_or_default()
+    }
+
+    /// Every live store, ascending id.
+    pub fn stores(&self) -> Vec<StoreRow> {
+        let mut stores: Vec<StoreRow> = self.stores.iter().map(|s| s.value().clone()).collect();
+        stores.sort_by_key(|s| s.id);
+        stores
+    }
+
+    pub fn has_store(&self, store: StoreId) -> bool {
+        self.stores.contains_key(&store)
+    }
+}
+
+impl AppState {
+    pub async fn create_user(&self, name: String) -> Result<UserId, AdminError> {
+        let created = self.admin_write(AdminWrite::NewUser { name }).await?;
+        let user = UserId(created);
+        self.users.add(user);
+        Ok(user)
+    }
+
+    /// Creates a store and starts its actor; it takes orders once this returns.
+    pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
+        if !self.users.exists(owner).await? {
+            return Err(AdminError::UserNotFound(owner));
+        }
+        let write = AdminWrite::NewStore {
+            name: name.clone(),
+            owner,
+        };
+        let id = match self.admin_write(write).await {
+            Err(AdminError::Change(ChangeError::Conflict)) => {
+                return Err(AdminError::UserNotFound(owner));
+            }
+            other => other?,
+        };
+        let row = StoreRow {
+            id,
+            store_name: name,
+            user_id: owner.0,
+        };
+        let store = StoreId(id);
+        {
+            let mut spawner = self
+                .admin
+                .spawner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(spawner) = spawner.as_mut() else {
+                return Err(AdminError::ShuttingDown);
+            };
+            let (handle, task) = store::spawn(
+                store,
+                Vec::new(),
+                load::StoreState::default(),
+                spawner.shared.clone(),
+                &spawner.config,
+            );
+            spawner.actors.push(task);
+            self.stores.insert(store, handle);
+        }
+        self.admin.stores.insert(store, row.clone());
+        Ok(row)
+    }
+
+    pub async fn create_product(
+        &self,
+        store: StoreId,
+        name: String,
+        stock: i64,
+        limit: Option<i64>,
+    ) -> Result<Product, AdminError> {
+        let (Some(row), Some(handle)) = (
+            self.admin.stores.get(&store).map(|s| s.value().clone()),
+            self.stores.get(&store).map(|h| h.clone()),
+        ) else {
+            return Err(AdminError::StoreNotFound(store));
+        };
+        let change = ProductChange::Add {
+            name,
+            stock,
+            limit,
+            store_name: row.store_name.as_str().into(),
+        };
+        match handle.change(change).await {
+            Err(ChangeError::Conflict) => Err(AdminError::StoreNotFound(store)),
+            other => other.map_err(AdminError::Change),
+        }
+    }
+
+    /// Sends a change of the orderable `product` to its store's actor.
+    pub async fn change_product(
+        &self,
+        product: ProductId,
+        change: ProductChange,
+    ) -> Result<Product, AdminError> {
+        let not_found = AdminError::ProductNotFound(product);
+        let store = self
+            .catalog
+            .snapshot()
+            .get(product)
+            .map(|p| p.store)
+            .ok_or(not_found)?;
+        let handle = self
+            .stores
+            .get(&store)
+            .map(|h| h.clone())
+            .ok_or(not_found)?;
+        match handle.change(change).await {
+            Err(ChangeError::NotFound) => Err(not_found),
+            other => other.map_err(AdminError::Change),
+        }
+    }
+
+    pub async fn admin_orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
+        let _permit = self.read_permit().await?;
+        Ok(load::orders(&self.db, filter).await?)
+    }
+
+    pub async fn movements(&self, product: ProductId) -> Result<Vec<MovementRow>, AdminError> {
+        let _permit = self.read_permit().await?;
+        load::movements(&self.db, product)
+            .await?
+            .ok_or(AdminError::ProductNotFound(product))
+    }
+
+    /// A write that belongs to no store: through the writer, on its own.
+    async fn admin_write(&self, write: AdminWrite) -> Result<i64, AdminError> {
+        let writer = self
+            .admin
+            .spawner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| s.shared.writer.clone())
+            .ok_or(AdminError::ShuttingDown)?;
+        match writer.write(Write::Admin(write)).await {
+            Ok(Written::Admin(created)) => Ok(created),
+            Ok(_) => Err(AdminError::Unavailable),
+            Err(PersistError::Refused) => Err(AdminError::Change(ChangeError::Conflict)),
+            Err(PersistError::OutcomeUnknown) => {
+                Err(AdminError::Change(ChangeError::OutcomeUnknown))
+            }
+            Err(PersistError::Unavailable | PersistError::KeyTaken) => Err(AdminError::Unavailable),
+        }
+    }
+}
+
+impl Shared {
+    /// Start-up: gives every product without a ledger (made by SQL) its `adopted` row,
+    /// so that `kitara check` can prove its stock from then on. Returns how many.
+    pub async fn adopt(&self) -> Result<i64, PersistError> {
+        match self.writer.write(Write::Admin(AdminWrite::Adopt)).await? {
+            Written::Admin(adopted) => Ok(adopted),
+            _ => Err(PersistError::Unavailable),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The admin endpoints (`/api/v1/admin/`), their token, their bodies, and the owner's
+//! page `/admin`.
+//!
+//! Every admin path checks the token first: 403 while the admin API is disabled, 401
+//! with `WWW-Authenticate: Bearer` for a missing or wrong token. Bodies are judged as a
+//! lock's are, field by field, each refusal naming its field.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::value::RawValue;
+
+use super::request::{self, Fields, bad, integer, required};
+use super::response::{self, ApiError, Body};
+use super::{read_json_body, views};
+use crate::admin::AdminError;
+use crate::app::AppState;
+use crate::catalog::Product;
+use crate::db::load::OrderFilter;
+use crate::domain::{MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId};
+use crate::store::ProductChange;
+
+/// The owner's page: plain HTML, CSS and JavaScript, embedded; it works only through
+/// the admin API, with the token the owner types.
+const PAGE: &str = include_str!("admin.html");
+
+/// Names and reasons: 1 to this many characters of UTF-8.
+const MAX_NAME_CHARS: usize = 255;
+
+/// `limit` of `GET /api/v1/admin/orders`.
+const ORDERS_LIMIT: RangeInclusive<u32> = 1..=500;
+const DEFAULT_ORDERS_LIMIT: u32 = 100;
+
+/// What an admin path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Users,
+    Stores,
+    Products,
+    Product,
+    Stock,
+    Movements,
+    Orders,
+}
+
+impl Endpoint {
+    pub fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Users => "POST",
+            Endpoint::Stores | Endpoint::Products => "GET, HEAD, POST",
+            Endpoint::Product => "PATCH, DELETE",
+            Endpoint::Stock => "POST",
+            Endpoint::Movements | Endpoint::Orders => "GET, HEAD",
+        }
+    }
+}
+
+/// `GET /admin`
+pub fn page() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The page's own script and styles only, and requests to Kitara only: a name that
+    // got into the markup anyway could neither load nor send anything.
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// 403 while the admin API is disabled; 401 unless the request carries
+/// `Authorization: Bearer <KITARA_ADMIN_TOKEN>`.
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.admin.token else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => bearer(value.as_bytes()),
+        _ => None,
+    };
+    match presented {
+        Some(presented) if token.accepts(presented) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The credentials of `Bearer <credentials>`; the scheme is case-insensitive.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let credentials = rest.strip_prefix(b" ")?.trim_ascii();
+    (!credentials.is_empty()).then_some(credentials)
+}
+
+/// Serves an admin path whose token was accepted.
+pub async fn serve(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    id: Option<i64>,
+    request: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let method = request.method().clone();
+    let read = matches!(method, Method::GET | Method::HEAD);
+    let product = || id.map(ProductId).ok_or(AdminError::UnknownProduct);
+    match endpoint {
+        Endpoint::Users if method == Method::POST => {
+            let body = body(request, timeout).await?;
+            let object = object(&body, &["name"])?;
+            let name = name(&object, "name")?;
+            let id = state.create_user(name.clone()).await?;
+            Ok(response::created(views::UserView {
+                id: id.0,
+                name: &name,
+            }))
+        }
+        Endpoint::Stores if read => {
+            let stores = state.admin.stores();
+            let views: Vec<views::AdminStoreView<'_>> = stores.iter().map(Into::into).collect();
+            Ok(response::json(StatusCode::OK, "OK", Some(views)))
+        }
+        Endpoint::Stores if method == Method::POST => {
+            let body = body(request, timeout).await?;
+            let object = object(&body, &["store_name"])?;
+            let store_name = name(&object, "store_name")?;
+            let owner = UserId(id_field(&object, "user_id")?);
+            let store = state.create_store(store_name, owner).await?;
+            Ok(response::created(views::AdminStoreView::from(&store)))
+        }
+        Endpoint::Products if read => {
+            let catalog = state.catalog.snapshot();
+            let views: Vec<views::AdminProductView<'_>> = catalog
+                .products()
+                .iter()
+                .map(|p| views::AdminProductView::from(&**p))
+                .collect();
+            Ok(response::json(StatusCode::OK, "OK", Some(views)))
+        }
+        Endpoint::Products if method == Method::POST => {
+            let body = body(request, timeout).await?;
+            let object = object(&body, &["product_name"])?;
+            let product_name = name(&object, "product_name")?;
+            let store = StoreId(id_field(&object, "store_id")?);
+            let stock = count(required(&object, "current_stock")?, "current_stock", 0)?;
+            let limit = limit(&object)?.flatten();
+            let product = state
+                .create_product(store, product_name, stock, limit)
+                .await?;
+            Ok(response::created(views::AdminProductView::from(&product)))
+        }
+        Endpoint::Product if method == Method::PATCH => {
+            let product = product()?;
+            let body = body(request, timeout).await?;
+            let object = object(&body, &["product_name"])?;
+            let name = match object.get("product_name") {
+                Some(_) => Some(name(&object, "product_name")?),
+                None => None,
+            };
+            let limit = limit(&object)?;
+            if name.is_none() && limit.is_none() {
+                return Err(bad("send product_name or max_per_customer (or both)"));
+            }
+            let change = ProductChange::Edit {
+                product,
+                name,
+                limit,
+            };
+            product_answer(&state.change_product(product, change).await?)
+        }
+        Endpoint::Product if method == Method::DELETE => {
+            let product = product()?;
+            let change = ProductChange::Delete { product };
+            product_answer(&state.change_product(product, change).await?)
+        }
+        Endpoint::Stock if method == Method::POST => {
+            let product = product()?;
+            let body = body(request, timeout).await?;
+            let object = object(&body, &["reason"])?;
+            let delta = delta(required(&object, "delta")?)?;
+            let reason = name(&object, "reason")?;
+            let change = ProductChange::Restock {
+                product,
+                delta,
+                reason,
+            };
+            product_answer(&state.change_product(product, change).await?)
+        }
+        Endpoint::Movements if read => {
+            let movements = state.movements(product()?).await?;
+            let views: Vec<views::MovementView<'_>> = movements.iter().map(Into::into).collect();
+            Ok(response::json(StatusCode::OK, "OK", Some(views)))
+        }
+        Endpoint::Orders if read => {
+            let filter = order_filter(request.uri().query().unwrap_or_default())?;
+            if let Some(store) = filter.store
+                && !state.admin.has_store(store)
+            {
+                return Err(AdminError::StoreNotFound(store).into());
+            }
+            let orders = state.admin_orders(filter).await?;
+            Ok(response::json_data(&views::orders(&orders)))
+        }
+        endpoint => Err(ApiError::MethodNotAllowed {
+            allow: endpoint.allow(),
+        }),
+    }
+}
+
+fn product_answer(product: &Product) -> Result<Response<Body>, ApiError> {
+    Ok(response::json(
+        StatusCode::OK,
+        "OK",
+        Some(views::AdminProductView::from(product)),
+    ))
+}
+
+async fn body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
+    let (parts, body) = request.into_parts();
+    read_json_body(&parts.headers, body, timeout).await
+}
+
+/// The body as one JSON object. A body that is not UTF-8 is refused naming the text
+/// field that holds the bad bytes, if one of `texts` does.
+fn object<'a>(body: &'a [u8], texts: &[&str]) -> Result<Fields<'a>, ApiError> {
+    if std::str::from_utf8(body).is_err() {
+        let lossy = String::from_utf8_lossy(body);
+        if let Ok(fields) = serde_json::from_str::<Fields<'_>>(&lossy)
+            && let Some(field) = texts.iter().find(|f| {
+                fields
+                    .get(**f)
+                    .is_some_and(|v| v.get().contains(char::REPLACEMENT_CHARACTER))
+            })
+        {
+            return Err(bad(&format!("{field} must be valid UTF-8")));
+        }
+    }
+    request::object(body)
+}
+
+/// A name or reason: a string of 1 to 255 characters, kept exactly as sent.
+fn name(object: &Fields<'_>, field: &str) -> Result<String, ApiError> {
+    let refusal = || {
+        bad(&format!(
+            "{field} must be a string of 1 to {MAX_NAME_CHARS} characters"
+        ))
+    };
+    let value = required(object, field).map_err(|_| bad(&format!("{field} is required")))?;
+    if !value.get().starts_with('"') {
+        return Err(refusal());
+    }
+    // A lone surrogate escape (`"\ud800"`) is no UTF-8 text.
+    let text: String = serde_json::from_str(value.get())
+        .map_err(|_| bad(&format!("{field} must be valid UTF-8")))?;
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(refusal());
+    }
+    Ok(text)
+}
+
+/// An id: an integer in `1..=MAX_QUANTITY`, as a lock's ids.
+fn id_field(object: &Fields<'_>, field: &str) -> Result<i64, ApiError> {
+    integer(required(object, field)?, field)
+}
+
+/// An integer in `min..=MAX_QUANTITY`.
+fn count(value: &RawValue, field: &str, min: i64) -> Result<i64, ApiError> {
+    match serde_json::from_str::<i64>(value.get()) {
+        Ok(n) if (min..=MAX_QUANTITY).contains(&n) => Ok(n),
+        _ => Err(bad(&format!(
+            "{field} must be an integer between {min} and {MAX_QUANTITY}"
+        ))),
+    }
+}
+
+/// `max_per_customer`: absent (`None`), null (`Some(None)`: no limit), or a count.
+fn limit(object: &Fields<'_>) -> Result<Option<Option<i64>>, ApiError> {
+    const FIELD: &str = "max_per_customer";
+    match object.get(FIELD) {
+        None => Ok(None),
+        Some(value) if value.get() == "null" => Ok(Some(None)),
+        Some(value) => count(value, FIELD, 1).map(|n| Some(Some(n))).map_err(|_| {
+            bad(&format!(
+                "{FIELD} must be null or an integer between 1 and {MAX_QUANTITY}"
+            ))
+        }),
+    }
+}
+
+/// A stock delta: a non-zero integer that fits in 32 bits.
+fn delta(value: &RawValue) -> Result<i64, ApiError> {
+    match serde_json::from_str::<i32>(value.get()) {
+        Ok(n) if n != 0 => Ok(i64::from(n)),
+        _ => Err(bad(&format!(
+            "delta must be a non-zero integer between {} and {}",
+            i32::MIN,
+            i32::MAX
+        ))),
+    }
+}
+
+/// The query of `GET /api/v1/admin/orders`: `store_id`, `status`, `after_id`, `limit`;
+/// other parameters are ignored, a repeated one is refused.
+fn order_filter(query: &str) -> Result<OrderFilter, ApiError> {
+    let mut filter = OrderFilter {
+        limit: DEFAULT_ORDERS_LIMIT,
+        ..OrderFilter::default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let key = key.into_owned();
+        if !matches!(key.as_str(), "store_id" | "status" | "after_id" | "limit") {
+            continue;
+        }
+        if seen.contains(&key) {
+            return Err(bad(&format!("{key} must be given at most once")));
+        }
+        let number = |range: RangeInclusive<i64>| {
+            value
+                .parse::<i64>()
+                .ok()
+                .filter(|n| range.contains(n) && !value.starts_with('+'))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "{key} must be an integer between {} and {}",
+                        range.start(),
+                        range.end()
+                    ))
+                })
+        };
+        match key.as_str() {
+            "store_id" => filter.store = Some(StoreId(number(1..=i64::MAX)?)),
+            "after_id" => filter.after = number(0..=i64::MAX)?,
+            "limit" => {
+                let range = i64::from(*ORDERS_LIMIT.start())..=i64::from(*ORDERS_LIMIT.end());
+                filter.limit = u32::try_from(number(range)?).unwrap_or(DEFAULT_ORDERS_LIMIT);
+            }
+            _ => {
+                filter.status = Some(OrderStatus::parse(&value).ok_or_else(|| {
+                    bad("status must be one of locked, confirmed, cancelled, expired")
+                })?)
+            }
+        }
+        seen.push(key);
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+        match result {
+            Err(ApiError::BadRequest(message)) => message,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bearer_token_follows_its_scheme() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
+        for bad in [&b"Basic abc"[..], b"Bearer", b"Bearer ", b"Bearerabc", b""] {
+            assert_eq!(bearer(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn names_are_one_to_255_characters_of_utf8() {
+        let parse = |body: &[u8]| object(body, &["name"]).and_then(|o| name(&o, "name"));
+        assert_eq!(
+            parse(r#"{"name":"masker 😷"}"#.as_bytes()).unwrap(),
+            "masker 😷"
+        );
+        let long = format!(r#"{{"name":"{}"}}"#, "é".repeat(255));
+        assert_eq!(parse(long.as_bytes()).unwrap().chars().count(), 255);
+        let too_long = format!(r#"{{"name":"{}"}}"#, "a".repeat(256));
+        for body in [
+            too_long.as_bytes(),
+            br#"{"name":""}"#,
+            br#"{"name":5}"#,
+            br#"{"name":null}"#,
+            br#"{}"#,
+            br#"{"name":"\ud800"}"#,
+            b"{\"name\":\"\xff\"}",
+        ] {
+            let message = refusal(parse(body));
+            assert!(message.contains("name"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_delta_is_a_non_zero_32_bit_integer() {
+        let parse = |text: &str| delta(&serde_json::from_str::<Box<RawValue>>(text).unwrap());
+        assert_eq!(parse("-5").unwrap(), -5);
+        assert_eq!(parse("2147483647").unwrap(), 2_147_483_647);
+        for bad in [
+            "0",
+            "2147483648",
+            "-2147483649",
+            "\"5\"",
+            "1.5",
+            "1e2",
+            "true",
+        ] {
+            assert!(refusal(parse(bad)).contains("delta"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_orders_query_names_what_it_refuses() {
+        let filter = order_filter("store_id=2&status=locked&after_id=10&limit=500&x=1").unwrap();
+        assert_eq!(filter.store, Some(StoreId(2)));
+        assert_eq!(filter.status, Some(OrderStatus::Locked));
+        assert_eq!((filter.after, filter.limit), (10, 500));
+        assert_eq!(order_filter("").unwrap().limit, DEFAULT_ORDERS_LIMIT);
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=501", "limit"),
+            ("limit=abc", "limit"),
+            ("after_id=-1", "after_id"),
+            ("store_id=0", "store_id"),
+            ("status=paid", "status"),
+            ("limit=1&limit=2", "limit"),
+        ] {
+            assert!(refusal(order_filter(query)).contains(field), "{query}");
+        }
+    }
+}
