@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod admin_page;
 mod burst;
 mod contract;
 mod durability;
