@@ -10,6 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
 use sea_orm::DbErr;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
 
@@ -52,10 +53,11 @@ impl AdminToken {
         Ok(Some(Self(text.as_bytes().into())))
     }
 
-    /// Compares in constant time, so that the answer's timing does not tell how much of
-    /// a guess was right.
+    /// Compares in constant time, so that the answer's timing tells nothing of a guess:
+    /// digests of equal length, so not even whether its length was right.
     pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.0.ct_eq(presented).into()
+        let (expected, given) = (Sha256::digest(&self.0), Sha256::digest(presented));
+        expected[..].ct_eq(&given[..]).into()
     }
 }
 
@@ -144,6 +146,16 @@ impl AppState {
     pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
         if !self.users.exists(owner).await? {
             return Err(AdminError::UserNotFound(owner));
+        }
+        // Not once shutdown began: the store would be written but get no actor.
+        if self
+            .admin
+            .spawner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            return Err(AdminError::ShuttingDown);
         }
         let write = AdminWrite::NewStore {
             name: name.clone(),

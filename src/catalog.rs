@@ -153,6 +153,22 @@ impl Catalog {
         });
     }
 
+    /// Replaces the products of one store with what its actor reloaded. Only that
+    /// store's actor calls this.
+    pub(crate) fn replace_store(&self, store: StoreId, products: Vec<Product>) {
+        let products: Vec<Arc<Product>> = products.into_iter().map(Arc::new).collect();
+        self.current.rcu(|listing| {
+            let mut all: Vec<Arc<Product>> = listing
+                .products
+                .iter()
+                .filter(|p| p.store != store)
+                .cloned()
+                .collect();
+            all.extend(products.iter().cloned());
+            Listing::new(all)
+        });
+    }
+
     /// Takes a product out of the listing (it was deleted). Only its store's actor
     /// calls this.
     pub(crate) fn remove(&self, id: ProductId) {

@@ -54,10 +54,11 @@ pub struct PurchaseRow {
     pub units: i64,
 }
 
-/// What a store actor starts from: its orderable products' stock and limits, its live
-/// holds, and its buyers' purchases of limited products.
+/// What a store actor starts from: its orderable products (as the catalog shows them),
+/// their stock and limits, its live holds, and its buyers' purchases of limited products.
 #[derive(Debug, Default)]
 pub struct StoreState {
+    pub products: Vec<ProductRow>,
     pub stock: Vec<(ProductId, i64)>,
     pub limits: Vec<(ProductId, i64)>,
     pub holds: Vec<HoldRow>,
@@ -81,17 +82,22 @@ pub async fn stores(
     let mut stores: HashMap<StoreId, StoreState> = HashMap::new();
 
     let sql = filter(
-        "SELECT p.id, p.current_stock, p.max_per_customer, p.store_id FROM products p \
-         JOIN stores s ON s.id = p.store_id WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL",
+        "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name, p.max_per_customer \
+         FROM products p JOIN stores s ON s.id = p.store_id \
+         WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL",
         "p.store_id",
     );
-    for row in txn.query_all_raw(statement(sql)).await? {
-        let product = ProductId(row.try_get_by_index(0)?);
-        let store = stores.entry(StoreId(row.try_get_by_index(3)?)).or_default();
-        store.stock.push((product, row.try_get_by_index(1)?));
-        if let Some(limit) = row.try_get_by_index::<Option<i64>>(2)? {
+    for row in ProductRow::find_by_statement(statement(sql))
+        .all(&txn)
+        .await?
+    {
+        let product = ProductId(row.id);
+        let store = stores.entry(StoreId(row.store_id)).or_default();
+        store.stock.push((product, row.current_stock));
+        if let Some(limit) = row.max_per_customer {
             store.limits.push((product, limit));
         }
+        store.products.push(row);
     }
 
     let sql = filter(
@@ -256,6 +262,8 @@ pub struct OrderFilter {
     pub status: Option<OrderStatus>,
     /// Only orders with a larger id.
     pub after: i64,
+    /// Only orders with a smaller id, and of those the last `limit`: the newest page.
+    pub before: Option<i64>,
     pub limit: u32,
 }
 
@@ -276,14 +284,20 @@ pub async fn orders(
         sql.push_str(" AND status = ?");
         values.push(status.as_str().into());
     }
-    sql.push_str(" ORDER BY id LIMIT ?");
+    if let Some(before) = filter.before {
+        sql.push_str(" AND id < ? ORDER BY id DESC LIMIT ?");
+        values.push(before.into());
+    } else {
+        sql.push_str(" ORDER BY id LIMIT ?");
+    }
     values.push(i64::from(filter.limit).into());
-    let ids: Vec<i64> = db
+    let mut ids: Vec<i64> = db
         .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?
         .iter()
         .map(|row| row.try_get_by_index(0))
         .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
     if ids.is_empty() {
         return Ok(Vec::new());
     }

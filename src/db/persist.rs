@@ -195,6 +195,9 @@ impl Sql {
 struct StockChange {
     taken: i64,
     returned: i64,
+    /// The product must not be deleted: units are taken from it, or the owner changes
+    /// its stock. A product that only gets units back from ended holds may be.
+    live: bool,
 }
 
 /// Writes the batch inside `txn`; the caller commits. Answers, for each admin write in
@@ -212,10 +215,33 @@ pub async fn write_batch(
 ) -> Result<Vec<i64>, WriteError> {
     let mut stock: BTreeMap<ProductId, StockChange> = BTreeMap::new();
     for line in batch.orders.iter().flat_map(|o| o.lines) {
-        stock.entry(line.product).or_default().taken += line.quantity;
+        let change = stock.entry(line.product).or_default();
+        change.taken += line.quantity;
+        change.live = true;
     }
     for line in batch.ended.iter().flat_map(|e| e.returned) {
         stock.entry(line.product).or_default().returned += line.quantity;
+    }
+    // The owner's changes of a product take part in the one ordered pass over the
+    // products' rows: a restock is a guarded delta like an order's, and an edit or a
+    // deletion locks its row there too, in id order, so that two writers' transactions
+    // never wait for each other's rows in opposite orders.
+    for change in &batch.admin {
+        match change {
+            AdminWrite::Restock { product, delta, .. } => {
+                let entry = stock.entry(*product).or_default();
+                if *delta < 0 {
+                    entry.taken -= delta;
+                } else {
+                    entry.returned += delta;
+                }
+                entry.live = true;
+            }
+            AdminWrite::EditProduct { product, .. } | AdminWrite::DeleteProduct { product } => {
+                stock.entry(*product).or_default();
+            }
+            _ => {}
+        }
     }
 
     let mut sql = Sql::new("");
@@ -360,15 +386,7 @@ async fn write_admin(txn: &DatabaseTransaction, change: &AdminWrite) -> Result<i
             delta,
             reason,
         } => {
-            let sql = "UPDATE products SET current_stock = current_stock + ?, updated_at = CURRENT_TIMESTAMP \
-                       WHERE id = ? AND deleted_at IS NULL AND current_stock + ? >= 0";
-            guarded(
-                run(
-                    sql,
-                    vec![(*delta).into(), product.0.into(), (*delta).into()],
-                )
-                .await?,
-            )?;
+            // Its delta was applied, under its guard, with the batch's other stock changes.
             let sql = "INSERT INTO stock_movements (product_id, delta, reason) VALUES (?, ?, ?)";
             run(sql, vec![product.0.into(), (*delta).into(), reason.into()]).await?;
             Ok(0)
@@ -420,12 +438,13 @@ pub(crate) const LIVE_UNITS_OF_P: &str = "SELECT SUM(d.quantity) FROM order_deta
      AND o.status IN ('locked', 'confirmed') AND o.deleted_at IS NULL";
 
 /// `SET current_stock = current_stock + d WHERE id = ? AND current_stock + d >= 0` for
-/// every product of the batch in one statement, `d` being the units given back minus
-/// the units taken. Each product matches at most one row, so "rows affected = number of
-/// products" proves that every product's guard held (MySQL counts matched rows here, as
-/// SQLite does). A product that units are taken from must not be deleted; one that only
-/// gets units back may be (its holds still end). Ascending id: concurrent writers lock
-/// rows in one order.
+/// every product of the batch in one statement, `d` being the units given back (or
+/// added by the owner) minus the units taken. Each product matches at most one row, so
+/// "rows affected = number of products" proves that every product's guard held (MySQL
+/// counts matched rows here, as SQLite does). A product that units are taken from, or
+/// whose stock the owner changes, must not be deleted; one that only gets units back
+/// may be (its holds still end). Ascending id: concurrent writers lock rows in one
+/// order.
 fn change_stock(sql: &mut Sql, stock: &BTreeMap<ProductId, StockChange>) {
     let mut case = Sql::new("CASE id");
     for (product, change) in stock {
@@ -442,7 +461,7 @@ fn change_stock(sql: &mut Sql, stock: &BTreeMap<ProductId, StockChange>) {
     sql.text(") >= 0");
     let returned_only: Vec<i64> = stock
         .iter()
-        .filter(|(_, change)| change.taken == 0)
+        .filter(|(_, change)| !change.live)
         .map(|(product, _)| product.0)
         .collect();
     if returned_only.is_empty() {
@@ -493,7 +512,11 @@ mod tests {
 
     #[test]
     fn stock_changes_guard_what_is_taken() {
-        let change = |taken, returned| StockChange { taken, returned };
+        let change = |taken, returned| StockChange {
+            taken,
+            returned,
+            live: taken > 0,
+        };
         let mut sql = Sql::new("");
         change_stock(
             &mut sql,

@@ -322,8 +322,9 @@ fn delta(value: &RawValue) -> Result<i64, ApiError> {
     }
 }
 
-/// The query of `GET /api/v1/admin/orders`: `store_id`, `status`, `after_id`, `limit`;
-/// other parameters are ignored, a repeated one is refused.
+/// The query of `GET /api/v1/admin/orders`: `store_id`, `status`, `after_id`, `limit`,
+/// and `before_id` (the newest `limit` orders below it, still in ascending id: what the
+/// page polls); other parameters are ignored, a repeated one is refused.
 fn order_filter(query: &str) -> Result<OrderFilter, ApiError> {
     let mut filter = OrderFilter {
         limit: DEFAULT_ORDERS_LIMIT,
@@ -332,7 +333,10 @@ fn order_filter(query: &str) -> Result<OrderFilter, ApiError> {
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let key = key.into_owned();
-        if !matches!(key.as_str(), "store_id" | "status" | "after_id" | "limit") {
+        if !matches!(
+            key.as_str(),
+            "store_id" | "status" | "after_id" | "before_id" | "limit"
+        ) {
             continue;
         }
         if seen.contains(&key) {
@@ -354,6 +358,7 @@ fn order_filter(query: &str) -> Result<OrderFilter, ApiError> {
         match key.as_str() {
             "store_id" => filter.store = Some(StoreId(number(1..=i64::MAX)?)),
             "after_id" => filter.after = number(0..=i64::MAX)?,
+            "before_id" => filter.before = Some(number(1..=i64::MAX)?),
             "limit" => {
                 let range = i64::from(*ORDERS_LIMIT.start())..=i64::from(*ORDERS_LIMIT.end());
                 filter.limit = u32::try_from(number(range)?).unwrap_or(DEFAULT_ORDERS_LIMIT);
@@ -443,6 +448,7 @@ mod tests {
             ("limit=501", "limit"),
             ("limit=abc", "limit"),
             ("after_id=-1", "after_id"),
+            ("before_id=0", "before_id"),
             ("store_id=0", "store_id"),
             ("status=paid", "status"),
             ("limit=1&limit=2", "limit"),

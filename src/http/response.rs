@@ -158,7 +158,9 @@ impl ApiError {
                 | AdminError::ProductNotFound(_)
                 | AdminError::UnknownProduct
                 | AdminError::Change(ChangeError::NotFound) => StatusCode::NOT_FOUND,
-                AdminError::Change(ChangeError::NotEnoughStock) => StatusCode::CONFLICT,
+                AdminError::Change(ChangeError::NotEnoughStock | ChangeError::InProgress) => {
+                    StatusCode::CONFLICT
+                }
                 AdminError::Change(
                     ChangeError::Busy
                     | ChangeError::Unavailable

@@ -91,6 +91,7 @@ pub fn spawn(
         armed: None,
         expiring: false,
         reload_after: false,
+        changing: HashMap::new(),
     };
     actor.replace_state(state);
     (StoreHandle { sender }, tokio::spawn(actor.run()))
@@ -216,6 +217,11 @@ struct StoreActor {
     /// A limit was set on a product that had none: what buyers hold of it is read from
     /// the database before anything else is judged.
     reload_after: bool,
+    /// The owner's changes of each product that the writer has not answered yet, and
+    /// whether one of them edits or deletes it. Deltas commute, but an edit or a
+    /// deletion does not, and with several writers transactions may commit in another
+    /// order than they were decided: so an edit or a deletion goes alone.
+    changing: HashMap<ProductId, (u32, bool)>,
 }
 
 impl StoreActor {
@@ -473,7 +479,15 @@ impl StoreActor {
                 Err(ChangeError::NotFound)
             }
         };
-        Ok(match change {
+        if let Some(product) = change.product() {
+            let alone = !matches!(change, ProductChange::Restock { .. });
+            if let Some(&(_, editing)) = self.changing.get(&product)
+                && (alone || editing)
+            {
+                return Err(ChangeError::InProgress);
+            }
+        }
+        let write = match change {
             ProductChange::Add {
                 name, stock, limit, ..
             } => AdminWrite::NewProduct {
@@ -519,7 +533,25 @@ impl StoreActor {
             ProductChange::Delete { product } => AdminWrite::DeleteProduct {
                 product: known(product)?,
             },
-        })
+        };
+        if let Some(product) = change.product() {
+            let entry = self.changing.entry(product).or_default();
+            entry.0 += 1;
+            entry.1 |= !matches!(change, ProductChange::Restock { .. });
+        }
+        Ok(write)
+    }
+
+    /// The writer answered a change of the store's products (or never will).
+    fn change_landed(&mut self, change: &ProductChange) {
+        if let Some(product) = change.product()
+            && let Some(entry) = self.changing.get_mut(&product)
+        {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                self.changing.remove(&product);
+            }
+        }
     }
 
     /// Applies a committed change of the store's products to memory and the catalog,
@@ -613,6 +645,9 @@ impl StoreActor {
             })),
             Err(_) => {
                 for attempt in attempts {
+                    if let Attempt::Change(change) = &attempt {
+                        self.change_landed(&change.change);
+                    }
                     self.undo(attempt, Failure::ShuttingDown);
                 }
             }
@@ -624,7 +659,6 @@ impl StoreActor {
         let mut again = Vec::new();
         self.apply(attempts, outcome, &mut failed, &mut again);
         if !failed.is_empty() || self.reload_after {
-            self.reload_after = false;
             // Memory and database may now disagree. Wait until nothing of this store is
             // in flight, so the database holds every decision memory still counts, then
             // reload: what is read is then the whole truth.
@@ -632,6 +666,7 @@ impl StoreActor {
                 self.apply(attempts, outcome, &mut failed, &mut again);
             }
             let reloaded = self.reload().await;
+            self.reload_after = false;
             for (attempt, error) in failed {
                 self.retry_or_answer(attempt, error, reloaded, &mut again);
             }
@@ -651,6 +686,9 @@ impl StoreActor {
         for (attempt, result) in attempts.into_iter().zip(outcome) {
             if matches!(attempt, Attempt::End { ref request, .. } if request.respond_to.is_none()) {
                 self.expiring = false;
+            }
+            if let Attempt::Change(change) = &attempt {
+                self.change_landed(&change.change);
             }
             match (attempt, result) {
                 (Attempt::Lock(attempt), Ok(Written::Placed(committed))) => {
@@ -838,6 +876,22 @@ impl StoreActor {
     }
 
     fn replace_state(&mut self, state: StoreState) {
+        // The catalog shows what was read: a change whose outcome was unknown, or a row
+        // changed behind Kitara's back, is listed as the database has it.
+        let products: Vec<Product> = state
+            .products
+            .into_iter()
+            .map(|row| {
+                let id = ProductId(row.id);
+                let mut product = Product::from(row);
+                if let Some(stock) = self.products.get(&id) {
+                    product.stock = stock.clone();
+                }
+                product
+            })
+            .collect();
+        self.products = products.iter().map(|p| (p.id, p.stock.clone())).collect();
+        self.catalog.replace_store(self.store, products);
         self.book.replace(state.stock);
         self.purchases = Purchases::new(
             state.limits,

@@ -120,6 +120,18 @@ pub enum ProductChange {
     },
 }
 
+impl ProductChange {
+    /// The product it changes; `None` for a new one.
+    pub fn product(&self) -> Option<ProductId> {
+        match self {
+            ProductChange::Add { .. } => None,
+            ProductChange::Restock { product, .. }
+            | ProductChange::Edit { product, .. }
+            | ProductChange::Delete { product } => Some(*product),
+        }
+    }
+}
+
 /// Why a product change was not made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
@@ -128,6 +140,10 @@ pub enum ChangeError {
     NotFound,
     #[error("not enough unheld stock")]
     NotEnoughStock,
+    /// An edit or deletion of the product is on its way, or one is asked while a
+    /// change of it is.
+    #[error("another change of this product is in progress")]
+    InProgress,
     #[error("store is busy")]
     Busy,
     #[error("database unavailable")]
