@@ -16,6 +16,7 @@ use crate::db::load::{self, OrderRow};
 use crate::domain::{
     Deadline, IdempotencyKey, Judgement, OrderId, OrderStatus, Resolution, StoreId, UserId, judge,
 };
+use crate::health::Readiness;
 use crate::idempotency::InFlightKeys;
 use crate::store::{LockError, LockRequest, LockResult, ResolveError, StoreHandle};
 use crate::users::KnownUsers;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub reads: Semaphore,
     /// The store owner's token, stores, and what starts a new store's actor.
     pub admin: AdminDesk,
+    /// Whether the database answered lately (`GET /readyz`).
+    pub readiness: Arc<Readiness>,
 }
 
 /// Where a confirm or cancel leaves the order.

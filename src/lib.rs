@@ -20,6 +20,7 @@
 //! - [`idempotency`]: which keys have a request in progress, and their purge.
 //! - [`db`]: connecting, the schema check, demo data, and every SQL statement.
 //! - [`catalog`], [`users`]: what the front end knows without asking an actor.
+//! - [`health`]: readiness, from a prober that pings the database.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod idempotency;
 pub mod startup;

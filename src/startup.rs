@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::db::{self, load};
 use crate::domain::StoreId;
 use crate::error::StartupError;
+use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::idempotency::{self, InFlightKeys};
 use crate::store::{self, ActorConfig, Shared};
@@ -35,6 +36,7 @@ pub struct Application {
     writers: Vec<JoinHandle<()>>,
     actors: Vec<JoinHandle<()>>,
     purger: JoinHandle<()>,
+    prober: JoinHandle<()>,
     server: ServerConfig,
 }
 
@@ -153,16 +155,19 @@ impl Application {
                     actors: Vec::new(),
                 },
             ),
+            readiness: Arc::new(Readiness::default()),
         });
         // Holds that fell due while Kitara was down expire before any store serves; the
         // others keep their deadline.
         state.settle_due().await;
+        let prober = health::spawn_prober(db.clone(), state.readiness.clone());
 
         Ok(Self {
             listener,
             addr,
             state,
             purger: idempotency::spawn_purger(db.clone(), settings.idempotency_keep()),
+            prober,
             db,
             writers: writer_tasks,
             actors,
@@ -194,6 +199,7 @@ impl Application {
         let shutdown_timeout = self.server.shutdown_timeout;
         http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
         self.purger.abort();
+        self.prober.abort();
         // Dropping the handles closes every mailbox: each actor settles what it holds
         // and stops, which drops the last writer handles, which stops the writer.
         let started_later = self.state.admin.close();

@@ -6,6 +6,7 @@
 mod admin;
 mod orders;
 mod request;
+mod request_id;
 pub mod response;
 mod views;
 
@@ -26,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::domain::{OrderId, Resolution};
@@ -83,9 +85,20 @@ pub async fn serve(
         }
         let state = state.clone();
         let request_timeout = config.request_timeout;
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, request, request_timeout).await) }
+            let id = request_id::of(request.headers());
+            let span =
+                tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
+            async move {
+                let method = request.method().clone();
+                let path = request.uri().path().to_owned();
+                let mut response = route(&state, request, request_timeout).await;
+                tracing::debug!(%method, path, status = response.status().as_u16(), "answered");
+                response.headers_mut().insert(request_id::X_REQUEST_ID, id);
+                Ok::<_, Infallible>(response)
+            }
+            .instrument(span)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -110,6 +123,7 @@ pub async fn serve(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Healthz,
+    Readyz,
     Products,
     Lock,
     Order,
@@ -122,7 +136,9 @@ enum Route {
 impl Route {
     fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Products | Route::Order | Route::AdminPage => "GET, HEAD",
+            Route::Healthz | Route::Readyz | Route::Products | Route::Order | Route::AdminPage => {
+                "GET, HEAD"
+            }
             Route::Lock | Route::Confirm | Route::Cancel => "POST",
             Route::Admin(endpoint) => endpoint.allow(),
         }
@@ -137,6 +153,7 @@ fn router() -> &'static matchit::Router<Route> {
         let mut router = matchit::Router::new();
         for (path, route) in [
             ("/healthz", Route::Healthz),
+            ("/readyz", Route::Readyz),
             ("/api/v1/products", Route::Products),
             ("/api/v1/order/lock", Route::Lock),
             ("/api/v1/order/{id}", Route::Order),
@@ -197,6 +214,10 @@ async fn route(
     let post = request.method() == Method::POST;
     let result = match route {
         Route::Healthz if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
+        Route::Readyz if read => match state.readiness.ready() {
+            true => Ok(response::json(StatusCode::OK, "OK", Some("ready"))),
+            false => Err(ApiError::NotReady),
+        },
         Route::Products if read => Ok(list_products(state)),
         Route::Order if read => orders::get(state, order).await,
         Route::Lock if post => orders::lock(state, request, request_timeout).await,

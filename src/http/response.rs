@@ -109,6 +109,9 @@ pub enum ApiError {
     Unauthorized,
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// `GET /readyz` while the database has not answered lately.
+    #[error("not ready: the database has not answered for {} s", crate::health::READY_WITHIN.as_secs())]
+    NotReady,
     /// A bug; the cause was logged.
     #[error("internal error")]
     Internal,
@@ -171,6 +174,7 @@ impl ApiError {
                 | AdminError::Unavailable
                 | AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             },
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

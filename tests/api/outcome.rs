@@ -101,6 +101,16 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Closes the database's port for good: connecting is refused from now on.
+    fn close_port(&self) {
+        if let Some(accepting) = self.state.lock().unwrap().accepting.take() {
+            accepting.abort();
+        }
+        self.blackout(true);
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
@@ -277,6 +287,13 @@ mod mysql {
             ] {
                 keyed_retry_books_once(cut).await;
             }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_follows_the_database_and_liveness_does_not_mysql() {
+        if Backend::Mysql.available() {
+            readiness_follows_the_database().await;
         }
     }
 
@@ -549,5 +566,54 @@ async fn lookup_bounded_by_deadline() {
     assert_eq!(app.listed_stocks().await, db.stocks().await);
     app.stop().await;
     drop(proxy);
+    db.drop_database().await;
+}
+
+/// `GET /readyz` until it answers `want` (within ten seconds); its last answer.
+async fn readyz_turns(app: &TestApp, want: StatusCode) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, headers, body) = app
+            .request(hyper::Method::GET, "/readyz", None, bytes::Bytes::new())
+            .await;
+        if status == want {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(headers.contains_key("retry-after"));
+            }
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never answered {want}; last: {last}");
+}
+
+async fn readiness_follows_the_database() {
+    let (db, proxy, app) = through_proxy(2_000).await;
+    let ready = readyz_turns(&app, StatusCode::OK).await;
+    assert_eq!(ready["data"], "ready");
+
+    // Connections cut and refused: not ready within a few seconds; alive all along.
+    proxy.blackout(true);
+    let down = readyz_turns(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        down["message"].as_str().unwrap().contains("database"),
+        "{down}"
+    );
+    let (status, _, _) = app
+        .request(hyper::Method::GET, "/healthz", None, bytes::Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.blackout(false);
+    readyz_turns(&app, StatusCode::OK).await;
+
+    // The port closed for good.
+    proxy.close_port();
+    readyz_turns(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    let (status, _, _) = app
+        .request(hyper::Method::GET, "/healthz", None, bytes::Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await;
     db.drop_database().await;
 }

@@ -1,0 +1,62 @@
+//! Readiness (`GET /readyz`): Kitara is ready when its stores are loaded (they are
+//! before it serves) and the database answered within the last few seconds. A prober
+//! pings the database every second; `/healthz` stays the process's liveness and never
+//! touches the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+
+/// Ready while the database's last answer is at most this old.
+pub const READY_WITHIN: Duration = Duration::from_secs(3);
+
+/// How often the prober pings, and how long one ping may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct Readiness {
+    since: Instant,
+    /// Milliseconds from `since` to the database's last answer.
+    answered_at: AtomicU64,
+}
+
+impl Default for Readiness {
+    /// Answered now: start-up has just read every store.
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            answered_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Readiness {
+    pub fn answered(&self) {
+        let now = self.since.elapsed().as_millis() as u64;
+        self.answered_at.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn ready(&self) -> bool {
+        let last = Duration::from_millis(self.answered_at.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last) <= READY_WITHIN
+    }
+}
+
+/// Pings the database every second; each answer marks Kitara ready for a while.
+pub fn spawn_prober(db: DatabaseConnection, readiness: Arc<Readiness>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await {
+                Ok(Ok(())) => readiness.answered(),
+                Ok(Err(e)) => tracing::debug!(error = %e, "the database did not answer a ping"),
+                Err(_) => tracing::debug!("a ping of the database timed out"),
+            }
+        }
+    })
+}

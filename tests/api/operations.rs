@@ -1,0 +1,166 @@
+//! Operations (SPEC.md, release 2): request ids in every answer and on the log lines of
+//! their request; readiness (the database going away is in `outcome`, on MariaDB).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::helpers::{Api, Backend, TestDb, order, spawn_admin_app};
+
+/// `kitara serve` on a free port, its log lines sent to the receiver.
+async fn start_kitara(db: &TestDb, format: &str) -> (Child, Api, mpsc::UnboundedReceiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kitara"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .env("DATABASE_URL", &db.url)
+        .env("KITARA_LOG", "info,kitara::http=debug")
+        .env("KITARA_LOG_FORMAT", format)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kitara");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (send, mut receive) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = send.send(line);
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = receive.recv().await {
+            if let Some(at) = line.find("127.0.0.1:") {
+                let addr: String = line[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                if line.contains("listening") {
+                    return addr.parse().expect("address");
+                }
+            }
+        }
+        panic!("kitara exited before listening");
+    })
+    .await
+    .expect("kitara listens within a minute");
+    (child, Api::new(addr), receive)
+}
+
+async fn request_id(api: &Api, raw_header: &str) -> String {
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: kitara\r\n{raw_header}Connection: close\r\n\r\n");
+    let answer = api.raw(request.as_bytes()).await;
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id in {answer:?}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let db = TestDb::with_demo_data(Backend::Sqlite).await;
+    let app = spawn_admin_app(&db).await;
+
+    assert_eq!(
+        request_id(&app, "X-Request-Id: order-7f3a\r\n").await,
+        "order-7f3a"
+    );
+    let longest = "x".repeat(128);
+    assert_eq!(
+        request_id(&app, &format!("X-Request-Id: {longest}\r\n")).await,
+        longest
+    );
+    let made: Vec<String> = [
+        "",
+        &format!("X-Request-Id: {}\r\n", "x".repeat(129)),
+        "X-Request-Id: caf\u{e9}\r\n",
+        "X-Request-Id: a b\r\n",
+        "X-Request-Id: one\r\nX-Request-Id: two\r\n",
+    ]
+    .iter()
+    .map(|header| request_id(&app, header))
+    .collect::<futures_util::future::JoinAll<_>>()
+    .await;
+    for id in &made {
+        assert_eq!(id.len(), 25, "{id:?}: replaced by one Kitara made");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{id}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = made.iter().collect();
+    assert_eq!(distinct.len(), made.len());
+
+    // Ready: the stores are loaded and the database answers.
+    let (status, _, body) = app
+        .request(Method::GET, "/readyz", None, Bytes::new())
+        .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (StatusCode::OK, &serde_json::json!("ready"))
+    );
+
+    // Refusals and errors carry one too.
+    let (status, headers, _) = app
+        .request(Method::GET, "/nowhere", None, Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(headers.contains_key("x-request-id"));
+    let (status, headers, _) = app
+        .request(
+            Method::POST,
+            "/api/v1/order/lock",
+            Some("application/json"),
+            "{",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(headers.contains_key("x-request-id"));
+    let (status, headers, _) = app
+        .admin_raw(Method::GET, "/api/v1/admin/orders", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.contains_key("x-request-id"));
+    app.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_on_the_log_lines_of_their_request() {
+    let db = TestDb::with_demo_data(Backend::Sqlite).await;
+    for format in ["text", "json"] {
+        let (mut child, api, mut logs) = start_kitara(&db, format).await;
+        let id = format!("trace-me-{format}");
+        let request = format!(
+            "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nX-Request-Id: {id}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            order(2, &[(1, 1)]).to_string().len(),
+            order(2, &[(1, 1)])
+        );
+        let answer = api.raw(request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let line = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = logs.recv().await {
+                if line.contains("answered") && line.contains(&id) {
+                    return line;
+                }
+            }
+            panic!("kitara exited");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {format} log line with the request id {id}"));
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            assert_eq!(value["span"]["request_id"], id.as_str(), "{line}");
+        } else {
+            assert!(line.contains(&format!("request_id={id}")), "{line}");
+        }
+        child.kill().await.ok();
+    }
+    db.drop_database().await;
+}
