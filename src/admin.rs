@@ -98,7 +98,7 @@ pub enum AdminError {
 
 impl From<DbErr> for AdminError {
     fn from(e: DbErr) -> Self {
-        tracing::warn!(error = %e, "an admin read failed");
+        crate::warn_summarised!("an admin read failed", error = %e, "an admin read failed");
         AdminError::Unavailable
     }
 }

@@ -74,7 +74,7 @@ impl AppState {
             Ok(true) => {}
             Ok(false) => return Err(LockError::UserNotFound),
             Err(e) => {
-                tracing::warn!(error = %e, "user lookup failed");
+                crate::warn_summarised!("user lookup failed", error = %e, "user lookup failed");
                 return Err(LockError::Unavailable);
             }
         }
@@ -129,7 +129,7 @@ impl AppState {
         // The second pass is for a hold that ended between the read and the actor.
         for _ in 0..2 {
             let order = self.order(id).await.map_err(|e| {
-                tracing::warn!(error = %e, "order lookup failed");
+                crate::warn_summarised!("order lookup failed", error = %e, "order lookup failed");
                 ResolveError::Unavailable
             })?;
             let Some(mut order) = order.filter(|o| o.buyer == buyer) else {

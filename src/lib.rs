@@ -21,6 +21,7 @@
 //! - [`db`]: connecting, the schema check, demo data, and every SQL statement.
 //! - [`catalog`], [`users`]: what the front end knows without asking an actor.
 //! - [`health`]: readiness, from a prober that pings the database.
+//! - [`logs`]: quiet logs under a flood: repeated warnings summarised once a second.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 
 pub mod admin;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod logs;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -23,6 +23,7 @@ use crate::error::StartupError;
 use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::idempotency::{self, InFlightKeys};
+use crate::logs;
 use crate::store::{self, ActorConfig, Shared};
 use crate::users::KnownUsers;
 use crate::writer::{self, WriterConfig};
@@ -37,6 +38,7 @@ pub struct Application {
     actors: Vec<JoinHandle<()>>,
     purger: JoinHandle<()>,
     prober: JoinHandle<()>,
+    summariser: JoinHandle<()>,
     server: ServerConfig,
 }
 
@@ -161,6 +163,7 @@ impl Application {
         // others keep their deadline.
         state.settle_due().await;
         let prober = health::spawn_prober(db.clone(), state.readiness.clone());
+        let summariser = logs::spawn_summariser();
 
         Ok(Self {
             listener,
@@ -168,6 +171,7 @@ impl Application {
             state,
             purger: idempotency::spawn_purger(db.clone(), settings.idempotency_keep()),
             prober,
+            summariser,
             db,
             writers: writer_tasks,
             actors,
@@ -218,6 +222,7 @@ impl Application {
         {
             tracing::warn!("database connections still closing after the shutdown timeout");
         }
+        self.summariser.abort();
         tracing::info!("stopped");
     }
 }

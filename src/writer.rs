@@ -586,7 +586,11 @@ impl Writer {
             }
         };
         result.map_err(|e| {
-            tracing::warn!(error = %e, "cannot begin a transaction");
+            crate::warn_summarised!(
+                "cannot begin a transaction",
+                error = %e,
+                "cannot begin a transaction"
+            );
             PersistError::Unavailable
         })
     }
@@ -626,7 +630,12 @@ impl Writer {
                     return Err(PersistError::OutcomeUnknown);
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, token, "cannot look the outcome up yet");
+                    crate::warn_summarised!(
+                        "cannot look an outcome up yet",
+                        error = %e,
+                        token,
+                        "cannot look the outcome up yet"
+                    );
                     if quick_retries > 0 {
                         quick_retries -= 1;
                         continue;

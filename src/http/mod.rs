@@ -73,7 +73,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, for instance: pause rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    crate::warn_summarised!("accept failed", error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -237,9 +237,7 @@ async fn route(
         }),
     };
     result.unwrap_or_else(|error| {
-        if error.status().is_server_error() {
-            tracing::warn!(%error, "answering with a server error");
-        }
+        error.log();
         error.into_response()
     })
 }

@@ -101,7 +101,7 @@ pub async fn get(state: &AppState, id: Option<OrderId>) -> Result<Response<Body>
         Ok(Some(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(None) => Err(ApiError::OrderNotFound),
         Err(e) => {
-            tracing::warn!(error = %e, "order lookup failed");
+            crate::warn_summarised!("order lookup failed", error = %e, "order lookup failed");
             Err(ApiError::Lock(LockError::Unavailable))
         }
     }
@@ -175,7 +175,11 @@ async fn replay(
     endpoint: Endpoint,
 ) -> Result<Option<Response<Body>>, ApiError> {
     let unavailable = |e: sea_orm::DbErr| {
-        tracing::warn!(error = %e, "idempotency key lookup failed");
+        crate::warn_summarised!(
+            "idempotency key lookup failed",
+            error = %e,
+            "idempotency key lookup failed"
+        );
         ApiError::Lock(LockError::Unavailable)
     };
     let Some(stored) = state.stored_key(key).await.map_err(unavailable)? else {

@@ -195,6 +195,45 @@ impl ApiError {
         )
     }
 
+    /// Logs a server error, summarised per kind under a flood (`logs`); a refusal, and
+    /// a `/readyz` that is not ready, are not worth a line.
+    pub fn log(&self) {
+        use crate::warn_summarised;
+        let unavailable = matches!(
+            self,
+            ApiError::Lock(LockError::Unavailable)
+                | ApiError::Resolve(ResolveError::Unavailable)
+                | ApiError::Admin(
+                    AdminError::Unavailable | AdminError::Change(ChangeError::Unavailable)
+                )
+        );
+        let busy = matches!(
+            self,
+            ApiError::Lock(LockError::Busy)
+                | ApiError::Resolve(ResolveError::Busy)
+                | ApiError::Admin(AdminError::Change(ChangeError::Busy))
+        );
+        let unknown = matches!(
+            self,
+            ApiError::Lock(LockError::OutcomeUnknown)
+                | ApiError::Resolve(ResolveError::OutcomeUnknown)
+                | ApiError::Admin(AdminError::Change(ChangeError::OutcomeUnknown))
+        );
+        let error = self;
+        if !self.status().is_server_error() || matches!(self, ApiError::NotReady) {
+            return;
+        }
+        if unavailable {
+            warn_summarised!("answered 503 (database unavailable)", %error, "answering with a server error");
+        } else if busy {
+            warn_summarised!("answered 503 (store is busy)", %error, "answering with a server error");
+        } else if unknown {
+            warn_summarised!("answered 503 (outcome unknown)", %error, "answering with a server error");
+        } else {
+            warn_summarised!("answered a server error", %error, "answering with a server error");
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let message = match self {

@@ -862,7 +862,12 @@ impl StoreActor {
             match load::stores(&self.db, Some(self.store)).await {
                 Ok(mut stores) => break stores.remove(&self.store).unwrap_or_default(),
                 Err(e) if attempts == 0 => {
-                    tracing::warn!(store = %self.store, error = %e, "cannot reload the store");
+                    crate::warn_summarised!(
+                        "cannot reload a store",
+                        store = %self.store,
+                        error = %e,
+                        "cannot reload the store"
+                    );
                     self.stale_since = Some(Instant::now());
                     return false;
                 }

@@ -13,10 +13,14 @@ use tokio::sync::mpsc;
 use crate::helpers::{Api, Backend, TestDb, order, spawn_admin_app};
 
 /// `kitara serve` on a free port, its log lines sent to the receiver.
-async fn start_kitara(db: &TestDb, format: &str) -> (Child, Api, mpsc::UnboundedReceiver<String>) {
+pub(crate) async fn start_kitara(
+    url: &str,
+    format: &str,
+) -> (Child, Api, mpsc::UnboundedReceiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kitara"))
         .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", url)
+        .env("KITARA_DB_ACQUIRE_TIMEOUT_MS", "300")
         .env("KITARA_LOG", "info,kitara::http=debug")
         .env("KITARA_LOG_FORMAT", format)
         .stdout(Stdio::piped())
@@ -134,7 +138,7 @@ async fn every_answer_carries_a_request_id() {
 async fn request_ids_are_on_the_log_lines_of_their_request() {
     let db = TestDb::with_demo_data(Backend::Sqlite).await;
     for format in ["text", "json"] {
-        let (mut child, api, mut logs) = start_kitara(&db, format).await;
+        let (mut child, api, mut logs) = start_kitara(&db.url, format).await;
         let id = format!("trace-me-{format}");
         let request = format!(
             "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nX-Request-Id: {id}\r\n\

@@ -298,6 +298,13 @@ mod mysql {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_503s_while_the_database_is_down_logs_a_bounded_number_of_lines_mysql() {
+        if Backend::Mysql.available() {
+            quiet_logs_under_a_flood().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_that_cannot_reload_does_not_hold_up_shutdown_mysql() {
         if Backend::Mysql.available() {
             shutdown_while_unreachable().await;
@@ -615,5 +622,78 @@ async fn readiness_follows_the_database() {
         .await;
     assert_eq!(status, StatusCode::OK);
     app.stop().await;
+    db.drop_database().await;
+}
+
+/// The real binary, its database's port closed, under three seconds of orders from 64
+/// clients: thousands of 503s, a handful of log lines.
+async fn quiet_logs_under_a_flood() {
+    let db = TestDb::with_demo_data(Backend::Mysql).await;
+    let (server, name) = db.url.rsplit_once('/').unwrap();
+    let proxy = Proxy::start(server.rsplit('@').next().unwrap().to_owned()).await;
+    let credentials = server.rsplit_once('@').unwrap().0;
+    let url = format!("{credentials}@127.0.0.1:{}/{name}", proxy.port);
+    let (mut child, api, mut logs) = crate::operations::start_kitara(&url, "text").await;
+    let api = Arc::new(api);
+    let (status, _) = api.lock(&order(2, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::OK);
+    while logs.try_recv().is_ok() {}
+
+    proxy.close_port();
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let clients = (0..64).map(|_| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut unavailable = 0u64;
+            while tokio::time::Instant::now() < until {
+                if let Some((StatusCode::SERVICE_UNAVAILABLE, _)) =
+                    api.try_lock(&order(2, &[(1, 1)])).await
+                {
+                    unavailable += 1;
+                }
+            }
+            unavailable
+        })
+    });
+    let mut unavailable = 0;
+    for client in clients.collect::<Vec<_>>() {
+        unavailable += client.await.unwrap();
+    }
+    // The last summary comes within a second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut lines = Vec::new();
+    while let Ok(line) = logs.try_recv() {
+        lines.push(line);
+    }
+    child.kill().await.ok();
+    let warnings: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        unavailable >= 1_000,
+        "only {unavailable} answers 503: no flood"
+    );
+    // A full line and about one summary a second for each kind (503s, failed reloads,
+    // failed BEGINs).
+    assert!(
+        warnings.len() <= 40,
+        "{} lines for {unavailable} answers 503:\n{}",
+        warnings.len(),
+        lines.join("\n")
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("answered 503 (database unavailable)")
+                && l.contains("times in the last 1 s")),
+        "no summary line:\n{}",
+        lines.join("\n")
+    );
+    println!(
+        "{unavailable} answers 503 in 3 s, {} warning lines:\n{}",
+        warnings.len(),
+        lines.join("\n")
+    );
     db.drop_database().await;
 }
