@@ -129,6 +129,15 @@ impl AdminDesk {
         stores
     }
 
+    /// Submissions waiting for the writer (0 once shutdown began).
+    pub fn writer_depth(&self) -> usize {
+        self.spawner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| s.shared.writer.depth())
+    }
+
     pub fn has_store(&self, store: StoreId) -> bool {
         self.stores.contains_key(&store)
     }

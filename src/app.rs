@@ -18,6 +18,7 @@ use crate::domain::{
 };
 use crate::health::Readiness;
 use crate::idempotency::InFlightKeys;
+use crate::metrics::Metrics;
 use crate::store::{LockError, LockRequest, LockResult, ResolveError, StoreHandle};
 use crate::users::KnownUsers;
 use crate::writer::KeyRecord;
@@ -45,6 +46,7 @@ pub struct AppState {
     pub admin: AdminDesk,
     /// Whether the database answered lately (`GET /readyz`).
     pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where a confirm or cancel leaves the order.

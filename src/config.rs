@@ -151,6 +151,11 @@ pub struct Settings {
     #[arg(long, env = "KITARA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Record and serve Prometheus metrics at `/metrics`; `false` only to measure what
+    /// they cost
+    #[arg(long, env = "KITARA_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
     /// Log format
     #[arg(long, env = "KITARA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -36,6 +36,7 @@ pub mod health;
 pub mod http;
 pub mod idempotency;
 pub mod logs;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

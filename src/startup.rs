@@ -24,6 +24,7 @@ use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::idempotency::{self, InFlightKeys};
 use crate::logs;
+use crate::metrics::Metrics;
 use crate::store::{self, ActorConfig, Shared};
 use crate::users::KnownUsers;
 use crate::writer::{self, WriterConfig};
@@ -58,6 +59,7 @@ impl Application {
         let admin_token =
             AdminToken::new(settings.admin_token.as_deref()).map_err(StartupError::AdminToken)?;
         let catalog = Arc::new(Catalog::new(load::products(&db).await?));
+        let metrics = Arc::new(Metrics::new(settings.metrics));
         let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
         let writers = match db.get_database_backend() {
             DbBackend::Sqlite => 1,
@@ -70,12 +72,14 @@ impl Application {
                 queue: settings.writer_queue as usize,
                 outcome_deadline: settings.outcome_deadline(),
                 writers,
+                metrics: metrics.clone(),
             },
             load::max_ids(&db).await?,
         );
 
         let shared = Shared {
             catalog: catalog.clone(),
+            metrics: metrics.clone(),
             writer,
             db: db.clone(),
             clock: clock.clone(),
@@ -158,6 +162,7 @@ impl Application {
                 },
             ),
             readiness: Arc::new(Readiness::default()),
+            metrics,
         });
         // Holds that fell due while Kitara was down expire before any store serves; the
         // others keep their deadline.

@@ -36,6 +36,7 @@ use crate::domain::{
     Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductId,
     Resolution, StoreId, UserId,
 };
+use crate::metrics::{self, DB_ERRORS, Metrics};
 
 /// Why a submission was not persisted. The cause is logged by the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +186,11 @@ impl WriterHandle {
         Ok(outcome)
     }
 
+    /// Submissions waiting for a writer task.
+    pub fn depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     /// Persists one write on its own and waits for its outcome: the admin API's users
     /// and stores, and start-up's adoption.
     pub async fn write(&self, write: Write) -> Result<Written, PersistError> {
@@ -207,6 +213,7 @@ pub struct WriterConfig {
     /// Writer tasks, each with its own transaction in flight: while one commits, the
     /// next batch is already on its way to the database.
     pub writers: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the writer tasks. `last_ids` are the largest order and detail ids in the
@@ -234,6 +241,7 @@ pub fn spawn(
                 batch_size: config.batch_size,
                 outcome_deadline: config.outcome_deadline,
                 ids: ids.clone(),
+                metrics: config.metrics.clone(),
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
                 opening: None,
@@ -256,6 +264,7 @@ struct Ids {
 
 struct Writer {
     db: DatabaseConnection,
+    metrics: Arc<Metrics>,
     /// Shared by the writers: whoever holds it gathers the next batch.
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     batch_size: usize,
@@ -529,7 +538,16 @@ impl Writer {
         token: &persist::Token,
     ) -> Result<Vec<i64>, PersistError> {
         let writes = batch.orders.len() + batch.ended.len() + batch.admin.len();
-        let txn = self.begin().await?;
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let failed = move |kind: &str| metrics.db_error(metrics::index(DB_ERRORS, kind));
+        let txn = match self.begin().await {
+            Ok(txn) => txn,
+            Err(e) => {
+                failed("unavailable");
+                return Err(e);
+            }
+        };
         if self.db.get_database_backend() == DbBackend::MySql {
             let pool = self.db.clone();
             self.opening = Some(tokio::spawn(async move {
@@ -543,7 +561,7 @@ impl Writer {
             Ok(answered) => answered,
             // Dropping `txn` rolls it back.
             Err(e) => {
-                return Err(match e {
+                let error = match e {
                     persist::WriteError::GuardTripped { .. } => {
                         tracing::warn!(error = %e, writes, "batch refused");
                         PersistError::Refused
@@ -557,14 +575,27 @@ impl Writer {
                         tracing::error!(error = %e, writes, "batch failed");
                         PersistError::Unavailable
                     }
+                };
+                failed(match error {
+                    PersistError::Refused => "refused",
+                    _ => "unavailable",
                 });
+                return Err(error);
             }
         };
         match txn.commit().await {
-            Ok(()) => Ok(answered),
+            Ok(()) => {
+                self.metrics.commit(started.elapsed(), batch.orders.len());
+                Ok(answered)
+            }
             Err(e) => {
                 tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
-                self.resolve(token).await.map(|()| answered)
+                failed("commit_lost");
+                let outcome = self.resolve(token).await;
+                if outcome == Err(PersistError::OutcomeUnknown) {
+                    failed("outcome_unknown");
+                }
+                outcome.map(|()| answered)
             }
         }
     }

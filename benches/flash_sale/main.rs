@@ -51,8 +51,9 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 11] = [
+pub(crate) const TABLE_ORDER: [&str; 12] = [
     "hot",
+    "hot-no-metrics",
     "hot-holds",
     "lock-confirm",
     "expiry-wave",

@@ -100,6 +100,10 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         "ratio hot-holds/hot: {:.2}",
         rate("hot-holds") / rate("hot")
     );
+    println!(
+        "ratio hot/hot-no-metrics (what recording metrics costs): {:.3}",
+        rate("hot") / rate("hot-no-metrics")
+    );
     if let Some(pairs) = rows.get("lock-confirm") {
         println!("lock then confirm: {:.0} pairs/s", pairs.rate);
     }

@@ -31,7 +31,8 @@ impl Running {
     /// Builds and starts the server on the server runtime, so that its listener, pool
     /// and tasks all belong to that runtime.
     pub(crate) async fn start(db: &BenchDb, server: Server) -> Self {
-        let settings = Settings::local(&db.url);
+        let mut settings = Settings::local(&db.url);
+        settings.metrics = server != Server::KitaraWithoutMetrics;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
@@ -39,7 +40,7 @@ impl Running {
         let (addr, task) = server_runtime()
             .spawn(async move {
                 match server {
-                    Server::Kitara => {
+                    Server::Kitara | Server::KitaraWithoutMetrics => {
                         let app = Application::build(settings).await.expect("build Kitara");
                         let addr = app.addr();
                         (addr, tokio::spawn(app.run_until(stopped)))

@@ -20,6 +20,8 @@ use crate::{Bench, CONNECTIONS, HUGE_STOCK, SELL_OUT_STOCK, USERS};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Server {
     Kitara,
+    /// Kitara with `KITARA_METRICS=false`: what recording metrics costs.
+    KitaraWithoutMetrics,
     RowLock,
 }
 
@@ -76,6 +78,14 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             "hot",
             "hot (kitara)",
             Server::Kitara,
+            (1, 1, HUGE_STOCK),
+            Lock,
+            Expect::Commits,
+        ),
+        (
+            "hot-no-metrics",
+            "hot without metrics (kitara)",
+            Server::KitaraWithoutMetrics,
             (1, 1, HUGE_STOCK),
             Lock,
             Expect::Commits,

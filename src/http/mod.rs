@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::domain::{OrderId, Resolution};
+use crate::metrics;
 use response::{ApiError, Body};
 use views::ProductView;
 
@@ -91,10 +92,18 @@ pub async fn serve(
             let span =
                 tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
             async move {
+                let started = state.metrics.enabled.then(std::time::Instant::now);
                 let method = request.method().clone();
-                let path = request.uri().path().to_owned();
-                let mut response = route(&state, request, request_timeout).await;
-                tracing::debug!(%method, path, status = response.status().as_u16(), "answered");
+                // Only for the debug line: no copy of the path when it is off.
+                let path = tracing::enabled!(tracing::Level::DEBUG)
+                    .then(|| request.uri().path().to_owned());
+                let (route, mut response) = route(&state, request, request_timeout).await;
+                let status = response.status().as_u16();
+                if let Some(started) = started {
+                    let route = route.map_or(metrics::ROUTES.len() - 1, Route::metric);
+                    state.metrics.request(route, status, started.elapsed());
+                }
+                tracing::debug!(%method, path = path.as_deref(), status, "answered");
                 response.headers_mut().insert(request_id::X_REQUEST_ID, id);
                 Ok::<_, Infallible>(response)
             }
@@ -124,6 +133,7 @@ pub async fn serve(
 enum Route {
     Healthz,
     Readyz,
+    Metrics,
     Products,
     Lock,
     Order,
@@ -136,11 +146,39 @@ enum Route {
 impl Route {
     fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Readyz | Route::Products | Route::Order | Route::AdminPage => {
-                "GET, HEAD"
-            }
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Products
+            | Route::Order
+            | Route::AdminPage => "GET, HEAD",
             Route::Lock | Route::Confirm | Route::Cancel => "POST",
             Route::Admin(endpoint) => endpoint.allow(),
+        }
+    }
+}
+
+impl Route {
+    /// Its index in `metrics::ROUTES`.
+    fn metric(self) -> usize {
+        use admin::Endpoint;
+        match self {
+            Route::Healthz => 0,
+            Route::Readyz => 1,
+            Route::Metrics => 2,
+            Route::Products => 3,
+            Route::Lock => 4,
+            Route::Order => 5,
+            Route::Confirm => 6,
+            Route::Cancel => 7,
+            Route::AdminPage => 8,
+            Route::Admin(Endpoint::Users) => 9,
+            Route::Admin(Endpoint::Stores) => 10,
+            Route::Admin(Endpoint::Products) => 11,
+            Route::Admin(Endpoint::Product) => 12,
+            Route::Admin(Endpoint::Stock) => 13,
+            Route::Admin(Endpoint::Movements) => 14,
+            Route::Admin(Endpoint::Orders) => 15,
         }
     }
 }
@@ -154,6 +192,7 @@ fn router() -> &'static matchit::Router<Route> {
         for (path, route) in [
             ("/healthz", Route::Healthz),
             ("/readyz", Route::Readyz),
+            ("/metrics", Route::Metrics),
             ("/api/v1/products", Route::Products),
             ("/api/v1/order/lock", Route::Lock),
             ("/api/v1/order/{id}", Route::Order),
@@ -194,17 +233,18 @@ fn router() -> &'static matchit::Router<Route> {
     })
 }
 
+/// Answers a request; also says which route it was (for the metrics).
 async fn route(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     request_timeout: Duration,
-) -> Response<Body> {
+) -> (Option<Route>, Response<Body>) {
     let (route, id) = match router().at(request.uri().path()) {
         Ok(matched) => (
             *matched.value,
             matched.params.get("id").map(request::parse_id),
         ),
-        Err(_) => return ApiError::NotFound.into_response(),
+        Err(_) => return (None, ApiError::NotFound.into_response()),
     };
     // The path names an order or a product, or something that names none.
     let id = id.flatten();
@@ -220,7 +260,12 @@ async fn route(
         },
         Route::Products if read => Ok(list_products(state)),
         Route::Order if read => orders::get(state, order).await,
-        Route::Lock if post => orders::lock(state, request, request_timeout).await,
+        Route::Lock if post => {
+            let result = orders::lock(state, request, request_timeout).await;
+            state.metrics.lock_outcome(lock_outcome(&result));
+            result
+        }
+        Route::Metrics if read => metrics_answer(state),
         Route::Confirm if post => {
             orders::end(state, request, order, Resolution::Confirm, request_timeout).await
         }
@@ -236,10 +281,66 @@ async fn route(
             allow: route.allow(),
         }),
     };
-    result.unwrap_or_else(|error| {
+    let response = result.unwrap_or_else(|error| {
         error.log();
         error.into_response()
-    })
+    });
+    (Some(route), response)
+}
+
+/// What a lock request ended as, an index of `metrics::LOCK_RESULTS`.
+fn lock_outcome(result: &Result<Response<Body>, ApiError>) -> usize {
+    use crate::store::LockError;
+    let name = match result {
+        Ok(response) if response.headers().contains_key("idempotent-replayed") => "replayed",
+        Ok(_) => "placed",
+        Err(ApiError::Lock(e)) => match e {
+            LockError::UserNotFound => "user_not_found",
+            LockError::MixedStores => "mixed_stores",
+            LockError::LimitExceeded => "limit_exceeded",
+            LockError::NoneAvailable => "none_available",
+            LockError::SomeAvailable => "some_available",
+            LockError::Busy => "busy",
+            LockError::Unavailable | LockError::KeyTaken => "unavailable",
+            LockError::Conflict => "conflict",
+            LockError::OutcomeUnknown => "outcome_unknown",
+            LockError::ShuttingDown => "shutting_down",
+        },
+        Err(ApiError::KeyInProgress) => "key_in_progress",
+        Err(ApiError::KeyReused) => "key_reused",
+        Err(_) => "invalid",
+    };
+    metrics::index(metrics::LOCK_RESULTS, name)
+}
+
+/// `GET /metrics`: the Prometheus text format, with the depths read now.
+fn metrics_answer(state: &AppState) -> Result<Response<Body>, ApiError> {
+    if !state.metrics.enabled {
+        return Err(ApiError::NotFound);
+    }
+    let deepest = state
+        .stores
+        .iter()
+        .map(|s| s.value().depth())
+        .max()
+        .unwrap_or(0);
+    state.metrics.mailbox_depth.set(deepest as i64);
+    state
+        .metrics
+        .writer_queue
+        .set(state.admin.writer_depth() as i64);
+    let text = state.metrics.render().map_err(|e| {
+        tracing::error!(error = %e, "cannot render the metrics");
+        ApiError::Internal
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    Ok(response)
 }
 
 fn list_products(state: &AppState) -> Response<Body> {

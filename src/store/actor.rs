@@ -20,6 +20,7 @@ use crate::domain::{
     Begin, Deadline, HoldBook, LockOrder, OrderId, OrderLine, ProductId, Purchases, Resolution,
     StockBook, StoreId, UserId, Verdict,
 };
+use crate::metrics::{self, Metrics};
 use crate::writer::{AdminWrite, KeyRecord, Outcome, PersistError, Write, WriterHandle, Written};
 
 /// While its stock is unknown (the database was unreachable), a store tries to reload it
@@ -45,6 +46,7 @@ pub struct ActorConfig {
 #[derive(Clone)]
 pub struct Shared {
     pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
     pub writer: WriterHandle,
     pub db: DatabaseConnection,
     pub clock: Clock,
@@ -61,6 +63,7 @@ pub fn spawn(
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let Shared {
         catalog,
+        metrics,
         writer,
         db,
         clock,
@@ -77,6 +80,8 @@ pub fn spawn(
             .map(|p| (p.id, p.stock.clone()))
             .collect(),
         catalog,
+        metrics,
+        published_holds: 0,
         mailbox,
         writer,
         db,
@@ -191,6 +196,9 @@ struct StoreActor {
     /// The products every reader sees; the actor replaces its store's entries when a
     /// change of them committed.
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    /// The live holds this store has counted into `metrics.holds_active`.
+    published_holds: i64,
     mailbox: mpsc::Receiver<Command>,
     writer: WriterHandle,
     /// For reloading the store after the database refused a batch.
@@ -658,6 +666,7 @@ impl StoreActor {
         let mut failed = Vec::new();
         let mut again = Vec::new();
         self.apply(attempts, outcome, &mut failed, &mut again);
+        self.publish_holds();
         if !failed.is_empty() || self.reload_after {
             // Memory and database may now disagree. Wait until nothing of this store is
             // in flight, so the database holds every decision memory still counts, then
@@ -723,6 +732,9 @@ impl StoreActor {
                         self.book.release(hold.order.lines());
                         self.purchases.remove(&hold.order);
                         self.publish(hold.order.lines().iter().map(|l| l.product));
+                    }
+                    if resolution == Resolution::Expire && self.metrics.enabled {
+                        self.metrics.expiries.inc();
                     }
                     let status = resolution.status();
                     request.answer(Ok(status));
@@ -862,6 +874,8 @@ impl StoreActor {
             match load::stores(&self.db, Some(self.store)).await {
                 Ok(mut stores) => break stores.remove(&self.store).unwrap_or_default(),
                 Err(e) if attempts == 0 => {
+                    self.metrics
+                        .db_error(metrics::index(metrics::DB_ERRORS, "reload_failed"));
                     crate::warn_summarised!(
                         "cannot reload a store",
                         store = %self.store,
@@ -912,6 +926,7 @@ impl StoreActor {
                 .map(|h| (h.id, h.order, h.expires_at)),
         );
         self.armed = None;
+        self.publish_holds();
         let all: Vec<ProductId> = self.products.keys().copied().collect();
         self.publish(all.into_iter());
     }
@@ -920,6 +935,17 @@ impl StoreActor {
         match self.stale_since {
             Some(since) if since.elapsed() < RELOAD_INTERVAL => false,
             _ => self.reload().await,
+        }
+    }
+
+    /// Counts this store's live holds into the gauge of all stores' holds.
+    fn publish_holds(&mut self) {
+        let holds = self.holds.len() as i64;
+        if holds != self.published_holds && self.metrics.enabled {
+            self.metrics
+                .holds_active
+                .inc_by(holds - self.published_holds);
+            self.published_holds = holds;
         }
     }
 

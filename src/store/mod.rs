@@ -279,6 +279,11 @@ impl StoreHandle {
         }
     }
 
+    /// Commands waiting in the mailbox.
+    pub fn depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     fn send(&self, command: Command) -> Result<(), NotSent> {
         self.sender.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => NotSent::Busy,

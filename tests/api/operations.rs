@@ -168,3 +168,111 @@ async fn request_ids_are_on_the_log_lines_of_their_request() {
     }
     db.drop_database().await;
 }
+
+/// The value of one series in a `/metrics` text, by its exact name and labels.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+async fn metrics_text(app: &crate::helpers::TestApp) -> String {
+    let request = "GET /metrics HTTP/1.1\r\nHost: kitara\r\nConnection: close\r\n\r\n";
+    let answer = app.raw(request.as_bytes()).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+async fn metrics_count_a_flash_sale(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let app = std::sync::Arc::new(
+        crate::helpers::spawn_app_at(&db, crate::helpers::manual_clock(), |_| {}).await,
+    );
+    // 30 concurrent orders of one unit on masker (stock 10), held for 5 s.
+    let mut held = order(2, &[(1, 1)]);
+    held["hold_seconds"] = serde_json::json!(5);
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let app = app.clone();
+            let held = held.clone();
+            tokio::spawn(async move { app.lock(&held).await.0 })
+        })
+        .collect();
+    let mut placed = 0;
+    for task in tasks {
+        if task.await.unwrap() == StatusCode::OK {
+            placed += 1;
+        }
+    }
+    assert_eq!(placed, 10);
+    let (status, _) = app.lock(&order(99, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let text = metrics_text(&app).await;
+    assert_eq!(
+        series(&text, r#"kitara_lock_outcomes_total{result="placed"}"#),
+        10.0
+    );
+    let refused = series(
+        &text,
+        r#"kitara_lock_outcomes_total{result="none_available"}"#,
+    ) + series(
+        &text,
+        r#"kitara_lock_outcomes_total{result="some_available"}"#,
+    );
+    assert_eq!(refused, 20.0);
+    assert_eq!(
+        series(
+            &text,
+            r#"kitara_lock_outcomes_total{result="user_not_found"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"kitara_http_requests_total{route="lock",status="200"}"#
+        ),
+        10.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"kitara_http_requests_total{route="lock",status="400"}"#
+        ),
+        21.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"kitara_http_request_duration_seconds_count{route="lock"}"#
+        ),
+        31.0
+    );
+    let orders = series(&text, "kitara_orders_per_commit_sum");
+    assert_eq!(orders, 10.0);
+    assert!(series(&text, "kitara_commit_duration_seconds_count") >= 1.0);
+    assert_eq!(series(&text, "kitara_holds_active"), 10.0);
+    assert_eq!(series(&text, "kitara_expiries_total"), 0.0);
+    assert_eq!(series(&text, "kitara_mailbox_depth_max"), 0.0);
+    assert_eq!(series(&text, "kitara_writer_queue_depth"), 0.0);
+    assert!(text.contains(r#"kitara_database_errors_total{kind="refused"} 0"#));
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+    // The holds expire: counted, and no longer active.
+    app.advance(Duration::from_secs(6)).await;
+    let text = metrics_text(&app).await;
+    assert_eq!(series(&text, "kitara_expiries_total"), 10.0);
+    assert_eq!(series(&text, "kitara_holds_active"), 0.0);
+    // /metrics counts itself too.
+    assert!(text.contains(r#"kitara_http_requests_total{route="metrics",status="200"} 1"#));
+    crate::helpers::TestApp::stop_shared(app).await;
+    db.drop_database().await;
+}
+
+crate::on_both_backends!(metrics_count_a_flash_sale);

@@ -1,0 +1,471 @@
+//! `GET /metrics`: Prometheus metrics through `prometheus-client`, the Prometheus
+//! project's own crate, whose text encoder writes the format Prometheus scrapes.
+//!
+//! Recording never takes a lock or allocates: every series is an atomic made at start,
+//! found by index. That is why the series with labels and the histograms are Kitara's
+//! own small types (`Grid`, `Labeled`, `Histogram`) that implement the crate's
+//! `EncodeMetric`: the crate's `Family` finds a series through a lock, and its
+//! `Histogram` observes under a mutex. Gauges that are a sum over stores (mailbox and
+//! writer-queue depth) are read when scraped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The routes requests are counted by, as `http` numbers them; the last is for a path
+/// that names no route.
+pub const ROUTES: &[&str] = &[
+    "healthz",
+    "readyz",
+    "metrics",
+    "products",
+    "lock",
+    "order",
+    "confirm",
+    "cancel",
+    "admin_page",
+    "admin_users",
+    "admin_stores",
+    "admin_products",
+    "admin_product",
+    "admin_stock",
+    "admin_movements",
+    "admin_orders",
+    "unmatched",
+];
+
+/// The statuses Kitara answers; anything else is counted as `other`.
+const STATUSES: &[u16] = &[
+    200, 201, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 500, 503,
+];
+
+/// What a lock request ended as.
+pub const LOCK_RESULTS: &[&str] = &[
+    "placed",
+    "replayed",
+    "invalid",
+    "user_not_found",
+    "mixed_stores",
+    "limit_exceeded",
+    "none_available",
+    "some_available",
+    "key_in_progress",
+    "key_reused",
+    "busy",
+    "unavailable",
+    "conflict",
+    "outcome_unknown",
+    "shutting_down",
+];
+
+/// Why the database failed Kitara.
+pub const DB_ERRORS: &[&str] = &[
+    "refused",
+    "unavailable",
+    "commit_lost",
+    "outcome_unknown",
+    "reload_failed",
+];
+
+/// Request latency buckets, in microseconds.
+const LATENCY_US: &[u64] = &[
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// Commit duration buckets, in microseconds.
+const COMMIT_US: &[u64] = &[
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Orders-per-commit buckets.
+const ORDERS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024];
+
+pub struct Metrics {
+    /// Off only to measure what metrics cost (`KITARA_METRICS=false`).
+    pub enabled: bool,
+    registry: Registry,
+    requests: Arc<Grid>,
+    latency: Arc<ByRoute>,
+    locks: Arc<Labeled>,
+    db_errors: Arc<Labeled>,
+    pub commit_seconds: Arc<Histogram>,
+    pub orders_per_commit: Arc<Histogram>,
+    pub holds_active: Gauge,
+    pub expiries: Counter,
+    pub mailbox_depth: Gauge,
+    pub writer_queue: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(enabled: bool) -> Self {
+        let mut registry = Registry::with_prefix("kitara");
+        let requests = Arc::new(Grid::new());
+        registry.register(
+            "http_requests",
+            "Requests answered, by route and status",
+            Exported(requests.clone()),
+        );
+        let latency = Arc::new(ByRoute::new());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route",
+            Exported(latency.clone()),
+        );
+        let locks = Arc::new(Labeled::new("result", LOCK_RESULTS));
+        registry.register(
+            "lock_outcomes",
+            "Lock requests by what they ended as: placed, each refusal, each 503",
+            Exported(locks.clone()),
+        );
+        let db_errors = Arc::new(Labeled::new("kind", DB_ERRORS));
+        registry.register(
+            "database_errors",
+            "Database failures by kind (a refused batch, unreachable, a COMMIT whose answer was lost, an outcome not learnt in time, a store that could not reload)",
+            Exported(db_errors.clone()),
+        );
+        let commit_seconds = Arc::new(Histogram::new(COMMIT_US, 1e-6));
+        registry.register(
+            "commit_duration_seconds",
+            "Time of one write transaction, BEGIN to COMMIT",
+            Exported(commit_seconds.clone()),
+        );
+        let orders_per_commit = Arc::new(Histogram::new(ORDERS, 1.0));
+        registry.register(
+            "orders_per_commit",
+            "New orders in one committed transaction (group commit)",
+            Exported(orders_per_commit.clone()),
+        );
+        let holds_active = Gauge::default();
+        registry.register(
+            "holds_active",
+            "Orders locked and not yet confirmed, cancelled or expired",
+            holds_active.clone(),
+        );
+        let expiries = Counter::default();
+        registry.register("expiries", "Holds that expired", expiries.clone());
+        let mailbox_depth = Gauge::default();
+        registry.register(
+            "mailbox_depth_max",
+            "Commands waiting in the fullest store mailbox",
+            mailbox_depth.clone(),
+        );
+        let writer_queue = Gauge::default();
+        registry.register(
+            "writer_queue_depth",
+            "Submissions waiting for the database writer",
+            writer_queue.clone(),
+        );
+        Self {
+            enabled,
+            registry,
+            requests,
+            latency,
+            locks,
+            db_errors,
+            commit_seconds,
+            orders_per_commit,
+            holds_active,
+            expiries,
+            mailbox_depth,
+            writer_queue,
+        }
+    }
+
+    /// A request answered: its route (an index of `ROUTES`), status and latency.
+    pub fn request(&self, route: usize, status: u16, took: Duration) {
+        if !self.enabled {
+            return;
+        }
+        self.requests.add(route, status);
+        self.latency.observe(route, took);
+    }
+
+    /// A lock request ended as `LOCK_RESULTS[result]`.
+    pub fn lock_outcome(&self, result: usize) {
+        if self.enabled {
+            self.locks.add(result);
+        }
+    }
+
+    /// The database failed as `DB_ERRORS[kind]`.
+    pub fn db_error(&self, kind: usize) {
+        if self.enabled {
+            self.db_errors.add(kind);
+        }
+    }
+
+    /// A committed transaction: how long it took and how many new orders it held (one
+    /// of only ends of holds is not a commit of orders).
+    pub fn commit(&self, took: Duration, orders: usize) {
+        if self.enabled {
+            self.commit_seconds.observe(took.as_micros() as u64);
+            if orders > 0 {
+                self.orders_per_commit.observe(orders as u64);
+            }
+        }
+    }
+
+    /// The text Prometheus scrapes.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// What Kitara's own series types write; `Exported` hands them to the registry while
+/// the recording sites keep their `Arc`.
+trait Series: Send + Sync + std::fmt::Debug + 'static {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error>;
+    fn metric_type(&self) -> MetricType;
+}
+
+#[derive(Debug)]
+struct Exported<T>(Arc<T>);
+
+impl<T: Series> EncodeMetric for Exported<T> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// An index of `names`, for the recording sites.
+pub fn index(names: &[&str], name: &str) -> usize {
+    names.iter().position(|n| *n == name).unwrap_or(0)
+}
+
+/// Requests by route and status: one atomic per pair; only pairs seen are written.
+#[derive(Debug)]
+struct Grid {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Grid {
+    fn new() -> Self {
+        let cells = ROUTES.len() * (STATUSES.len() + 1);
+        Self {
+            counts: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn add(&self, route: usize, status: u16) {
+        let column = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len());
+        let cell = route.min(ROUTES.len() - 1) * (STATUSES.len() + 1) + column;
+        self.counts[cell].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Series for Grid {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (cell, count) in self.counts.iter().enumerate() {
+            let n = count.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let route = ROUTES[cell / (STATUSES.len() + 1)];
+            let status = STATUSES
+                .get(cell % (STATUSES.len() + 1))
+                .map_or_else(|| "other".to_owned(), u16::to_string);
+            let labels = [("route", route), ("status", status.as_str())];
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A counter per value of one label, every value written (zeros too, so that rates
+/// start from the first scrape).
+#[derive(Debug)]
+struct Labeled {
+    label: &'static str,
+    names: &'static [&'static str],
+    counts: Box<[AtomicU64]>,
+}
+
+impl Labeled {
+    fn new(label: &'static str, names: &'static [&'static str]) -> Self {
+        Self {
+            label,
+            names,
+            counts: names.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn add(&self, index: usize) {
+        if let Some(count) = self.counts.get(index) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Series for Labeled {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (name, count) in self.names.iter().zip(self.counts.iter()) {
+            let labels = [(self.label, *name)];
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A histogram of whole units (microseconds, orders) with fixed bounds: one atomic per
+/// bucket and one for the sum.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    /// What one unit is in the exported value (1e-6 for microseconds as seconds).
+    scale: f64,
+    /// Per bucket, not cumulative; the last is above every bound.
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [u64], scale: f64) -> Self {
+        Self {
+            bounds,
+            scale,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: u64) {
+        let bucket = self.bounds.partition_point(|&b| b < value);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn encode_into(&self, encoder: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let bound = self
+                .bounds
+                .get(i)
+                .map_or(f64::INFINITY, |&b| b as f64 * self.scale);
+            buckets.push((bound, cumulative));
+        }
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+}
+
+impl Series for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_into(&mut encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Request latency, one histogram per route; routes never asked for are left out.
+#[derive(Debug)]
+struct ByRoute {
+    histograms: Box<[Histogram]>,
+}
+
+impl ByRoute {
+    fn new() -> Self {
+        Self {
+            histograms: ROUTES
+                .iter()
+                .map(|_| Histogram::new(LATENCY_US, 1e-6))
+                .collect(),
+        }
+    }
+
+    fn observe(&self, route: usize, took: Duration) {
+        if let Some(histogram) = self.histograms.get(route) {
+            histogram.observe(took.as_micros() as u64);
+        }
+    }
+}
+
+impl Series for ByRoute {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (route, histogram) in ROUTES.iter().zip(self.histograms.iter()) {
+            if histogram.count() == 0 {
+                continue;
+            }
+            let labels = [("route", *route)];
+            histogram.encode_into(&mut encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_written_in_the_text_format() {
+        let metrics = Metrics::new(true);
+        metrics.request(index(ROUTES, "lock"), 200, Duration::from_micros(700));
+        metrics.request(index(ROUTES, "lock"), 200, Duration::from_millis(3));
+        metrics.request(index(ROUTES, "unmatched"), 418, Duration::from_micros(10));
+        metrics.lock_outcome(index(LOCK_RESULTS, "none_available"));
+        metrics.commit(Duration::from_millis(2), 120);
+        metrics.holds_active.inc_by(3);
+        let text = metrics.render().unwrap();
+        for line in [
+            r#"kitara_http_requests_total{route="lock",status="200"} 2"#,
+            r#"kitara_http_requests_total{route="unmatched",status="other"} 1"#,
+            r#"kitara_http_request_duration_seconds_bucket{le="0.001",route="lock"} 1"#,
+            r#"kitara_http_request_duration_seconds_count{route="lock"} 2"#,
+            r#"kitara_lock_outcomes_total{result="none_available"} 1"#,
+            r#"kitara_lock_outcomes_total{result="placed"} 0"#,
+            r#"kitara_orders_per_commit_bucket{le="128.0"} 1"#,
+            r#"kitara_orders_per_commit_sum 120.0"#,
+            "kitara_holds_active 3",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}
