@@ -35,6 +35,10 @@ pub enum Command {
     /// Prove that every product's stock adds up: current_stock = Σ ledger deltas − units
     /// of live order lines. Safe while Kitara serves; exits 1 if any product fails
     Check(CheckArgs),
+    /// Rehearse a flash sale against a running Kitara over HTTP: concurrent customers
+    /// lock, confirm and cancel; then a report, and whether the listing agrees with
+    /// what was sold (exit 1 if not, 2 if Kitara cannot be reached)
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -22,6 +22,7 @@
 //! - [`catalog`], [`users`]: what the front end knows without asking an actor.
 //! - [`health`]: readiness, from a prober that pings the database.
 //! - [`logs`]: quiet logs under a flood: repeated warnings summarised once a second.
+//! - [`simulate`]: `kitara simulate`, a flash-sale rehearsal against a running Kitara.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod http;
 pub mod idempotency;
 pub mod logs;
 pub mod metrics;
+pub mod simulate;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -29,6 +29,18 @@ fn main() -> ExitCode {
             current_thread()
                 .and_then(|runtime| runtime.block_on(db::migrate(&args.database, !args.no_demo)))
         }
+        Command::Simulate(args) => {
+            let simulated = startup::runtime(0)
+                .map_err(|e| kitara::simulate::SimulateError::Usage(e.to_string()))
+                .and_then(|runtime| runtime.block_on(kitara::simulate::run(args)));
+            return match simulated {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kitara simulate: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
+        }
         Command::Check(args) => {
             let checked =
                 current_thread().and_then(|runtime| runtime.block_on(db::check(&args.database)));

@@ -17,4 +17,5 @@ mod operations;
 mod outcome;
 mod races;
 mod reconcile;
+mod simulate;
 mod startup;
