@@ -37,6 +37,7 @@ pub const ROUTES: &[&str] = &[
     "admin_stock",
     "admin_movements",
     "admin_orders",
+    "openapi",
     "unmatched",
 ];
 

@@ -4,6 +4,7 @@
 //! becomes an `ApiError` answer.
 
 mod admin;
+mod openapi;
 mod orders;
 mod request;
 mod request_id;
@@ -134,6 +135,7 @@ enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Products,
     Lock,
     Order,
@@ -149,6 +151,7 @@ impl Route {
             Route::Healthz
             | Route::Readyz
             | Route::Metrics
+            | Route::OpenApi
             | Route::Products
             | Route::Order
             | Route::AdminPage => "GET, HEAD",
@@ -179,6 +182,7 @@ impl Route {
             Route::Admin(Endpoint::Stock) => 13,
             Route::Admin(Endpoint::Movements) => 14,
             Route::Admin(Endpoint::Orders) => 15,
+            Route::OpenApi => 16,
         }
     }
 }
@@ -193,6 +197,7 @@ fn router() -> &'static matchit::Router<Route> {
             ("/healthz", Route::Healthz),
             ("/readyz", Route::Readyz),
             ("/metrics", Route::Metrics),
+            ("/api/v1/openapi.json", Route::OpenApi),
             ("/api/v1/products", Route::Products),
             ("/api/v1/order/lock", Route::Lock),
             ("/api/v1/order/{id}", Route::Order),
@@ -266,6 +271,7 @@ async fn route(
             result
         }
         Route::Metrics if read => metrics_answer(state),
+        Route::OpenApi if read => Ok(openapi_answer()),
         Route::Confirm if post => {
             orders::end(state, request, order, Resolution::Confirm, request_timeout).await
         }
@@ -311,6 +317,18 @@ fn lock_outcome(result: &Result<Response<Body>, ApiError>) -> usize {
         Err(_) => "invalid",
     };
     metrics::index(metrics::LOCK_RESULTS, name)
+}
+
+/// `GET /api/v1/openapi.json`: the document itself, not in an envelope.
+fn openapi_answer() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        openapi::document().as_bytes(),
+    )));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// `GET /metrics`: the Prometheus text format, with the depths read now.

@@ -8,7 +8,7 @@ use crate::db::load::{MovementRow, OrderRow, StoreRow};
 use crate::domain::{OrderStatus, UserId};
 use crate::store::Placed;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ProductView<'a> {
     id: i64,
     product_name: &'a str,
@@ -17,8 +17,8 @@ pub struct ProductView<'a> {
     store: StoreView<'a>,
 }
 
-#[derive(Serialize)]
-struct StoreView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct StoreView<'a> {
     id: i64,
     store_name: &'a str,
 }
@@ -39,16 +39,19 @@ impl<'a> From<&'a Product> for ProductView<'a> {
 }
 
 /// The answer to a lock: release 1's fields, then the hold's.
-#[derive(Serialize)]
-struct LockView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct LockView<'a> {
     order_id: i64,
     order_details: Vec<DetailView<'a>>,
+    #[schema(value_type = super::openapi::Status)]
     status: &'static str,
+    /// RFC 3339 UTC; null holds until confirmed or cancelled.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
-struct DetailView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct DetailView<'a> {
     order_detail_id: i64,
     product_id: i64,
     product_name: &'a str,
@@ -56,12 +59,15 @@ struct DetailView<'a> {
 }
 
 /// An order as `GET /api/v1/order/{id}`, confirm and cancel answer it.
-#[derive(Serialize)]
-struct OrderView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct OrderView<'a> {
     order_id: i64,
     user_id: i64,
     store_id: i64,
+    #[schema(value_type = super::openapi::Status)]
     status: &'static str,
+    /// RFC 3339 UTC; null holds until confirmed or cancelled.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     order_details: Vec<DetailView<'a>>,
 }
@@ -133,7 +139,7 @@ pub fn orders(orders: &[OrderRow]) -> Vec<u8> {
 }
 
 /// A product as every admin answer shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AdminProductView<'a> {
     id: i64,
     product_name: &'a str,
@@ -154,13 +160,13 @@ impl<'a> From<&'a Product> for AdminProductView<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView<'a> {
     pub id: i64,
     pub name: &'a str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AdminStoreView<'a> {
     id: i64,
     store_name: &'a str,
@@ -177,7 +183,7 @@ impl<'a> From<&'a StoreRow> for AdminStoreView<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MovementView<'a> {
     id: i64,
     delta: i64,

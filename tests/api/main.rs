@@ -13,6 +13,7 @@ mod holds;
 mod keys;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod operations;
 mod outcome;
 mod races;

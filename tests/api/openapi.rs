@@ -1,0 +1,78 @@
+//! The OpenAPI document against the server it describes: schemathesis (PyPI), run
+//! against a live Kitara on SQLite with the admin token set, through every operation
+//! with its standard checks: no server errors, documented status codes, answers and
+//! headers that conform to the schema, and the documented content type.
+//!
+//! Without schemathesis the test is skipped, as the MariaDB tests are, except under
+//! `CI=true`, where it fails. `KITARA_TEST_SCHEMATHESIS` names the executable if it is
+//! not on the `PATH`; `.ci/run` installs it into `/opt/schemathesis`.
+
+use std::path::PathBuf;
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestDb, spawn_admin_app};
+
+const SCHEMATHESIS_VAR: &str = "KITARA_TEST_SCHEMATHESIS";
+
+fn schemathesis() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(SCHEMATHESIS_VAR) {
+        return Some(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("schemathesis"))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but schemathesis is not installed (pip install schemathesis, or set {SCHEMATHESIS_VAR})"
+        );
+        eprintln!(
+            "skipping the schemathesis run: schemathesis is not on the PATH (or {SCHEMATHESIS_VAR})"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_the_document_does_not_say() {
+    let Some(schemathesis) = schemathesis() else {
+        return;
+    };
+    let db = TestDb::with_demo_data(Backend::Sqlite).await;
+    let app = spawn_admin_app(&db).await;
+    let base = format!("http://{}", app.addr);
+    let output = tokio::process::Command::new(schemathesis)
+        .args([
+            "run",
+            &format!("{base}/api/v1/openapi.json"),
+            "--url",
+            &base,
+            "--header",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            "--max-examples",
+            "50",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ])
+        .output()
+        .await
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    println!("{}", summary.join("\n"));
+    assert!(
+        output.status.success(),
+        "schemathesis failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("passed"), "{stdout}");
+    app.stop().await;
+    db.drop_database().await;
+}
