@@ -375,19 +375,22 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The encoder makes the buckets cumulative itself: it is given each bucket's own
+    /// count.
     fn encode_into(&self, encoder: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
+        let mut total = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+            let count = count.load(Ordering::Relaxed);
+            total += count;
             let bound = self
                 .bounds
                 .get(i)
                 .map_or(f64::INFINITY, |&b| b as f64 * self.scale);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, count));
         }
         let sum = self.sum.load(Ordering::Relaxed) as f64 * self.scale;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
     }
 }
 
@@ -460,9 +463,17 @@ mod tests {
             r#"kitara_http_requests_total{route="unmatched",status="other"} 1"#,
             r#"kitara_http_request_duration_seconds_bucket{le="0.001",route="lock"} 1"#,
             r#"kitara_http_request_duration_seconds_count{route="lock"} 2"#,
+            // Cumulative: the 0.7 ms request is in every bucket from 1 ms up, the 3 ms
+            // one from 5 ms up; +Inf is the count.
+            r#"kitara_http_request_duration_seconds_bucket{le="0.0025",route="lock"} 1"#,
+            r#"kitara_http_request_duration_seconds_bucket{le="0.005",route="lock"} 2"#,
+            r#"kitara_http_request_duration_seconds_bucket{le="10.0",route="lock"} 2"#,
+            r#"kitara_http_request_duration_seconds_bucket{le="+Inf",route="lock"} 2"#,
             r#"kitara_lock_outcomes_total{result="none_available"} 1"#,
             r#"kitara_lock_outcomes_total{result="placed"} 0"#,
             r#"kitara_orders_per_commit_bucket{le="128.0"} 1"#,
+            r#"kitara_orders_per_commit_bucket{le="1024.0"} 1"#,
+            r#"kitara_orders_per_commit_bucket{le="+Inf"} 1"#,
             r#"kitara_orders_per_commit_sum 120.0"#,
             "kitara_holds_active 3",
         ] {

@@ -120,6 +120,12 @@ impl SimulateError {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// How long one request may take before it counts as failed on the wire.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tries of a keyed request whose connection failed.
+const WIRE_ATTEMPTS: u32 = 3;
+
 struct Target {
     base: String,
     client: HttpClient,
@@ -144,7 +150,10 @@ impl Target {
         }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await.map_err(|e| chain(&e))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
+            .map_err(|e| chain(&e))?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -154,6 +163,27 @@ impl Target {
             .to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
+    }
+
+    /// A keyed request, sent again (with its key, so it books once) when the
+    /// connection fails: a lock whose answer was lost may have placed a hold.
+    async fn send_keyed(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> Result<(StatusCode, Value), String> {
+        let mut last = String::new();
+        for attempt in 0..WIRE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            match self.send(Method::POST, path, Some(body), Some(key)).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Stock per product, as listed.
@@ -188,6 +218,8 @@ struct Tally {
     confirmed_units: BTreeMap<i64, i64>,
     cancelled: u64,
     left_to_expire: u64,
+    /// Holds that expired before their confirm reached them.
+    expired_first: u64,
     /// Confirms and cancels that did not answer 200.
     unresolved: u64,
 }
@@ -263,7 +295,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
     if tally.left_to_expire > 0
         && let Some(hold) = args.hold_seconds
     {
-        println!(
+        eprintln!(
             "waiting {} s for the {} holds left to expire...",
             hold + 2,
             tally.left_to_expire
@@ -319,9 +351,7 @@ async fn customer_loop(
         }
         let key = format!("simulate-{run}-{n}");
         let asked = Instant::now();
-        let answer = target
-            .send(Method::POST, "/api/v1/order/lock", Some(&body), Some(&key))
-            .await;
+        let answer = target.send_keyed("/api/v1/order/lock", &body, &key).await;
         let latency = asked.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         let (status, answer) = match answer {
             Ok(answer) => answer,
@@ -355,11 +385,10 @@ async fn customer_loop(
             }
         };
         let resolved = target
-            .send(
-                Method::POST,
+            .send_keyed(
                 &format!("/api/v1/order/{order}/{action}"),
-                Some(&json!({"user_id": buyer})),
-                Some(&format!("{key}-{action}")),
+                &json!({"user_id": buyer}),
+                &format!("{key}-{action}"),
             )
             .await;
         let mut tally = tally.lock().await;
@@ -368,6 +397,10 @@ async fn customer_loop(
                 *tally.confirmed_units.entry(product).or_default() += args.quantity;
             }
             Ok((StatusCode::OK, _)) => tally.cancelled += 1,
+            // The hold expired before the confirm reached it: its units are back.
+            Ok((StatusCode::CONFLICT, answer)) if answer["message"] == "order is expired" => {
+                tally.expired_first += 1;
+            }
             _ => tally.unresolved += 1,
         }
     }
@@ -457,14 +490,18 @@ fn report(
         }
     }
     if tally.failed > 0 {
-        println!("  failed on the wire: {}", tally.failed);
+        println!(
+            "  failed on the wire, {WIRE_ATTEMPTS} times with the same key: {} (their outcome is unknown)",
+            tally.failed
+        );
     }
     let sold: i64 = tally.confirmed_units.values().sum();
     println!(
-        "holds: {} confirmed ({sold} units sold), {} cancelled, {} left to expire, {} not resolved",
+        "holds: {} confirmed ({sold} units sold), {} cancelled, {} left to expire, {} expired before their confirm, {} not resolved",
         tally.confirmed_units.values().sum::<i64>() / args.quantity,
         tally.cancelled,
         tally.left_to_expire,
+        tally.expired_first,
         tally.unresolved
     );
     let mut sorted = tally.latencies.clone();

@@ -592,8 +592,10 @@ impl Writer {
                 tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
                 failed("commit_lost");
                 let outcome = self.resolve(token).await;
-                if outcome == Err(PersistError::OutcomeUnknown) {
-                    failed("outcome_unknown");
+                match outcome {
+                    Ok(()) => self.metrics.commit(started.elapsed(), batch.orders.len()),
+                    Err(PersistError::OutcomeUnknown) => failed("outcome_unknown"),
+                    Err(_) => {}
                 }
                 outcome.map(|()| answered)
             }

@@ -36,7 +36,7 @@ pub fn json<T: Serialize>(status: StatusCode, message: &str, data: Option<T>) ->
             tracing::error!(error = %e, "cannot serialise an answer");
             with_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                br#"{"code":500,"message":"internal error","data":null}"#.to_vec(),
+                br#"{"server_time":"1970-01-01T00:00:00Z","code":500,"message":"internal error","data":null}"#.to_vec(),
             )
         }
     }
