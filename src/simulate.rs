@@ -187,12 +187,19 @@ impl Target {
     }
 
     /// Stock per product, as listed.
-    async fn stocks(&self) -> Result<BTreeMap<i64, i64>, String> {
+    async fn stocks(&self) -> Result<BTreeMap<i64, i64>, SimulateError> {
+        let unreachable = |reason| SimulateError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        };
         let (status, body) = self
             .send(Method::GET, "/api/v1/products", None, None)
-            .await?;
+            .await
+            .map_err(unreachable)?;
         if status != StatusCode::OK {
-            return Err(format!("GET /api/v1/products answered {status}"));
+            return Err(unreachable(format!(
+                "GET /api/v1/products answered {status}"
+            )));
         }
         Ok(body["data"]
             .as_array()
@@ -237,13 +244,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
         base: base.clone(),
         client,
     });
-    let before = target
-        .stocks()
-        .await
-        .map_err(|reason| SimulateError::Unreachable {
-            url: base.clone(),
-            reason,
-        })?;
+    let before = target.stocks().await?;
     for product in &args.products {
         if !before.contains_key(product) {
             return Err(SimulateError::Usage(format!(
@@ -302,13 +303,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
         );
         tokio::time::sleep(Duration::from_secs(u64::from(hold) + 2)).await;
     }
-    let after = target
-        .stocks()
-        .await
-        .map_err(|reason| SimulateError::Unreachable {
-            url: base.clone(),
-            reason,
-        })?;
+    let after = target.stocks().await?;
     report(&args, &tally, attempted, took, &before, &after)
 }
 

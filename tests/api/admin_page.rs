@@ -137,6 +137,16 @@ async fn text(browser: &Client, css: &str) -> Result<String, String> {
     element.text().await.map_err(|e| format!("{css}: {e}"))
 }
 
+async fn click(browser: &Client, css: &str) {
+    let element = browser.find(Locator::Css(css)).await.expect(css);
+    element.click().await.expect(css);
+}
+
+async fn select(browser: &Client, css: &str, value: &str) {
+    let element = browser.find(Locator::Css(css)).await.expect(css);
+    element.select_by_value(value).await.expect(css);
+}
+
 async fn type_into(browser: &Client, css: &str, value: &str) -> Result<(), CmdError> {
     let field = browser.find(Locator::Css(css)).await?;
     field.clear().await?;
@@ -159,13 +169,7 @@ async fn the_owners_page_works_in_a_real_browser() {
     type_into(&browser, "#token", "not-the-token-at-all")
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("#token-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#token-submit").await;
     eventually("the refusal of a wrong token", || async {
         let shown = text(&browser, "#token-error").await?;
         seen(shown.contains("401"), shown)
@@ -174,13 +178,7 @@ async fn the_owners_page_works_in_a_real_browser() {
 
     // The right one shows the demo products with their stock.
     type_into(&browser, "#token", ADMIN_TOKEN).await.unwrap();
-    browser
-        .find(Locator::Css("#token-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#token-submit").await;
     for (id, name, stock) in [
         (1, "masker", "10"),
         (2, "sikat gigi", "5"),
@@ -201,22 +199,12 @@ async fn the_owners_page_works_in_a_real_browser() {
     }
 
     // A restock through the form shows the new stock.
-    let select = browser
-        .find(Locator::Css("#restock-product"))
-        .await
-        .unwrap();
-    select.select_by_value("1").await.unwrap();
+    select(&browser, "#restock-product", "1").await;
     type_into(&browser, "#restock-delta", "5").await.unwrap();
     type_into(&browser, "#restock-reason", "truck arrived")
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("#restock-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#restock-submit").await;
     eventually("masker's new stock", || async {
         let shown = text(&browser, "#products tr[data-product-id=\"1\"] .stock").await?;
         seen(shown == "15", shown)
@@ -226,21 +214,9 @@ async fn the_owners_page_works_in_a_real_browser() {
 
     // A new product, named like markup, is listed by its name as text.
     type_into(&browser, "#new-name", SCRIPT_LIKE).await.unwrap();
-    browser
-        .find(Locator::Css("#new-store"))
-        .await
-        .unwrap()
-        .select_by_value("1")
-        .await
-        .unwrap();
+    select(&browser, "#new-store", "1").await;
     type_into(&browser, "#new-stock", "7").await.unwrap();
-    browser
-        .find(Locator::Css("#new-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#new-submit").await;
     eventually("the new product", || async {
         let shown = text(&browser, "#products tr[data-product-id=\"4\"] .name").await?;
         seen(shown == SCRIPT_LIKE, shown)

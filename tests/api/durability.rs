@@ -3,15 +3,13 @@
 //! database; every order answered 200 is there, as answered, holds expire on time, and
 //! a retry with the key gets the same order.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::helpers::{Api, Backend, TestDb, order};
 
@@ -23,30 +21,8 @@ crate::on_both_backends!(
 
 /// Starts `kitara serve` on a free port and waits until it listens.
 async fn start_kitara(db: &TestDb) -> (Child, Api) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kitara"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-        .env("DATABASE_URL", &db.url)
-        .env("KITARA_LOG", "info")
-        .env("KITARA_LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start kitara");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some((_, addr)) = line.split_once("listening address=") {
-                return addr.trim().parse().expect("address");
-            }
-        }
-        panic!("kitara exited before listening");
-    })
-    .await
-    .expect("kitara listens within a minute");
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, Api::new(addr))
+    let (child, api, _logs) = crate::helpers::start_kitara(&db.url, &[]).await;
+    (child, api)
 }
 
 async fn orders_answered_200_survive_a_sigkill(backend: Backend) {

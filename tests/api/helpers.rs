@@ -17,7 +17,7 @@ use kitara::config::Settings;
 use kitara::startup::Application;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 /// Runs each named test once per backend: `sqlite::name` and `mysql::name`.
@@ -611,4 +611,52 @@ pub fn order(user: i64, lines: &[(i64, i64)]) -> Value {
         "user_id": user,
         "products": lines.iter().map(|&(p, q)| serde_json::json!({"product_id": p, "quantity": q})).collect::<Vec<_>>(),
     })
+}
+
+/// The real binary, `kitara serve` on a free port against `url`, with `envs` besides
+/// (text logs at `info` unless they say otherwise); its log lines are sent to the
+/// receiver, and drained once it is dropped.
+pub async fn start_kitara(
+    url: &str,
+    envs: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    Api,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitara"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .env("DATABASE_URL", url)
+        .env("KITARA_LOG", "info")
+        .env("KITARA_LOG_FORMAT", "text")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kitara");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (send, mut receive) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = send.send(line);
+        }
+    });
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = receive.recv().await {
+            if let Some(at) = line.find("127.0.0.1:") {
+                let addr: String = line[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                if line.contains("listening") {
+                    return addr.parse().expect("address");
+                }
+            }
+        }
+        panic!("kitara exited before listening");
+    })
+    .await
+    .expect("kitara listens within a minute");
+    (child, Api::new(addr), receive)
 }

@@ -1,58 +1,12 @@
 //! Operations (SPEC.md, release 2): request ids in every answer and on the log lines of
 //! their request; readiness (the database going away is in `outcome`, on MariaDB).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
-use crate::helpers::{Api, Backend, TestDb, order, spawn_admin_app};
-
-/// `kitara serve` on a free port, its log lines sent to the receiver.
-pub(crate) async fn start_kitara(
-    url: &str,
-    format: &str,
-) -> (Child, Api, mpsc::UnboundedReceiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kitara"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-        .env("DATABASE_URL", url)
-        .env("KITARA_DB_ACQUIRE_TIMEOUT_MS", "300")
-        .env("KITARA_LOG", "info,kitara::http=debug")
-        .env("KITARA_LOG_FORMAT", format)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start kitara");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (send, mut receive) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = send.send(line);
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = receive.recv().await {
-            if let Some(at) = line.find("127.0.0.1:") {
-                let addr: String = line[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                if line.contains("listening") {
-                    return addr.parse().expect("address");
-                }
-            }
-        }
-        panic!("kitara exited before listening");
-    })
-    .await
-    .expect("kitara listens within a minute");
-    (child, Api::new(addr), receive)
-}
+use crate::helpers::{Api, Backend, TestDb, order, spawn_admin_app, start_kitara};
 
 async fn request_id(api: &Api, raw_header: &str) -> String {
     let request =
@@ -138,7 +92,14 @@ async fn every_answer_carries_a_request_id() {
 async fn request_ids_are_on_the_log_lines_of_their_request() {
     let db = TestDb::with_demo_data(Backend::Sqlite).await;
     for format in ["text", "json"] {
-        let (mut child, api, mut logs) = start_kitara(&db.url, format).await;
+        let (mut child, api, mut logs) = start_kitara(
+            &db.url,
+            &[
+                ("KITARA_LOG", "info,kitara::http=debug"),
+                ("KITARA_LOG_FORMAT", format),
+            ],
+        )
+        .await;
         let id = format!("trace-me-{format}");
         let request = format!(
             "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nX-Request-Id: {id}\r\n\

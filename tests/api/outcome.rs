@@ -633,7 +633,8 @@ async fn quiet_logs_under_a_flood() {
     let proxy = Proxy::start(server.rsplit('@').next().unwrap().to_owned()).await;
     let credentials = server.rsplit_once('@').unwrap().0;
     let url = format!("{credentials}@127.0.0.1:{}/{name}", proxy.port);
-    let (mut child, api, mut logs) = crate::operations::start_kitara(&url, "text").await;
+    let (mut child, api, mut logs) =
+        crate::helpers::start_kitara(&url, &[("KITARA_DB_ACQUIRE_TIMEOUT_MS", "300")]).await;
     let api = Arc::new(api);
     let (status, _) = api.lock(&order(2, &[(1, 1)])).await;
     assert_eq!(status, StatusCode::OK);
