@@ -84,6 +84,26 @@ struct Refusal {
     data: Option<()>,
 }
 
+/// What every admin operation may answer before it looks at the request.
+#[derive(utoipa::IntoResponses)]
+enum AdminGuard {
+    #[response(status = 401, description = "Missing or wrong token")]
+    Unauthorized(#[to_schema] Refusal),
+    #[response(status = 403, description = "The admin API is disabled")]
+    Disabled(#[to_schema] Refusal),
+}
+
+/// What every operation that takes a body may answer before it parses it.
+#[derive(utoipa::IntoResponses)]
+enum BodyRefusals {
+    #[response(status = 408, description = "The body was not received in time")]
+    Timeout(#[to_schema] Refusal),
+    #[response(status = 413, description = "The body is over 64 KiB")]
+    TooLarge(#[to_schema] Refusal),
+    #[response(status = 415, description = "The body is not application/json")]
+    NotJson(#[to_schema] Refusal),
+}
+
 macro_rules! envelope {
     ($name:ident, $data:ty) => {
         #[derive(ToSchema)]
@@ -218,9 +238,7 @@ fn products() {}
         (status = 200, description = "Locked: a hold on every line", body = LockAnswer),
         (status = 400, description = "A field breaks a rule, the user is unknown, the products are in several stores, a limit is exceeded, or the stock is short", body = Refusal),
         (status = 409, description = "A request with this Idempotency-Key is in progress", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy, the database unavailable, or the outcome unknown: retry with the same key", body = Refusal),
     ))]
@@ -244,9 +262,7 @@ fn get_order() {}
         (status = 400, description = "A field breaks a rule", body = Refusal),
         (status = 404, description = "No such order of this buyer", body = Refusal),
         (status = 409, description = "The order ended otherwise, or a request with this key is in progress", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
@@ -261,9 +277,7 @@ fn confirm() {}
         (status = 400, description = "A field breaks a rule", body = Refusal),
         (status = 404, description = "No such order of this buyer", body = Refusal),
         (status = 409, description = "The order ended otherwise, or a request with this key is in progress", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
@@ -274,11 +288,8 @@ fn cancel() {}
     responses(
         (status = 201, description = "Created", body = UserAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        AdminGuard,
+        BodyRefusals,
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
 fn admin_new_user() {}
@@ -286,8 +297,7 @@ fn admin_new_user() {}
 #[utoipa::path(get, path = "/api/v1/admin/stores", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every live store", body = StoresAnswer),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
     ))]
 fn admin_stores() {}
 
@@ -296,12 +306,9 @@ fn admin_stores() {}
     responses(
         (status = 201, description = "Created; it takes orders at once", body = StoreAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such user", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
 fn admin_new_store() {}
@@ -309,8 +316,7 @@ fn admin_new_store() {}
 #[utoipa::path(get, path = "/api/v1/admin/products", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every orderable product", body = AdminProductsAnswer),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
     ))]
 fn admin_products() {}
 
@@ -319,12 +325,9 @@ fn admin_products() {}
     responses(
         (status = 201, description = "Created; orderable and listed at once", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such store", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 fn admin_new_product() {}
@@ -335,13 +338,10 @@ fn admin_new_product() {}
     responses(
         (status = 200, description = "The product as changed", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule, or nothing to change", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
         (status = 409, description = "Another change of this product is in progress", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 fn admin_edit_product() {}
@@ -350,8 +350,7 @@ fn admin_edit_product() {}
     params(("id" = i64, Path, minimum = 1)),
     responses(
         (status = 200, description = "Deleted (softly): the product as it was", body = ProductAnswer),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
         (status = 409, description = "Another change of this product is in progress", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
@@ -364,13 +363,10 @@ fn admin_delete_product() {}
     responses(
         (status = 200, description = "The product with its new stock", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
         (status = 409, description = "Not enough unheld stock, or an edit of the product is in progress", body = Refusal),
-        (status = 408, description = "The body was not received in time", body = Refusal),
-        (status = 413, description = "The body is over 64 KiB", body = Refusal),
-        (status = 415, description = "The body is not application/json", body = Refusal),
+        BodyRefusals,
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 fn admin_stock() {}
@@ -379,8 +375,7 @@ fn admin_stock() {}
     params(("id" = i64, Path, minimum = 1)),
     responses(
         (status = 200, description = "The product's ledger, ascending id", body = MovementsAnswer),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
@@ -397,8 +392,7 @@ fn admin_movements() {}
     responses(
         (status = 200, description = "Orders in ascending id, each as GET /api/v1/order/{id} shows it", body = OrdersAnswer),
         (status = 400, description = "A parameter breaks a rule", body = Refusal),
-        (status = 401, description = "Missing or wrong token", body = Refusal),
-        (status = 403, description = "The admin API is disabled", body = Refusal),
+        AdminGuard,
         (status = 404, description = "No such store", body = Refusal),
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
