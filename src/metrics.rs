@@ -46,7 +46,27 @@ const STATUSES: &[u16] = &[
     200, 201, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 500, 503,
 ];
 
-/// What a lock request ended as.
+/// What a lock request ended as: `LOCK_RESULTS[result as usize]` is its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockResult {
+    Placed,
+    Replayed,
+    Invalid,
+    UserNotFound,
+    MixedStores,
+    LimitExceeded,
+    NoneAvailable,
+    SomeAvailable,
+    KeyInProgress,
+    KeyReused,
+    Busy,
+    Unavailable,
+    Conflict,
+    OutcomeUnknown,
+    ShuttingDown,
+}
+
+/// The labels of `LockResult`, in its order.
 pub const LOCK_RESULTS: &[&str] = &[
     "placed",
     "replayed",
@@ -196,10 +216,9 @@ impl Metrics {
         self.latency.observe(route, took);
     }
 
-    /// A lock request ended as `LOCK_RESULTS[result]`.
-    pub fn lock_outcome(&self, result: usize) {
+    pub fn lock_outcome(&self, result: LockResult) {
         if self.enabled {
-            self.locks.add(result);
+            self.locks.add(result as usize);
         }
     }
 
@@ -454,7 +473,9 @@ mod tests {
         metrics.request(index(ROUTES, "lock"), 200, Duration::from_micros(700));
         metrics.request(index(ROUTES, "lock"), 200, Duration::from_millis(3));
         metrics.request(index(ROUTES, "unmatched"), 418, Duration::from_micros(10));
-        metrics.lock_outcome(index(LOCK_RESULTS, "none_available"));
+        metrics.lock_outcome(LockResult::NoneAvailable);
+        assert_eq!(LOCK_RESULTS.len(), LockResult::ShuttingDown as usize + 1);
+        assert_eq!(LOCK_RESULTS[LockResult::KeyReused as usize], "key_reused");
         metrics.commit(Duration::from_millis(2), 120);
         metrics.holds_active.inc_by(3);
         let text = metrics.render().unwrap();

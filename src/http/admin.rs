@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use super::request::{self, Fields, bad, integer, required};
+use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError, Body};
 use super::{read_json_body, views};
 use crate::admin::AdminError;
@@ -63,12 +62,12 @@ impl Endpoint {
 
 /// `GET /admin`
 pub fn page() -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+    let mut response = response::raw(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        Bytes::from_static(PAGE.as_bytes()),
     );
+    let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // The page's own script and styles only, and requests to Kitara only: a name that
     // got into the markup anyway could neither load nor send anything.
@@ -164,7 +163,7 @@ pub async fn serve(
             let object = object(&body, &["product_name"])?;
             let product_name = name(&object, "product_name")?;
             let store = StoreId(id_field(&object, "store_id")?);
-            let stock = count(required(&object, "current_stock")?, "current_stock", 0)?;
+            let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
             let limit = limit(&object)?.flatten();
             let product = state
                 .create_product(store, product_name, stock, limit)
@@ -286,27 +285,19 @@ fn id_field(object: &Fields<'_>, field: &str) -> Result<i64, ApiError> {
     integer(required(object, field)?, field)
 }
 
-/// An integer in `min..=MAX_QUANTITY`.
-fn count(value: &RawValue, field: &str, min: i64) -> Result<i64, ApiError> {
-    match serde_json::from_str::<i64>(value.get()) {
-        Ok(n) if (min..=MAX_QUANTITY).contains(&n) => Ok(n),
-        _ => Err(bad(&format!(
-            "{field} must be an integer between {min} and {MAX_QUANTITY}"
-        ))),
-    }
-}
-
 /// `max_per_customer`: absent (`None`), null (`Some(None)`: no limit), or a count.
 fn limit(object: &Fields<'_>) -> Result<Option<Option<i64>>, ApiError> {
     const FIELD: &str = "max_per_customer";
     match object.get(FIELD) {
         None => Ok(None),
         Some(value) if value.get() == "null" => Ok(Some(None)),
-        Some(value) => count(value, FIELD, 1).map(|n| Some(Some(n))).map_err(|_| {
-            bad(&format!(
-                "{FIELD} must be null or an integer between 1 and {MAX_QUANTITY}"
-            ))
-        }),
+        Some(value) => integer_from(value, FIELD, 1)
+            .map(|n| Some(Some(n)))
+            .map_err(|_| {
+                bad(&format!(
+                    "{FIELD} must be null or an integer between 1 and {MAX_QUANTITY}"
+                ))
+            }),
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::domain::{OrderId, Resolution};
-use crate::metrics;
+use crate::metrics::{self, LockResult};
 use response::{ApiError, Body};
 use views::ProductView;
 
@@ -294,41 +294,39 @@ async fn route(
     (Some(route), response)
 }
 
-/// What a lock request ended as, an index of `metrics::LOCK_RESULTS`.
-fn lock_outcome(result: &Result<Response<Body>, ApiError>) -> usize {
+/// What a lock request ended as.
+fn lock_outcome(result: &Result<Response<Body>, ApiError>) -> LockResult {
     use crate::store::LockError;
-    let name = match result {
-        Ok(response) if response.headers().contains_key("idempotent-replayed") => "replayed",
-        Ok(_) => "placed",
+    match result {
+        Ok(response) if response.headers().contains_key("idempotent-replayed") => {
+            LockResult::Replayed
+        }
+        Ok(_) => LockResult::Placed,
         Err(ApiError::Lock(e)) => match e {
-            LockError::UserNotFound => "user_not_found",
-            LockError::MixedStores => "mixed_stores",
-            LockError::LimitExceeded => "limit_exceeded",
-            LockError::NoneAvailable => "none_available",
-            LockError::SomeAvailable => "some_available",
-            LockError::Busy => "busy",
-            LockError::Unavailable | LockError::KeyTaken => "unavailable",
-            LockError::Conflict => "conflict",
-            LockError::OutcomeUnknown => "outcome_unknown",
-            LockError::ShuttingDown => "shutting_down",
+            LockError::UserNotFound => LockResult::UserNotFound,
+            LockError::MixedStores => LockResult::MixedStores,
+            LockError::LimitExceeded => LockResult::LimitExceeded,
+            LockError::NoneAvailable => LockResult::NoneAvailable,
+            LockError::SomeAvailable => LockResult::SomeAvailable,
+            LockError::Busy => LockResult::Busy,
+            LockError::Unavailable | LockError::KeyTaken => LockResult::Unavailable,
+            LockError::Conflict => LockResult::Conflict,
+            LockError::OutcomeUnknown => LockResult::OutcomeUnknown,
+            LockError::ShuttingDown => LockResult::ShuttingDown,
         },
-        Err(ApiError::KeyInProgress) => "key_in_progress",
-        Err(ApiError::KeyReused) => "key_reused",
-        Err(_) => "invalid",
-    };
-    metrics::index(metrics::LOCK_RESULTS, name)
+        Err(ApiError::KeyInProgress) => LockResult::KeyInProgress,
+        Err(ApiError::KeyReused) => LockResult::KeyReused,
+        Err(_) => LockResult::Invalid,
+    }
 }
 
 /// `GET /api/v1/openapi.json`: the document itself, not in an envelope.
 fn openapi_answer() -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(
-        openapi::document().as_bytes(),
-    )));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
+    response::raw(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from_static(openapi::document().as_bytes()),
+    )
 }
 
 /// `GET /metrics`: the Prometheus text format, with the depths read now.
@@ -351,14 +349,11 @@ fn metrics_answer(state: &AppState) -> Result<Response<Body>, ApiError> {
         tracing::error!(error = %e, "cannot render the metrics");
         ApiError::Internal
     })?;
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-    );
-    Ok(response)
+    Ok(response::raw(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        Bytes::from(text),
+    ))
 }
 
 fn list_products(state: &AppState) -> Response<Body> {

@@ -286,10 +286,15 @@ pub(super) fn required<'a>(object: &Fields<'a>, field: &str) -> Result<&'a RawVa
 /// An integer in `1..=MAX_QUANTITY`: not a string, a boolean, or a number written with a
 /// fraction or an exponent (`2.0`, `1e2`), nor one too large for any integer type.
 pub(super) fn integer(value: &RawValue, field: &str) -> Result<i64, ApiError> {
+    integer_from(value, field, 1)
+}
+
+/// An integer in `min..=MAX_QUANTITY`, judged as `integer` is.
+pub(super) fn integer_from(value: &RawValue, field: &str, min: i64) -> Result<i64, ApiError> {
     match serde_json::from_str::<i64>(value.get()) {
-        Ok(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
+        Ok(n) if (min..=MAX_QUANTITY).contains(&n) => Ok(n),
         _ => Err(bad(&format!(
-            "{field} must be an integer between 1 and {MAX_QUANTITY}"
+            "{field} must be an integer between {min} and {MAX_QUANTITY}"
         ))),
     }
 }

@@ -65,11 +65,16 @@ pub fn json_data_with(status: StatusCode, data: &[u8]) -> Response<Body> {
 }
 
 fn with_body(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    raw(status, "application/json", Bytes::from(body))
+}
+
+/// An answer outside the envelope (`/metrics`, `/admin`, the OpenAPI document).
+pub fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

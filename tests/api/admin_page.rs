@@ -29,22 +29,11 @@ const PATIENCE: Duration = Duration::from_secs(10);
 const SCRIPT_LIKE: &str = "<img src=x onerror=alert(1)>";
 
 fn chromedriver() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var(DRIVER_VAR) {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("chromedriver"))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but no chromedriver is installed (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipping the browser test: no chromedriver on the PATH (or {DRIVER_VAR})");
-    }
-    found
+    crate::helpers::tool(
+        DRIVER_VAR,
+        "chromedriver",
+        "apt-get install chromium chromium-driver",
+    )
 }
 
 /// A chromedriver of the test's own, on a free port; killed when dropped.

@@ -45,6 +45,28 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A tool a test drives (chromedriver, schemathesis): the path in `var`, or `name` on
+/// the `PATH`. Missing, the test is skipped, as the MariaDB tests are, except under
+/// `CI=true`, where it fails with `install`.
+pub fn tool(var: &str, name: &str, install: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(var) {
+        return Some(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {name} is not installed ({install}, or set {var})"
+        );
+        eprintln!("skipping a test: {name} is not on the PATH (nor in {var})");
+    }
+    found
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

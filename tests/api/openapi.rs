@@ -14,24 +14,7 @@ use crate::helpers::{ADMIN_TOKEN, Backend, TestDb, spawn_admin_app};
 const SCHEMATHESIS_VAR: &str = "KITARA_TEST_SCHEMATHESIS";
 
 fn schemathesis() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var(SCHEMATHESIS_VAR) {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("schemathesis"))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but schemathesis is not installed (pip install schemathesis, or set {SCHEMATHESIS_VAR})"
-        );
-        eprintln!(
-            "skipping the schemathesis run: schemathesis is not on the PATH (or {SCHEMATHESIS_VAR})"
-        );
-    }
-    found
+    crate::helpers::tool(SCHEMATHESIS_VAR, "schemathesis", "pip install schemathesis")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
