@@ -9,7 +9,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
-use sea_orm::DbErr;
+use sea_orm::{DatabaseConnection, DbErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
@@ -153,7 +153,7 @@ impl AppState {
 
     /// Creates a store and starts its actor; it takes orders once this returns.
     pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
-        if !self.users.exists(owner).await? {
+        if !self.users.exists(owner, self.answer_by()).await? {
             return Err(AdminError::UserNotFound(owner));
         }
         // Not once shutdown began: the store would be written but get no actor.
@@ -224,7 +224,7 @@ impl AppState {
             limit,
             store_name: row.store_name.as_str().into(),
         };
-        match handle.change(change).await {
+        match handle.change(change, self.answer_by()).await {
             Err(ChangeError::Conflict) => Err(AdminError::StoreNotFound(store)),
             other => other.map_err(AdminError::Change),
         }
@@ -248,20 +248,21 @@ impl AppState {
             .get(&store)
             .map(|h| h.clone())
             .ok_or(not_found)?;
-        match handle.change(change).await {
+        match handle.change(change, self.answer_by()).await {
             Err(ChangeError::NotFound) => Err(not_found),
             other => other.map_err(AdminError::Change),
         }
     }
 
     pub async fn admin_orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
-        let _permit = self.read_permit().await?;
-        Ok(load::orders(&self.db, filter).await?)
+        let read = move |db: DatabaseConnection| async move { load::orders(&db, filter).await };
+        Ok(self.reads.run(self.answer_by(), read).await?)
     }
 
     pub async fn movements(&self, product: ProductId) -> Result<Vec<MovementRow>, AdminError> {
-        let _permit = self.read_permit().await?;
-        load::movements(&self.db, product)
+        let read = move |db: DatabaseConnection| async move { load::movements(&db, product).await };
+        self.reads
+            .run(self.answer_by(), read)
             .await?
             .ok_or(AdminError::ProductNotFound(product))
     }

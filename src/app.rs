@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use dashmap::DashMap;
-use sea_orm::{DatabaseConnection, DbErr};
-use tokio::sync::Semaphore;
+use sea_orm::DbErr;
+use tokio::time::Instant;
 
 use crate::admin::AdminDesk;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
+use crate::db::call::Reads;
 use crate::db::keys::{self, StoredKey};
 use crate::db::load::{self, OrderRow};
 use crate::domain::{
@@ -37,11 +40,14 @@ pub struct AppState {
     /// holds until confirmed or cancelled.
     pub default_hold_seconds: u32,
     pub keys: InFlightKeys,
-    /// For the reads of the order endpoints and of stored answers.
-    pub db: DatabaseConnection,
-    /// Caps those reads, so that a flood of them cannot take the pool's connections
-    /// from the writer.
-    pub reads: Semaphore,
+    /// The reads of the order endpoints, of stored answers and of the owner's pages,
+    /// capped so that a flood of them cannot take the pool's connections from the
+    /// writer.
+    pub reads: Reads,
+    /// How long a request waits for the database before it is answered 503 (the pool's
+    /// acquire timeout); a write whose COMMIT is in flight then also waits out the
+    /// outcome deadline.
+    pub answer_within: Duration,
     /// The store owner's token, stores, and what starts a new store's actor.
     pub admin: AdminDesk,
     /// Whether the database answered lately (`GET /readyz`).
@@ -61,6 +67,11 @@ pub enum Ended {
 }
 
 impl AppState {
+    /// When a request that starts now must be answered (see `answer_within`).
+    pub fn answer_by(&self) -> Instant {
+        Instant::now() + self.answer_within
+    }
+
     /// The deadline of a lock that asked for `hold_seconds` (or for the default).
     pub fn deadline_for(&self, hold_seconds: Option<u32>) -> Option<Deadline> {
         match hold_seconds.unwrap_or(self.default_hold_seconds) {
@@ -72,7 +83,7 @@ impl AppState {
     pub async fn lock_order(self: &Arc<Self>, request: LockRequest) -> LockResult {
         let order = &request.order;
         // Rule 4: the buyer must be a known user.
-        match self.users.exists(order.buyer()).await {
+        match self.users.exists(order.buyer(), request.answer_by).await {
             Ok(true) => {}
             Ok(false) => return Err(LockError::UserNotFound),
             Err(e) => {
@@ -127,10 +138,11 @@ impl AppState {
         buyer: UserId,
         resolution: Resolution,
         key: Option<Arc<KeyRecord>>,
+        answer_by: Instant,
     ) -> Result<Ended, ResolveError> {
         // The second pass is for a hold that ended between the read and the actor.
         for _ in 0..2 {
-            let order = self.order(id).await.map_err(|e| {
+            let order = self.order(id, answer_by).await.map_err(|e| {
                 crate::warn_summarised!("order lookup failed", error = %e, "order lookup failed");
                 ResolveError::Unavailable
             })?;
@@ -145,7 +157,10 @@ impl AppState {
             let Some(handle) = self.stores.get(&order.store).map(|h| h.clone()) else {
                 return Err(ResolveError::NotHeld);
             };
-            match handle.resolve(id, buyer, resolution, key.clone()).await {
+            match handle
+                .resolve(id, buyer, resolution, key.clone(), answer_by)
+                .await
+            {
                 Ok(status) => {
                     order.status = status;
                     return Ok(match judge(status, resolution) {
@@ -168,21 +183,27 @@ impl AppState {
     }
 
     /// The order as the database has it: every change answered so far is there.
-    pub async fn order(&self, id: OrderId) -> Result<Option<OrderRow>, DbErr> {
-        let _permit = self.read_permit().await?;
-        load::order(&self.db, id).await
+    pub async fn order(&self, id: OrderId, answer_by: Instant) -> Result<Option<OrderRow>, DbErr> {
+        self.reads
+            .run(
+                answer_by,
+                move |db| async move { load::order(&db, id).await },
+            )
+            .await
     }
 
     /// The key as stored, if it is.
-    pub async fn stored_key(&self, key: &IdempotencyKey) -> Result<Option<StoredKey>, DbErr> {
-        let _permit = self.read_permit().await?;
-        keys::stored(&self.db, key).await
-    }
-
-    pub(crate) async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, DbErr> {
+    pub async fn stored_key(
+        &self,
+        key: &IdempotencyKey,
+        answer_by: Instant,
+    ) -> Result<Option<StoredKey>, DbErr> {
+        let key = key.clone();
         self.reads
-            .acquire()
+            .run(
+                answer_by,
+                move |db| async move { keys::stored(&db, &key).await },
+            )
             .await
-            .map_err(|_| DbErr::Custom("reads closed".into()))
     }
 }

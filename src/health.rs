@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
 
 /// Ready while the database's last answer is at most this old.
@@ -45,17 +45,33 @@ impl Readiness {
     }
 }
 
-/// Pings the database every second; each answer marks Kitara ready for a while.
+/// Pings the database every second; each answer marks Kitara ready for a while. A ping
+/// runs to its end on a task of its own (see `db::call`): one the server does not answer
+/// in time is waited for no longer, and no new one starts until it ends, so a stalled
+/// server holds at most one of the pool's connections for the prober.
 pub fn spawn_prober(db: DatabaseConnection, readiness: Arc<Readiness>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(PROBE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping: Option<JoinHandle<Result<(), DbErr>>> = None;
         loop {
             every.tick().await;
-            match tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await {
-                Ok(Ok(())) => readiness.answered(),
-                Ok(Err(e)) => tracing::debug!(error = %e, "the database did not answer a ping"),
-                Err(_) => tracing::debug!("a ping of the database timed out"),
+            let pending = ping.get_or_insert_with(|| {
+                let db = db.clone();
+                tokio::spawn(async move { db.ping().await })
+            });
+            match tokio::time::timeout(PROBE_TIMEOUT, pending).await {
+                Ok(answer) => {
+                    ping = None;
+                    match answer {
+                        Ok(Ok(())) => readiness.answered(),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "the database did not answer a ping")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "a ping of the database failed"),
+                    }
+                }
+                Err(_) => tracing::debug!("a ping of the database is still waiting"),
             }
         }
     })

@@ -12,7 +12,7 @@ use dashmap::DashSet;
 use sea_orm::DatabaseConnection;
 use tokio::task::JoinHandle;
 
-use crate::db::keys;
+use crate::db::{call, keys};
 use crate::domain::IdempotencyKey;
 
 /// The keys of requests in progress.
@@ -71,7 +71,12 @@ pub fn spawn_purger(db: DatabaseConnection, keep: Duration) -> JoinHandle<()> {
             let mut purged = 0u64;
             let mut after: Option<Vec<u8>> = None;
             loop {
-                match keys::purge_step(&db, before, after.as_deref(), PURGE_STEP).await {
+                // Detached: shutdown aborts the purger, never a statement half-way.
+                let (db, from) = (db.clone(), after.clone());
+                let step = call::detached(async move {
+                    keys::purge_step(&db, before, from.as_deref(), PURGE_STEP).await
+                });
+                match step.await {
                     Ok((deleted, next)) => {
                         purged += deleted;
                         let Some(next) = next else { break };

@@ -92,6 +92,7 @@ pub const DB_ERRORS: &[&str] = &[
     "commit_lost",
     "outcome_unknown",
     "reload_failed",
+    "out_of_step",
 ];
 
 /// Request latency buckets, in microseconds.
@@ -156,7 +157,7 @@ impl Metrics {
         let db_errors = Arc::new(Labeled::new("kind", DB_ERRORS));
         registry.register(
             "database_errors",
-            "Database failures by kind (a refused batch, unreachable, a COMMIT whose answer was lost, an outcome not learnt in time, a store that could not reload)",
+            "Database failures by kind (a refused batch, unreachable, a COMMIT whose answer was lost, an outcome not learnt in time, a store that could not reload, a connection caught out of step and closed)",
             Exported(db_errors.clone()),
         );
         let commit_seconds = Arc::new(Histogram::new(COMMIT_US, 1e-6));

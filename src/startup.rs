@@ -9,7 +9,6 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::admin::{AdminDesk, AdminToken, Spawner};
@@ -17,6 +16,7 @@ use crate::app::AppState;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::db::call::Reads;
 use crate::db::{self, load};
 use crate::domain::StoreId;
 use crate::error::StartupError;
@@ -24,7 +24,7 @@ use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::idempotency::{self, InFlightKeys};
 use crate::logs;
-use crate::metrics::Metrics;
+use crate::metrics::{self, DB_ERRORS, Metrics};
 use crate::store::{self, ActorConfig, Shared};
 use crate::users::KnownUsers;
 use crate::writer::{self, WriterConfig};
@@ -50,7 +50,14 @@ impl Application {
 
     /// As `build`, with the clock holds are timed by (tests pass a manual one).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, StartupError> {
-        let db = db::connect(&settings.database).await?;
+        let metrics = Arc::new(Metrics::new(settings.metrics));
+        let counted = metrics.clone();
+        let out_of_step_kind = metrics::index(DB_ERRORS, "out_of_step");
+        let db = db::connect_watched(
+            &settings.database,
+            Arc::new(move || counted.db_error(out_of_step_kind)),
+        )
+        .await?;
         db::prepare_for_serve(&db).await?;
         if db.get_database_backend() == DbBackend::MySql {
             enough_connections(settings.database.db_pool_size, settings.writers)?;
@@ -59,7 +66,6 @@ impl Application {
         let admin_token =
             AdminToken::new(settings.admin_token.as_deref()).map_err(StartupError::AdminToken)?;
         let catalog = Arc::new(Catalog::new(load::products(&db).await?));
-        let metrics = Arc::new(Metrics::new(settings.metrics));
         let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
         let writers = match db.get_database_backend() {
             DbBackend::Sqlite => 1,
@@ -70,6 +76,7 @@ impl Application {
             WriterConfig {
                 batch_size: settings.batch_size as usize,
                 queue: settings.writer_queue as usize,
+                answer_within: settings.database.acquire_timeout(),
                 outcome_deadline: settings.outcome_deadline(),
                 writers,
                 metrics: metrics.clone(),
@@ -145,13 +152,14 @@ impl Application {
             clock,
             default_hold_seconds: settings.hold_seconds,
             keys: InFlightKeys::default(),
-            db: db.clone(),
             // What the writers leave of the pool (see `enough_connections`).
-            reads: Semaphore::new(
+            reads: Reads::new(
+                db.clone(),
                 (settings.database.db_pool_size as usize)
                     .saturating_sub(2 * writers + 2)
                     .max(2),
             ),
+            answer_within: settings.database.acquire_timeout(),
             admin: AdminDesk::new(
                 admin_token,
                 store_rows,

@@ -6,27 +6,29 @@
 //! hold a database connection at once, so they cannot starve the writer of connections
 //! or slow down orders of known users, which never touch the database here.
 
+use std::sync::Arc;
+
 use dashmap::DashSet;
 use sea_orm::{DatabaseConnection, DbErr};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use crate::db::call::Reads;
 use crate::db::load;
 use crate::domain::UserId;
 
 const MAX_CONCURRENT_LOOKUPS: usize = 2;
 
 pub struct KnownUsers {
-    known: DashSet<UserId>,
-    db: DatabaseConnection,
-    lookups: Semaphore,
+    /// Shared with the lookups, which may outlive the request that started them.
+    known: Arc<DashSet<UserId>>,
+    lookups: Reads,
 }
 
 impl KnownUsers {
     pub fn new(known: impl IntoIterator<Item = UserId>, db: DatabaseConnection) -> Self {
         Self {
-            known: known.into_iter().collect(),
-            db,
-            lookups: Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+            known: Arc::new(known.into_iter().collect()),
+            lookups: Reads::new(db, MAX_CONCURRENT_LOOKUPS),
         }
     }
 
@@ -35,23 +37,24 @@ impl KnownUsers {
         self.known.insert(user);
     }
 
-    pub async fn exists(&self, user: UserId) -> Result<bool, DbErr> {
+    /// Whether `user` is a live user; the database is waited for until `answer_by`.
+    pub async fn exists(&self, user: UserId, answer_by: Instant) -> Result<bool, DbErr> {
         if self.known.contains(&user) {
             return Ok(true);
         }
-        let _permit = self
-            .lookups
-            .acquire()
+        let known = self.known.clone();
+        self.lookups
+            .run(answer_by, move |db| async move {
+                // Another request may have found the same user while this one waited.
+                if known.contains(&user) {
+                    return Ok(true);
+                }
+                let found = load::user_exists(&db, user).await?;
+                if found {
+                    known.insert(user);
+                }
+                Ok(found)
+            })
             .await
-            .map_err(|_| DbErr::Custom("user lookups closed".into()))?;
-        // Another request may have found the same user while this one waited.
-        if self.known.contains(&user) {
-            return Ok(true);
-        }
-        let found = load::user_exists(&self.db, user).await?;
-        if found {
-            self.known.insert(user);
-        }
-        Ok(found)
     }
 }

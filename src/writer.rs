@@ -24,14 +24,15 @@
 //! "only a store actor decides its stock and its holds" holds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::db::{self, keys, load, persist};
+use crate::db::{self, call, keys, load, persist};
 use crate::domain::{
     Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductId,
     Resolution, StoreId, UserId,
@@ -157,6 +158,10 @@ pub type Outcome = Vec<Result<Written, PersistError>>;
 /// Writes one actor decided together, answered together.
 struct Submission {
     writes: Vec<Write>,
+    /// When the first of its requests must be answered: a transaction holding it that
+    /// has not sent its COMMIT by then is given up (nothing of it commits), and one
+    /// whose COMMIT is in flight is waited for until the outcome deadline after it.
+    answer_by: Instant,
     done: oneshot::Sender<Outcome>,
 }
 
@@ -165,6 +170,8 @@ struct Submission {
 #[derive(Clone)]
 pub struct WriterHandle {
     sender: mpsc::Sender<Submission>,
+    /// How long a write that nobody's request bounds may wait (`write`).
+    answer_within: Duration,
 }
 
 /// The writer is gone (shutdown).
@@ -177,13 +184,24 @@ impl WriterHandle {
     pub async fn submit(
         &self,
         writes: Vec<Write>,
+        answer_by: Instant,
     ) -> Result<oneshot::Receiver<Outcome>, WriterClosed> {
         let (done, outcome) = oneshot::channel();
         self.sender
-            .send(Submission { writes, done })
+            .send(Submission {
+                writes,
+                answer_by,
+                done,
+            })
             .await
             .map_err(|_| WriterClosed)?;
         Ok(outcome)
+    }
+
+    /// How long a write may wait for the database before it is answered 503 (the pool's
+    /// acquire timeout): what a request's `answer_by` adds to its arrival.
+    pub fn answer_within(&self) -> Duration {
+        self.answer_within
     }
 
     /// Submissions waiting for a writer task.
@@ -195,7 +213,7 @@ impl WriterHandle {
     /// and stores, and start-up's adoption.
     pub async fn write(&self, write: Write) -> Result<Written, PersistError> {
         let outcome = self
-            .submit(vec![write])
+            .submit(vec![write], Instant::now() + self.answer_within)
             .await
             .map_err(|_| PersistError::Unavailable)?;
         outcome
@@ -209,6 +227,9 @@ impl WriterHandle {
 pub struct WriterConfig {
     pub batch_size: usize,
     pub queue: usize,
+    /// How long a write may wait for the database (the pool's acquire timeout), for the
+    /// writes no request bounds.
+    pub answer_within: Duration,
     pub outcome_deadline: Duration,
     /// Writer tasks, each with its own transaction in flight: while one commits, the
     /// next batch is already on its way to the database.
@@ -229,6 +250,7 @@ pub fn spawn(
         order: AtomicI64::new(last_ids.0),
         detail: AtomicI64::new(last_ids.1),
     });
+    let reach = Arc::new(Reach::default());
     let boot = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -241,6 +263,7 @@ pub fn spawn(
                 batch_size: config.batch_size,
                 outcome_deadline: config.outcome_deadline,
                 ids: ids.clone(),
+                reach: reach.clone(),
                 metrics: config.metrics.clone(),
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
@@ -249,7 +272,11 @@ pub fn spawn(
             tokio::spawn(writer.run())
         })
         .collect();
-    (WriterHandle { sender }, tasks)
+    let handle = WriterHandle {
+        sender,
+        answer_within: config.answer_within,
+    };
+    (handle, tasks)
 }
 
 /// Kitara numbers order and detail rows itself (it owns the database while it runs),
@@ -262,9 +289,50 @@ struct Ids {
     detail: AtomicI64,
 }
 
+/// Whether the database can be reached, as the writers last found it. While it cannot,
+/// a transaction is tried at most every `RETRY_UNREACHABLE`, and the batches in between
+/// fail at once: during an outage requests get their 503 at once instead of each
+/// waiting out its bound, and a stalled server is not sent more transactions to hold.
+#[derive(Default)]
+struct Reach {
+    /// When the last transaction found the database unreachable (or when the last try
+    /// since began); `None` while it answers.
+    unreachable_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How often the writers try the database while it is unreachable.
+const RETRY_UNREACHABLE: Duration = Duration::from_millis(200);
+
+impl Reach {
+    /// Whether to try a transaction now; claims the try, so that one writer tries at a
+    /// time while the database is unreachable.
+    fn try_now(&self) -> bool {
+        let mut at = self
+            .unreachable_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *at {
+            Some(since) if since.elapsed() < RETRY_UNREACHABLE => false,
+            Some(_) => {
+                *at = Some(Instant::now());
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn reached(&self, yes: bool) {
+        *self
+            .unreachable_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (!yes).then(Instant::now);
+    }
+}
+
 struct Writer {
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
+    reach: Arc<Reach>,
     /// Shared by the writers: whoever holds it gathers the next batch.
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     batch_size: usize,
@@ -278,23 +346,49 @@ struct Writer {
     /// in flight, so that BEGIN's round trip is off the path every order waits on.
     /// Always `None` on SQLite, where an open `BEGIN IMMEDIATE` would hold the
     /// database's write lock while idle.
-    opening: Option<JoinHandle<(Result<DatabaseTransaction, DbErr>, Instant)>>,
+    opening: Option<Opening>,
 }
+
+/// A transaction being opened ahead, and when it was opened.
+type Opening = JoinHandle<(Result<DatabaseTransaction, DbErr>, Instant)>;
 
 /// A transaction opened ahead is used only if it waited less than this: after a longer
 /// pause its connection may have been dropped, so a fresh one is opened instead (from
 /// the pool, which pings a connection that sat idle this long).
 const OPENED_AHEAD_FOR_AT_MOST: Duration = db::IDLE_BEFORE_PING;
 
+/// Where a transaction stands, shared by the task that runs it and the writer that waits
+/// for it: whichever of the two moves it out of `RUNNING` first decides whether COMMIT
+/// is sent (`COMMITTING`) or never will be (`GIVEN_UP`).
+const RUNNING: u8 = 0;
+const COMMITTING: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// How a transaction's task ended.
+enum Ran {
+    Committed(Vec<i64>),
+    /// It could not begin: the database is unreachable (or the pool exhausted).
+    Unreachable,
+    /// It failed before COMMIT: nothing of it committed.
+    Failed(PersistError),
+    /// COMMIT was sent and its answer was an error: the token tells the outcome.
+    CommitFailed(DbErr, Vec<i64>),
+    /// The writer gave it up before COMMIT; it rolled back.
+    GivenUp,
+}
+
 impl Writer {
     async fn run(mut self) {
         while let Some(batch) = self.next_batch().await {
             self.persist(batch).await;
         }
-        if let Some(opening) = self.opening.take()
-            && let Ok((Ok(txn), _)) = opening.await
-        {
-            let _ = txn.rollback().await;
+        if let Some(opening) = self.opening.take() {
+            // Rolls back on its own task, whatever the database's state.
+            tokio::spawn(async move {
+                if let Ok((Ok(txn), _)) = opening.await {
+                    let _ = txn.rollback().await;
+                }
+            });
         }
         tracing::debug!("writer stopped");
     }
@@ -319,8 +413,13 @@ impl Writer {
     }
 
     async fn persist(&mut self, batch: Vec<Submission>) {
+        let answer_by = batch
+            .iter()
+            .map(|s| s.answer_by)
+            .min()
+            .unwrap_or_else(Instant::now);
         let writes: Vec<&Write> = batch.iter().flat_map(|s| s.writes.iter()).collect();
-        let outcomes = self.write_all(&writes).await;
+        let outcomes = self.write_all(&writes, answer_by).await;
         drop(writes);
         let mut outcomes = outcomes.into_iter();
         for submission in batch {
@@ -331,8 +430,8 @@ impl Writer {
 
     /// Writes everything in one transaction; if the database refuses it, finds out
     /// which writes it refuses (see the module's doc).
-    async fn write_all(&mut self, writes: &[&Write]) -> Outcome {
-        match self.write(writes).await {
+    async fn write_all(&mut self, writes: &[&Write], answer_by: Instant) -> Outcome {
+        match self.write(writes, answer_by).await {
             Ok(written) => return written.into_iter().map(Ok).collect(),
             Err(PersistError::Refused) => {}
             Err(error) => return vec![Err(error); writes.len()],
@@ -340,7 +439,7 @@ impl Writer {
         let mut outcomes: Vec<Option<Result<Written, PersistError>>> = vec![None; writes.len()];
         // A key stored before refuses the whole batch: set its writes aside (nothing of
         // them was written) and write the others together again.
-        let taken = self.taken_keys(writes).await;
+        let taken = self.taken_keys(writes, answer_by).await;
         let mut rest = Vec::with_capacity(writes.len());
         for (i, &write) in writes.iter().enumerate() {
             match write.key() {
@@ -353,7 +452,7 @@ impl Writer {
         let mut tried_alone = writes.len() == 1;
         if !taken.is_empty() && !rest.is_empty() {
             let subset: Vec<&Write> = rest.iter().map(|&i| writes[i]).collect();
-            match self.write(&subset).await {
+            match self.write(&subset, answer_by).await {
                 Ok(written) => {
                     for (&i, w) in rest.iter().zip(written) {
                         outcomes[i] = Some(Ok(w));
@@ -386,7 +485,7 @@ impl Writer {
             } else if tried_alone {
                 Err(PersistError::Refused)
             } else {
-                self.write(std::slice::from_ref(&writes[i]))
+                self.write(std::slice::from_ref(&writes[i]), answer_by)
                     .await
                     .map(|mut w| w.remove(0))
             };
@@ -405,7 +504,7 @@ impl Writer {
             .collect();
         if !refused.is_empty() {
             let subset: Vec<&Write> = refused.iter().map(|&i| writes[i]).collect();
-            let taken = self.taken_keys(&subset).await;
+            let taken = self.taken_keys(&subset, answer_by).await;
             for i in refused {
                 if writes[i]
                     .key()
@@ -428,24 +527,33 @@ impl Writer {
             .collect()
     }
 
-    /// The keys of these writes that are already stored; none if the lookup fails
-    /// (writing them one by one then tells).
-    async fn taken_keys(&self, writes: &[&Write]) -> Vec<Vec<u8>> {
-        let keys: Vec<&[u8]> = writes
+    /// The keys of these writes that are already stored; none if the lookup fails or
+    /// outlasts `answer_by` (writing them one by one then tells).
+    async fn taken_keys(&self, writes: &[&Write], answer_by: Instant) -> Vec<Vec<u8>> {
+        let keys: Vec<Vec<u8>> = writes
             .iter()
-            .filter_map(|w| w.key().map(|k| k.key.as_bytes()))
+            .filter_map(|w| w.key().map(|k| k.key.as_bytes().to_vec()))
             .collect();
         if keys.is_empty() {
             return Vec::new();
         }
-        keys::taken(&self.db, &keys).await.unwrap_or_else(|e| {
+        let db = self.db.clone();
+        let lookup = async move {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            keys::taken(&db, &keys).await
+        };
+        call::within(answer_by, lookup).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot look up the idempotency keys of a refused batch");
             Vec::new()
         })
     }
 
     /// Numbers the new orders and writes everything in one transaction.
-    async fn write(&mut self, writes: &[&Write]) -> Result<Vec<Written>, PersistError> {
+    async fn write(
+        &mut self,
+        writes: &[&Write],
+        answer_by: Instant,
+    ) -> Result<Vec<Written>, PersistError> {
         let locks = writes.iter().filter_map(|w| match w {
             Write::Lock { order, .. } => Some(order.lines().len() as i64),
             Write::End { .. } | Write::Admin(_) => None,
@@ -516,11 +624,15 @@ impl Writer {
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
         let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
-        let outcome = self.transact(&batch, &token).await;
+        let plan = persist::Plan::new(&batch, &token);
+        let orders = batch.orders.len();
+        let writes = orders + batch.ended.len() + batch.admin.len();
+        drop(batch);
+        let outcome = self.transact(plan, token, writes, orders, answer_by).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
             // refused: renumber from what the database has.
-            self.resync_ids().await;
+            self.resync_ids(answer_by).await;
         }
         let mut answered = outcome?.into_iter();
         for w in &mut written {
@@ -531,23 +643,35 @@ impl Writer {
         Ok(written)
     }
 
-    /// Writes the batch in one transaction; answers what its admin writes answered.
+    /// Runs the plan in one transaction, on a task of its own, and waits for it until
+    /// `answer_by`; answers what its admin writes answered.
+    ///
+    /// The transaction is never cut off half-way (see `db::call`). If it has not sent its
+    /// COMMIT by `answer_by`, the writer gives it up: it will roll back instead of
+    /// committing, so its writes fail as `Unavailable` now, and their requests get 503
+    /// within their bound. If its COMMIT is already in flight, the writer waits for its
+    /// answer until the outcome deadline, then looks the token up.
     async fn transact(
         &mut self,
-        batch: &persist::Batch<'_>,
-        token: &persist::Token,
+        plan: persist::Plan,
+        token: persist::Token,
+        writes: usize,
+        orders: usize,
+        answer_by: Instant,
     ) -> Result<Vec<i64>, PersistError> {
-        let writes = batch.orders.len() + batch.ended.len() + batch.admin.len();
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let failed = move |kind: &str| metrics.db_error(metrics::index(DB_ERRORS, kind));
-        let txn = match self.begin().await {
-            Ok(txn) => txn,
-            Err(e) => {
-                failed("unavailable");
-                return Err(e);
-            }
-        };
+        if !self.reach.try_now() {
+            crate::warn_summarised!(
+                "the database is unreachable",
+                writes,
+                "the database is unreachable; failing a batch at once"
+            );
+            failed("unavailable");
+            return Err(PersistError::Unavailable);
+        }
+        let opened = self.opening.take();
         if self.db.get_database_backend() == DbBackend::MySql {
             let pool = self.db.clone();
             self.opening = Some(tokio::spawn(async move {
@@ -557,43 +681,77 @@ impl Writer {
                 (txn, Instant::now())
             }));
         }
-        let answered = match persist::write_batch(&txn, batch, token).await {
-            Ok(answered) => answered,
-            // Dropping `txn` rolls it back.
-            Err(e) => {
-                let error = match e {
-                    persist::WriteError::GuardTripped { .. } => {
-                        tracing::warn!(error = %e, writes, "batch refused");
-                        PersistError::Refused
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let mut task = tokio::spawn(run_transaction(
+            self.db.clone(),
+            opened,
+            plan,
+            state.clone(),
+            writes,
+        ));
+        let outcome_by = answer_by + self.outcome_deadline;
+        let ran = match tokio::time::timeout_at(answer_by, &mut task).await {
+            Ok(ran) => ran,
+            Err(_) => {
+                let given_up = state
+                    .compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if given_up {
+                    self.reach.reached(false);
+                    crate::warn_summarised!(
+                        "gave up a transaction",
+                        writes,
+                        "the database did not answer in time; gave up a transaction before its COMMIT"
+                    );
+                    failed("unavailable");
+                    return Err(PersistError::Unavailable);
+                }
+                // Its COMMIT is in flight: its answer is the outcome.
+                match tokio::time::timeout_at(outcome_by, &mut task).await {
+                    Ok(ran) => ran,
+                    Err(_) => {
+                        tracing::error!(
+                            token = token.as_str(),
+                            "outcome unknown: COMMIT got no answer by the outcome deadline"
+                        );
+                        failed("outcome_unknown");
+                        return Err(PersistError::OutcomeUnknown);
                     }
-                    // A constraint, or a key stored before: `write_all` finds out which.
-                    persist::WriteError::Db(ref err) if db::is_refusal(err) => {
-                        tracing::debug!(error = %e, writes, "batch refused");
-                        PersistError::Refused
-                    }
-                    persist::WriteError::Db(_) => {
-                        tracing::error!(error = %e, writes, "batch failed");
-                        PersistError::Unavailable
-                    }
-                };
+                }
+            }
+        };
+        let ran = ran.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a transaction's task failed");
+            Ran::Failed(PersistError::Unavailable)
+        });
+        match ran {
+            Ran::Committed(answered) => {
+                self.reach.reached(true);
+                self.metrics.commit(started.elapsed(), orders);
+                Ok(answered)
+            }
+            Ran::Unreachable => {
+                self.reach.reached(false);
+                failed("unavailable");
+                Err(PersistError::Unavailable)
+            }
+            Ran::Failed(error) => {
+                self.reach.reached(true);
                 failed(match error {
                     PersistError::Refused => "refused",
                     _ => "unavailable",
                 });
-                return Err(error);
+                Err(error)
             }
-        };
-        match txn.commit().await {
-            Ok(()) => {
-                self.metrics.commit(started.elapsed(), batch.orders.len());
-                Ok(answered)
-            }
-            Err(e) => {
+            Ran::GivenUp => Err(PersistError::Unavailable),
+            Ran::CommitFailed(e, answered) => {
+                self.reach.reached(true);
                 tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
                 failed("commit_lost");
-                let outcome = self.resolve(token).await;
+                let deadline = (Instant::now() + self.outcome_deadline).min(outcome_by);
+                let outcome = self.resolve(&token, deadline).await;
                 match outcome {
-                    Ok(()) => self.metrics.commit(started.elapsed(), batch.orders.len()),
+                    Ok(()) => self.metrics.commit(started.elapsed(), orders),
                     Err(PersistError::OutcomeUnknown) => failed("outcome_unknown"),
                     Err(_) => {}
                 }
@@ -602,67 +760,38 @@ impl Writer {
         }
     }
 
-    /// The transaction opened ahead if it is fresh, otherwise a new one.
-    async fn begin(&mut self) -> Result<DatabaseTransaction, PersistError> {
-        let opened = match self.opening.take() {
-            Some(opening) => opening.await.ok(),
-            None => None,
-        };
-        let result = match opened {
-            // Opened (or refused) just now: use it, or report why it could not open.
-            Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
-            // None opened, or it waited too long (dropping it rolls it back).
-            _ => {
-                self.db
-                    .begin_with_options(db::write_transaction_options())
-                    .await
-            }
-        };
-        result.map_err(|e| {
-            crate::warn_summarised!(
-                "cannot begin a transaction",
-                error = %e,
-                "cannot begin a transaction"
-            );
-            PersistError::Unavailable
-        })
-    }
-
     /// After a failed COMMIT, asks the database whether the transaction's token is
-    /// there, retrying on fresh connections until the deadline.
-    async fn resolve(&self, token: &persist::Token) -> Result<(), PersistError> {
-        let token = token.as_str();
-        let deadline = Instant::now() + self.outcome_deadline;
+    /// there, retrying on fresh connections until `deadline`. Each lookup runs to its end
+    /// on its own task (`db::call`): one that waits for the lock of a transaction the
+    /// server has not finished (its session outlived the connection Kitara lost), or for
+    /// a connection that no longer answers, is waited for only until the deadline.
+    async fn resolve(&self, token: &persist::Token, deadline: Instant) -> Result<(), PersistError> {
         let mut pause = Duration::from_millis(20);
         // The pool may hold other connections that died with this one; each failed
         // attempt discards one, so the first few retries go without a pause.
         let mut quick_retries = 4;
         loop {
-            // The deadline bounds each lookup too: one can wait for the row lock of a
-            // transaction the server has not finished (its session outlived the
-            // connection Kitara lost), or for a connection that no longer answers.
-            let lookup = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(deadline),
-                load::token_committed(&self.db, token),
+            let db = self.db.clone();
+            let text = token.as_str().to_owned();
+            let lookup = call::within(
+                deadline,
+                async move { load::token_committed(&db, &text).await },
             );
+            let token = token.as_str();
             match lookup.await {
-                Ok(Ok(true)) => {
+                Ok(true) => {
                     tracing::info!(token, "the transaction committed after all");
                     return Ok(());
                 }
-                Ok(Ok(false)) => {
+                Ok(false) => {
                     tracing::info!(token, "the transaction did not commit");
                     return Err(PersistError::Unavailable);
                 }
-                Err(_) => {
-                    tracing::error!(token, "outcome unknown: the lookup outlasted the deadline");
-                    return Err(PersistError::OutcomeUnknown);
-                }
-                Ok(Err(e)) if Instant::now() >= deadline => {
+                Err(e) if Instant::now() >= deadline => {
                     tracing::error!(error = %e, token, "outcome unknown past the deadline");
                     return Err(PersistError::OutcomeUnknown);
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     crate::warn_summarised!(
                         "cannot look an outcome up yet",
                         error = %e,
@@ -673,20 +802,98 @@ impl Writer {
                         quick_retries -= 1;
                         continue;
                     }
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
             }
         }
     }
 
-    async fn resync_ids(&self) {
-        match load::max_ids(&self.db).await {
+    async fn resync_ids(&self, answer_by: Instant) {
+        let db = self.db.clone();
+        let read = async move { load::max_ids(&db).await };
+        match call::within(answer_by, read).await {
             Ok((orders, details)) => {
                 self.ids.order.fetch_max(orders, Ordering::Relaxed);
                 self.ids.detail.fetch_max(details, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the largest ids"),
         }
+    }
+}
+
+/// A transaction, from BEGIN (or the one opened ahead) to COMMIT, on a task of its own
+/// so that it is never cut off half-way. Before it sends COMMIT it checks that the
+/// writer still waits for it; if not, it rolls back.
+async fn run_transaction(
+    db: DatabaseConnection,
+    opened: Option<Opening>,
+    plan: persist::Plan,
+    state: Arc<AtomicU8>,
+    writes: usize,
+) -> Ran {
+    let txn = match begin(&db, opened).await {
+        Ok(txn) => txn,
+        Err(e) => {
+            crate::warn_summarised!(
+                "cannot begin a transaction",
+                error = %e,
+                "cannot begin a transaction"
+            );
+            return Ran::Unreachable;
+        }
+    };
+    let answered = match persist::write_plan(&txn, &plan).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            let error = match e {
+                persist::WriteError::GuardTripped { .. } => {
+                    tracing::warn!(error = %e, writes, "batch refused");
+                    PersistError::Refused
+                }
+                // A constraint, or a key stored before: `write_all` finds out which.
+                persist::WriteError::Db(ref err) if db::is_refusal(err) => {
+                    tracing::debug!(error = %e, writes, "batch refused");
+                    PersistError::Refused
+                }
+                persist::WriteError::Db(_) => {
+                    tracing::error!(error = %e, writes, "batch failed");
+                    PersistError::Unavailable
+                }
+            };
+            let _ = txn.rollback().await;
+            return Ran::Failed(error);
+        }
+    };
+    let committing = state
+        .compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if !committing {
+        let _ = txn.rollback().await;
+        return Ran::GivenUp;
+    }
+    match txn.commit().await {
+        Ok(()) => Ran::Committed(answered),
+        Err(e) => Ran::CommitFailed(e, answered),
+    }
+}
+
+/// The transaction opened ahead if it is fresh, otherwise a new one.
+async fn begin(
+    db: &DatabaseConnection,
+    opened: Option<Opening>,
+) -> Result<DatabaseTransaction, DbErr> {
+    let opened = match opened {
+        Some(opening) => opening.await.ok(),
+        None => None,
+    };
+    match opened {
+        // Opened (or refused) just now: use it, or report why it could not open.
+        Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
+        // None opened, or it waited too long (dropping it rolls it back).
+        _ => db.begin_with_options(db::write_transaction_options()).await,
     }
 }

@@ -273,7 +273,7 @@ pub(crate) async fn sell_out(bench: &Bench) -> Row {
 /// Kitara's own batch statement on one connection, with no HTTP and no actor: what the
 /// database alone costs per order, and how fast it goes with the machine to itself.
 pub(crate) async fn database_alone(bench: &Bench) -> Row {
-    use kitara::db::persist::{Batch, NewOrder, Token, write_batch};
+    use kitara::db::persist::{Batch, NewOrder, Plan, Token, write_plan};
     use kitara::domain::{OrderLine, ProductId};
 
     const BATCH: i64 = 128;
@@ -307,9 +307,8 @@ pub(crate) async fn database_alone(bench: &Bench) -> Row {
             .begin_with_options(kitara::db::write_transaction_options())
             .await
             .expect("begin");
-        write_batch(&txn, &batch, &Token::new(&[0, written as u128]))
-            .await
-            .expect("write a batch");
+        let plan = Plan::new(&batch, &Token::new(&[0, written as u128]));
+        write_plan(&txn, &plan).await.expect("write a batch");
         txn.commit().await.expect("commit");
         written += BATCH;
     }

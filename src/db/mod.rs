@@ -3,12 +3,15 @@
 //! Statements are plain SQL with `?` placeholders, which SQLite and MySQL both accept,
 //! executed through SeaORM (`DatabaseConnection`, `DatabaseTransaction`).
 
+pub mod call;
 pub mod check;
 pub mod keys;
 pub mod load;
 pub mod persist;
 mod seed;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -35,9 +38,23 @@ pub(crate) const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// pool size it stays far below the server's `max_prepared_stmt_count` (16,382).
 const MYSQL_STATEMENT_CACHE: usize = 256;
 
-/// Opens the pool. SQLite gets WAL (readers never wait for the writer),
-/// `synchronous=FULL` (an answered order survives power loss) and a busy timeout.
+/// Told when the canary finds a connection out of step (the caller counts it).
+pub type OutOfStep = Arc<dyn Fn() + Send + Sync>;
+
+/// Opens the pool, for the tools (`migrate`, `check`) and tests: as `connect_watched`,
+/// with nobody counting connections caught out of step.
 pub async fn connect(args: &DatabaseArgs) -> Result<DatabaseConnection, DbErr> {
+    connect_watched(args, Arc::new(|| {})).await
+}
+
+/// Opens the pool. SQLite gets WAL (readers never wait for the writer),
+/// `synchronous=FULL` (an answered order survives power loss) and a busy timeout. A
+/// MySQL connection given back to the pool must first prove it is in step with the
+/// server (`in_step`); one that cannot is closed, and `out_of_step` is told.
+pub async fn connect_watched(
+    args: &DatabaseArgs,
+    out_of_step: OutOfStep,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(args.database_url.clone());
     options
         .max_connections(args.db_pool_size.max(2))
@@ -59,8 +76,72 @@ pub async fn connect(args: &DatabaseArgs) -> Result<DatabaseConnection, DbErr> {
         .map_sqlx_mysql_opts(|o: MySqlConnectOptions| {
             o.statement_cache_capacity(MYSQL_STATEMENT_CACHE)
                 .charset("utf8mb4")
+        })
+        .map_sqlx_mysql_pool_opts(move |pool| {
+            let out_of_step = out_of_step.clone();
+            pool.after_release(move |conn, _| {
+                let out_of_step = out_of_step.clone();
+                Box::pin(async move {
+                    match in_step(conn).await {
+                        Ok(()) => Ok(true),
+                        // sqlx closes it, quietly: the outage is logged elsewhere.
+                        Err(CanaryError::Broken(_)) => Ok(false),
+                        // sqlx drops it without a word to the server, which would read
+                        // the words out of step too.
+                        Err(e @ CanaryError::OutOfStep) => {
+                            out_of_step();
+                            Err(sea_orm::sqlx::Error::Protocol(e.to_string()))
+                        }
+                    }
+                })
+            })
         });
     Database::connect(options).await
+}
+
+/// Why a connection failed its release check; either way it is closed, not reused.
+#[derive(Debug, thiserror::Error)]
+enum CanaryError {
+    /// It answered something other than what was asked: it is one answer behind.
+    #[error("the connection was out of step with the server")]
+    OutOfStep,
+    /// It is broken (the server went away); nothing was misread.
+    #[error("the connection is broken: {0}")]
+    Broken(sea_orm::sqlx::Error),
+}
+
+/// The canary, run on every MySQL connection given back to the pool: it must answer a
+/// number never asked before with that number. sqlx's own test, a ping, can be passed
+/// by the stale answer of a ping that was cancelled; the stale answer of any call read
+/// here gives no number, or another one, or a protocol error. So a connection one answer
+/// behind is closed instead of being handed to the next caller (see `call`).
+async fn in_step(conn: &mut sea_orm::sqlx::MySqlConnection) -> Result<(), CanaryError> {
+    use sea_orm::sqlx::Error;
+    static NONCE: AtomicI64 = AtomicI64::new(1);
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+    let answer = sea_orm::sqlx::query_scalar::<_, i64>("SELECT ?")
+        .bind(nonce)
+        .fetch_optional(conn)
+        .await;
+    let misread = match answer {
+        Ok(Some(echo)) if echo == nonce => return Ok(()),
+        Err(
+            e @ (Error::Io(_)
+            | Error::Tls(_)
+            | Error::Database(_)
+            | Error::PoolTimedOut
+            | Error::PoolClosed
+            | Error::WorkerCrashed),
+        ) => return Err(CanaryError::Broken(e)),
+        Ok(answer) => format!("asked {nonce}, read {answer:?}"),
+        Err(e) => e.to_string(),
+    };
+    crate::warn_summarised!(
+        "a database connection was out of step",
+        misread,
+        "a database connection was out of step with the server; closed it"
+    );
+    Err(CanaryError::OutOfStep)
 }
 
 /// `kitara migrate`: brings the schema up to date and, unless told not to, loads the

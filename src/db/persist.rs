@@ -200,7 +200,21 @@ struct StockChange {
     live: bool,
 }
 
-/// Writes the batch inside `txn`; the caller commits. Answers, for each admin write in
+/// What one transaction runs: the batch's statements, owned, so that the transaction
+/// can run to its end on a task of its own (`db::call`) whoever stops waiting for it.
+#[derive(Debug)]
+pub struct Plan {
+    /// The multi-statement request: stock, orders, details, ended holds, keys, token.
+    sql: String,
+    /// Rows its guarded statements must match: one per product, one per ended hold.
+    guarded: u64,
+    /// Rows its inserts write.
+    inserted: u64,
+    /// Run after it, one or two prepared statements each.
+    admin: Vec<AdminWrite>,
+}
+
+/// Runs the plan inside `txn`; the caller commits. Answers, for each admin write in
 /// turn, the id of the row it created (for `Adopt`, the products adopted; else 0).
 ///
 /// The database reports the rows affected by all statements together. Every insert
@@ -208,126 +222,136 @@ struct StockChange {
 /// number of guarded rows that matched: one per product whose stock guard held, one
 /// per hold that was still locked. Each guard matches at most its own row, so the total
 /// is right only if every guard held.
-pub async fn write_batch(
-    txn: &DatabaseTransaction,
-    batch: &Batch<'_>,
-    token: &Token,
-) -> Result<Vec<i64>, WriteError> {
-    let mut stock: BTreeMap<ProductId, StockChange> = BTreeMap::new();
-    for line in batch.orders.iter().flat_map(|o| o.lines) {
-        let change = stock.entry(line.product).or_default();
-        change.taken += line.quantity;
-        change.live = true;
+pub async fn write_plan(txn: &DatabaseTransaction, plan: &Plan) -> Result<Vec<i64>, WriteError> {
+    let affected = txn.execute_unprepared(&plan.sql).await?.rows_affected();
+    let matched = affected.saturating_sub(plan.inserted);
+    if matched != plan.guarded {
+        return Err(WriteError::GuardTripped {
+            expected: plan.guarded,
+            matched,
+        });
     }
-    for line in batch.ended.iter().flat_map(|e| e.returned) {
-        stock.entry(line.product).or_default().returned += line.quantity;
+    let mut answered = Vec::with_capacity(plan.admin.len());
+    for change in &plan.admin {
+        answered.push(write_admin(txn, change).await?);
     }
-    // The owner's changes of a product take part in the one ordered pass over the
-    // products' rows: a restock is a guarded delta like an order's, and an edit or a
-    // deletion locks its row there too, in id order, so that two writers' transactions
-    // never wait for each other's rows in opposite orders.
-    for change in &batch.admin {
-        match change {
-            AdminWrite::Restock { product, delta, .. } => {
-                let entry = stock.entry(*product).or_default();
-                if *delta < 0 {
-                    entry.taken -= delta;
-                } else {
-                    entry.returned += delta;
-                }
-                entry.live = true;
-            }
-            AdminWrite::EditProduct { product, .. } | AdminWrite::DeleteProduct { product } => {
-                stock.entry(*product).or_default();
-            }
-            _ => {}
-        }
-    }
+    Ok(answered)
+}
 
-    let mut sql = Sql::new("");
-    let mut guarded = 0u64;
-    let mut inserted = 1u64; // the token row
-    if !stock.is_empty() {
-        change_stock(&mut sql, &stock);
-        sql.text("; ");
-        guarded += stock.len() as u64;
-    }
-    if !batch.orders.is_empty() {
-        sql.text("INSERT INTO orders (id, buyer_id, quantity, store_id, expires_at) VALUES ");
-        for (i, o) in batch.orders.iter().enumerate() {
-            sql.text(if i == 0 { "(" } else { ", (" })
-                .list([o.id, o.buyer, o.total, o.store])
-                .text(", ")
-                .timestamp(o.expires_at)
-                .text(")");
+impl Plan {
+    /// The statements that write `batch` and, with it, its transaction's `token`.
+    pub fn new(batch: &Batch<'_>, token: &Token) -> Self {
+        let mut stock: BTreeMap<ProductId, StockChange> = BTreeMap::new();
+        for line in batch.orders.iter().flat_map(|o| o.lines) {
+            let change = stock.entry(line.product).or_default();
+            change.taken += line.quantity;
+            change.live = true;
         }
-        sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
-        let mut details = 0u64;
-        for o in &batch.orders {
-            for (i, line) in o.lines.iter().enumerate() {
-                let id = o.first_detail_id + i as i64;
-                sql.row(details == 0, &[id, o.id, line.product.0, line.quantity]);
-                details += 1;
+        for line in batch.ended.iter().flat_map(|e| e.returned) {
+            stock.entry(line.product).or_default().returned += line.quantity;
+        }
+        // The owner's changes of a product take part in the one ordered pass over the
+        // products' rows: a restock is a guarded delta like an order's, and an edit or a
+        // deletion locks its row there too, in id order, so that two writers' transactions
+        // never wait for each other's rows in opposite orders.
+        for change in &batch.admin {
+            match change {
+                AdminWrite::Restock { product, delta, .. } => {
+                    let entry = stock.entry(*product).or_default();
+                    if *delta < 0 {
+                        entry.taken -= delta;
+                    } else {
+                        entry.returned += delta;
+                    }
+                    entry.live = true;
+                }
+                AdminWrite::EditProduct { product, .. } | AdminWrite::DeleteProduct { product } => {
+                    stock.entry(*product).or_default();
+                }
+                _ => {}
             }
         }
-        sql.text("; ");
-        inserted += batch.orders.len() as u64 + details;
-    }
-    for status in [
-        OrderStatus::Confirmed,
-        OrderStatus::Cancelled,
-        OrderStatus::Expired,
-    ] {
-        let ids: Vec<i64> = batch
-            .ended
-            .iter()
-            .filter(|e| e.status == status)
-            .map(|e| e.order_id)
-            .collect();
-        if ids.is_empty() {
-            continue;
+
+        let mut sql = Sql::new("");
+        let mut guarded = 0u64;
+        let mut inserted = 1u64; // the token row
+        if !stock.is_empty() {
+            change_stock(&mut sql, &stock);
+            sql.text("; ");
+            guarded += stock.len() as u64;
         }
-        // Only a locked hold changes, and only once: the database holds that line too.
-        sql.text("UPDATE orders SET status = ")
+        if !batch.orders.is_empty() {
+            sql.text("INSERT INTO orders (id, buyer_id, quantity, store_id, expires_at) VALUES ");
+            for (i, o) in batch.orders.iter().enumerate() {
+                sql.text(if i == 0 { "(" } else { ", (" })
+                    .list([o.id, o.buyer, o.total, o.store])
+                    .text(", ")
+                    .timestamp(o.expires_at)
+                    .text(")");
+            }
+            sql.text("; INSERT INTO order_details (id, order_id, product_id, quantity) VALUES ");
+            let mut details = 0u64;
+            for o in &batch.orders {
+                for (i, line) in o.lines.iter().enumerate() {
+                    let id = o.first_detail_id + i as i64;
+                    sql.row(details == 0, &[id, o.id, line.product.0, line.quantity]);
+                    details += 1;
+                }
+            }
+            sql.text("; ");
+            inserted += batch.orders.len() as u64 + details;
+        }
+        for status in [
+            OrderStatus::Confirmed,
+            OrderStatus::Cancelled,
+            OrderStatus::Expired,
+        ] {
+            let ids: Vec<i64> = batch
+                .ended
+                .iter()
+                .filter(|e| e.status == status)
+                .map(|e| e.order_id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            // Only a locked hold changes, and only once: the database holds that line too.
+            sql.text("UPDATE orders SET status = ")
             .status(status)
             .text(", updated_at = CURRENT_TIMESTAMP WHERE status = 'locked' AND deleted_at IS NULL AND id IN (")
             .list(ids.iter().copied())
             .text("); ");
-        guarded += ids.len() as u64;
-    }
-    if !batch.keys.is_empty() {
-        sql.text("INSERT INTO idempotency_keys (idempotency_key, fingerprint, order_id) VALUES ");
-        for (i, key) in batch.keys.iter().enumerate() {
-            sql.text(if i == 0 { "(" } else { ", (" })
-                .bytes(key.key)
-                .text(", ")
-                .bytes(key.fingerprint)
-                .text(", ")
-                .int(key.order_id)
-                .text(")");
+            guarded += ids.len() as u64;
         }
-        sql.text("; ");
-        inserted += batch.keys.len() as u64;
-    }
-    sql.text("INSERT INTO kitara_commits (token, orders) VALUES (")
-        .token(token)
-        .text(", ")
-        .int((batch.orders.len() + batch.ended.len()) as i64)
-        .text(")");
+        if !batch.keys.is_empty() {
+            sql.text(
+                "INSERT INTO idempotency_keys (idempotency_key, fingerprint, order_id) VALUES ",
+            );
+            for (i, key) in batch.keys.iter().enumerate() {
+                sql.text(if i == 0 { "(" } else { ", (" })
+                    .bytes(key.key)
+                    .text(", ")
+                    .bytes(key.fingerprint)
+                    .text(", ")
+                    .int(key.order_id)
+                    .text(")");
+            }
+            sql.text("; ");
+            inserted += batch.keys.len() as u64;
+        }
+        sql.text("INSERT INTO kitara_commits (token, orders) VALUES (")
+            .token(token)
+            .text(", ")
+            .int((batch.orders.len() + batch.ended.len()) as i64)
+            .text(")");
 
-    let affected = txn.execute_unprepared(sql.as_str()).await?.rows_affected();
-    let matched = affected.saturating_sub(inserted);
-    if matched != guarded {
-        return Err(WriteError::GuardTripped {
-            expected: guarded,
-            matched,
-        });
+        Plan {
+            sql: sql.0,
+            guarded,
+            inserted,
+            admin: batch.admin.iter().map(|&change| change.clone()).collect(),
+        }
     }
-    let mut answered = Vec::with_capacity(batch.admin.len());
-    for change in &batch.admin {
-        answered.push(write_admin(txn, change).await?);
-    }
-    Ok(answered)
 }
 
 /// The SQL of one admin write. A change of a product that is gone (deleted behind

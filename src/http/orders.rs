@@ -20,6 +20,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Request, Response};
+use tokio::time::Instant;
 
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
@@ -52,6 +53,7 @@ pub async fn lock(
                 order,
                 expires_at,
                 key: None,
+                answer_by: state.answer_by(),
             })
             .await?;
         return Ok(lock_answer(state, &placed));
@@ -63,11 +65,13 @@ pub async fn lock(
         key: key.clone(),
         fingerprint,
     });
+    let answer_by = state.answer_by();
     let result = state
         .lock_order(LockRequest {
             order,
             expires_at,
             key: Some(record),
+            answer_by,
         })
         .await;
     match result {
@@ -75,7 +79,7 @@ pub async fn lock(
         Err(error) => {
             let error = ApiError::from(error);
             if error.is_refusal() {
-                replay_or(state, &key, fingerprint, Endpoint::Lock, error).await
+                replay_or(state, &key, fingerprint, Endpoint::Lock, error, answer_by).await
             } else {
                 Err(error)
             }
@@ -97,7 +101,7 @@ enum Endpoint {
 /// `GET /api/v1/order/{id}`
 pub async fn get(state: &AppState, id: Option<OrderId>) -> Result<Response<Body>, ApiError> {
     let id = id.ok_or(ApiError::OrderNotFound)?;
-    match state.order(id).await {
+    match state.order(id, state.answer_by()).await {
         Ok(Some(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(None) => Err(ApiError::OrderNotFound),
         Err(e) => {
@@ -121,6 +125,7 @@ pub async fn end(
     let buyer = request::parse_buyer(&body)?;
     let id = id.ok_or(ApiError::OrderNotFound)?;
     let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
+    let answer_by = state.answer_by();
 
     let _claim = match &key {
         Some(key) => Some(state.keys.claim(key).ok_or(ApiError::KeyInProgress)?),
@@ -129,21 +134,24 @@ pub async fn end(
     // Not the hot path: a keyed confirm looks its key up first, so that a retry of one
     // that committed is replayed rather than answered as a repeat.
     if let Some(key) = &key
-        && let Some(response) = replay(state, key, fingerprint, Endpoint::End).await?
+        && let Some(response) = replay(state, key, fingerprint, Endpoint::End, answer_by).await?
     {
         return Ok(response);
     }
     let record = key
         .clone()
         .map(|key| Arc::new(KeyRecord { key, fingerprint }));
-    match state.end_order(id, buyer, resolution, record).await {
+    match state
+        .end_order(id, buyer, resolution, record, answer_by)
+        .await
+    {
         Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
         Err(ResolveError::KeyTaken) => match &key {
             Some(key) => {
                 let taken = ApiError::Resolve(ResolveError::KeyTaken);
-                replay_or(state, key, fingerprint, Endpoint::End, taken).await
+                replay_or(state, key, fingerprint, Endpoint::End, taken, answer_by).await
             }
             None => Err(ApiError::Resolve(ResolveError::Unavailable)),
         },
@@ -173,6 +181,7 @@ async fn replay(
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
     endpoint: Endpoint,
+    answer_by: Instant,
 ) -> Result<Option<Response<Body>>, ApiError> {
     let unavailable = |e: sea_orm::DbErr| {
         crate::warn_summarised!(
@@ -182,13 +191,21 @@ async fn replay(
         );
         ApiError::Lock(LockError::Unavailable)
     };
-    let Some(stored) = state.stored_key(key).await.map_err(unavailable)? else {
+    let Some(stored) = state
+        .stored_key(key, answer_by)
+        .await
+        .map_err(unavailable)?
+    else {
         return Ok(None);
     };
     if stored.fingerprint != fingerprint {
         return Err(ApiError::KeyReused);
     }
-    let Some(order) = state.order(stored.order_id).await.map_err(unavailable)? else {
+    let Some(order) = state
+        .order(stored.order_id, answer_by)
+        .await
+        .map_err(unavailable)?
+    else {
         tracing::error!(order = %stored.order_id, "a stored key names an order that is gone");
         return Err(ApiError::Internal);
     };
@@ -212,8 +229,9 @@ async fn replay_or(
     fingerprint: Fingerprint,
     endpoint: Endpoint,
     refusal: ApiError,
+    answer_by: Instant,
 ) -> Result<Response<Body>, ApiError> {
-    match replay(state, key, fingerprint, endpoint).await? {
+    match replay(state, key, fingerprint, endpoint, answer_by).await? {
         Some(response) => Ok(response),
         None => Err(match refusal {
             ApiError::Lock(LockError::KeyTaken) | ApiError::Resolve(ResolveError::KeyTaken) => {

@@ -2,12 +2,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use super::{
     ChangeError, ChangeResult, Command, LockError, LockResult, Placed, ProductChange, ResolveError,
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
+use crate::db::call;
 use crate::db::load::{self, StoreState};
 use crate::domain::{
     Begin, Deadline, HoldBook, LockOrder, OrderId, OrderLine, ProductId, Purchases, Resolution,
@@ -27,8 +29,8 @@ use crate::writer::{AdminWrite, KeyRecord, Outcome, PersistError, Write, WriterH
 /// at most this often; orders in between are answered 503 at once.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Reads one reload makes before it gives up until the next interval.
-const RELOAD_ATTEMPTS: u32 = 3;
+/// A reload whose read failed tries again after this pause, until its deadline.
+const RELOAD_RETRY: Duration = Duration::from_millis(20);
 
 /// An expiry submission holds up to this many batches' worth of holds: a wave of
 /// expiries is bound by the database's row updates, and larger transactions of them
@@ -91,6 +93,7 @@ pub fn spawn(
         memory_check: config.memory_check,
         in_flight: FuturesUnordered::new(),
         stale_since: None,
+        reloading: None,
         waiting: HashMap::new(),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         armed: None,
@@ -107,6 +110,7 @@ struct LockAttempt {
     order: Arc<LockOrder>,
     expires_at: Option<Deadline>,
     key: Option<Arc<KeyRecord>>,
+    answer_by: Instant,
     respond_to: oneshot::Sender<LockResult>,
     /// Set when its first write failed (refused, or the connection was lost before
     /// COMMIT) and it is being judged again against the reloaded stock; a second failure
@@ -120,6 +124,7 @@ struct EndRequest {
     buyer: Option<UserId>,
     asked: Resolution,
     key: Option<Arc<KeyRecord>>,
+    answer_by: Instant,
     /// `None` for an expiry, which nobody waits for.
     respond_to: Option<oneshot::Sender<ResolveResult>>,
     retried: bool,
@@ -136,6 +141,7 @@ impl EndRequest {
 /// A change of the store's products the actor is handling.
 struct ChangeAttempt {
     change: ProductChange,
+    answer_by: Instant,
     respond_to: oneshot::Sender<ChangeResult>,
 }
 
@@ -154,6 +160,17 @@ enum Attempt {
         /// The resolution under way: the asked one, or `Expire` for a hold past due.
         resolution: Resolution,
     },
+}
+
+impl Attempt {
+    /// When its request must be answered.
+    fn answer_by(&self) -> Instant {
+        match self {
+            Attempt::Lock(lock) => lock.answer_by,
+            Attempt::Change(change) => change.answer_by,
+            Attempt::End { request, .. } => request.answer_by,
+        }
+    }
 }
 
 /// Why a decision was not persisted.
@@ -212,6 +229,8 @@ struct StoreActor {
     in_flight: FuturesUnordered<InFlight>,
     /// Set while the store is unknown because a reload failed: when it was last tried.
     stale_since: Option<Instant>,
+    /// A reload's read still under way (see `reload`).
+    reloading: Option<tokio::task::JoinHandle<Result<HashMap<StoreId, StoreState>, DbErr>>>,
     /// Confirms and cancels of holds whose end is already on its way, answered when it
     /// has committed (or judged again if it failed).
     waiting: HashMap<OrderId, Vec<EndRequest>>,
@@ -257,21 +276,23 @@ impl StoreActor {
                                 order: Arc::new(request.order),
                                 expires_at: request.expires_at,
                                 key: request.key,
+                                answer_by: request.answer_by,
                                 respond_to,
                                 retried: false,
                             })),
-                            Command::Resolve { order, buyer, resolution, key, respond_to } => {
+                            Command::Resolve { order, buyer, resolution, key, answer_by, respond_to } => {
                                 judge.push(Judge::End(EndRequest {
                                     order,
                                     buyer: Some(buyer),
                                     asked: resolution,
                                     key,
+                                    answer_by,
                                     respond_to: Some(respond_to),
                                     retried: false,
                                 }))
                             }
-                            Command::Change { change, respond_to } => {
-                                judge.push(Judge::Change(ChangeAttempt { change, respond_to }))
+                            Command::Change { change, answer_by, respond_to } => {
+                                judge.push(Judge::Change(ChangeAttempt { change, answer_by, respond_to }))
                             }
                             Command::SettleDue { respond_to } => {
                                 // What came before it is judged first.
@@ -299,7 +320,9 @@ impl StoreActor {
                 // once the mailbox is closed: a store that is shutting down has nothing to
                 // serve, and must not wait for the database to come back.
                 () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() && open => {
-                    self.reload_if_due().await;
+                    // Nobody waits for this one: it holds the store up for at most an
+                    // interval, and a read still under way is waited for again next time.
+                    self.reload_if_due(Instant::now() + RELOAD_INTERVAL).await;
                 }
                 else => break,
             }
@@ -337,6 +360,7 @@ impl StoreActor {
         }
         let mut attempts = Vec::with_capacity(due.len());
         let mut writes = Vec::with_capacity(due.len());
+        let answer_by = Instant::now() + self.writer.answer_within();
         for id in due {
             let Some(hold) = self.holds.get(id) else {
                 continue;
@@ -353,6 +377,7 @@ impl StoreActor {
                     buyer: None,
                     asked: Resolution::Expire,
                     key: None,
+                    answer_by,
                     respond_to: None,
                     retried: false,
                 },
@@ -383,7 +408,19 @@ impl StoreActor {
         if requests.is_empty() {
             return;
         }
-        if self.stale_since.is_some() && !self.reload_if_due().await {
+        let answer_by = requests
+            .iter()
+            .map(|r| match r {
+                Judge::Lock(lock) => lock.answer_by,
+                Judge::End(end) => end.answer_by,
+                Judge::Change(change) => change.answer_by,
+            })
+            .min();
+        if self.stale_since.is_some()
+            && !self
+                .reload_if_due(answer_by.unwrap_or_else(Instant::now))
+                .await
+        {
             for request in requests {
                 match request {
                     Judge::Lock(attempt) => attempt.answer(Err(LockError::Unavailable)),
@@ -641,10 +678,10 @@ impl StoreActor {
 
     /// Hands decided writes to the writer; the outcome comes back through `in_flight`.
     async fn submit(&mut self, attempts: Vec<Attempt>, writes: Vec<Write>) {
-        if attempts.is_empty() {
+        let Some(answer_by) = attempts.iter().map(Attempt::answer_by).min() else {
             return;
-        }
-        match self.writer.submit(writes).await {
+        };
+        match self.writer.submit(writes, answer_by).await {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
                 let outcome = outcome
                     .await
@@ -667,20 +704,70 @@ impl StoreActor {
         let mut again = Vec::new();
         self.apply(attempts, outcome, &mut failed, &mut again);
         self.publish_holds();
+        // Nothing of a write that failed as `Unavailable` committed: memory takes it back
+        // exactly, and it is judged once more if its request can still be answered in
+        // time. Only a refusal (or an unknown outcome) can leave memory and database
+        // apart, and only that costs a reload.
+        let (lost, mut failed): (Vec<_>, Vec<_>) = failed
+            .into_iter()
+            .partition(|(_, error)| *error == PersistError::Unavailable);
+        for (attempt, _) in lost {
+            self.retry_or_answer_lost(attempt, &mut again);
+        }
         if !failed.is_empty() || self.reload_after {
             // Memory and database may now disagree. Wait until nothing of this store is
             // in flight, so the database holds every decision memory still counts, then
             // reload: what is read is then the whole truth.
             while let Some((attempts, outcome)) = self.in_flight.next().await {
-                self.apply(attempts, outcome, &mut failed, &mut again);
+                let mut more = Vec::new();
+                self.apply(attempts, outcome, &mut more, &mut again);
+                for (attempt, error) in more {
+                    if error == PersistError::Unavailable {
+                        self.retry_or_answer_lost(attempt, &mut again);
+                    } else {
+                        failed.push((attempt, error));
+                    }
+                }
             }
-            let reloaded = self.reload().await;
+            let deadline = failed
+                .iter()
+                .map(|(attempt, _)| attempt.answer_by())
+                .min()
+                .unwrap_or_else(|| Instant::now() + self.writer.answer_within());
+            let reloaded = self.reload(deadline).await;
             self.reload_after = false;
             for (attempt, error) in failed {
                 self.retry_or_answer(attempt, error, reloaded, &mut again);
             }
         }
         self.decide(again).await;
+    }
+
+    /// A write that did not commit because the database could not be reached (or did
+    /// not answer in time): memory takes it back, and it is judged once more if its
+    /// request still has time, or answered 503.
+    fn retry_or_answer_lost(&mut self, attempt: Attempt, again: &mut Vec<Judge>) {
+        let failure = Failure::Write(PersistError::Unavailable);
+        self.judge_waiters_again(&attempt, again);
+        let in_time = Instant::now() < attempt.answer_by();
+        self.take_back(&attempt, failure);
+        match attempt {
+            Attempt::Lock(attempt) if in_time && !attempt.retried => {
+                again.push(Judge::Lock(LockAttempt {
+                    retried: true,
+                    ..attempt
+                }));
+            }
+            Attempt::End { request, .. }
+                if in_time && !request.retried && request.respond_to.is_some() =>
+            {
+                again.push(Judge::End(EndRequest {
+                    retried: true,
+                    ..request
+                }));
+            }
+            attempt => Self::answer_failed(attempt, failure),
+        }
     }
 
     /// Applies what committed and answers it; collects the writes that failed, and the
@@ -808,11 +895,17 @@ impl StoreActor {
         }
     }
 
-    /// Takes back a decision that was not persisted, and answers it. A lock whose
-    /// outcome is unknown keeps its units: it may have committed, and the store reloads
-    /// before it decides anything else.
+    /// Takes back a decision that was not persisted, and answers it.
     fn undo(&mut self, attempt: Attempt, failure: Failure) {
-        match &attempt {
+        self.take_back(&attempt, failure);
+        Self::answer_failed(attempt, failure);
+    }
+
+    /// Takes back a decision that was not persisted. A lock whose outcome is unknown
+    /// keeps its units: it may have committed, and the store reloads before it decides
+    /// anything else.
+    fn take_back(&mut self, attempt: &Attempt, failure: Failure) {
+        match attempt {
             Attempt::Lock(lock) if failure != Failure::Write(PersistError::OutcomeUnknown) => {
                 // Or the published stock would turn orders away for units nobody bought.
                 self.give_back(&lock.order);
@@ -832,7 +925,6 @@ impl StoreActor {
                 }
             }
         }
-        Self::answer_failed(attempt, failure);
     }
 
     fn answer_failed(attempt: Attempt, failure: Failure) {
@@ -864,16 +956,38 @@ impl StoreActor {
     }
 
     /// Replaces memory with the database's view of the store. Only called with nothing
-    /// in flight.
-    async fn reload(&mut self) -> bool {
-        // A connection that died with the batch may still sit in the pool; a failed
-        // read discards it, so a couple of immediate retries reach a live one.
-        let mut attempts = RELOAD_ATTEMPTS;
-        let state = loop {
-            attempts -= 1;
-            match load::stores(&self.db, Some(self.store)).await {
-                Ok(mut stores) => break stores.remove(&self.store).unwrap_or_default(),
-                Err(e) if attempts == 0 => {
+    /// in flight. The read runs to its end on a task of its own (`db::call`); the actor
+    /// waits for it until `deadline`, and a read still under way then is waited for
+    /// again by the next reload rather than started twice. Its result is still the
+    /// truth when it comes: a store that could not reload decides nothing (it answers
+    /// 503, and its timer is off), so nothing of it is written meanwhile.
+    async fn reload(&mut self, deadline: Instant) -> bool {
+        loop {
+            let read = self.reloading.get_or_insert_with(|| {
+                let (db, store) = (self.db.clone(), self.store);
+                tokio::spawn(async move { load::stores(&db, Some(store)).await })
+            });
+            let result = match tokio::time::timeout_at(deadline, read).await {
+                Ok(joined) => {
+                    self.reloading = None;
+                    joined.map_err(|e| DbErr::Custom(format!("a reload failed: {e}")))
+                }
+                Err(_) => Err(call::too_slow()),
+            };
+            match result.and_then(|r| r) {
+                Ok(mut stores) => {
+                    let state = stores.remove(&self.store).unwrap_or_default();
+                    self.replace_state(state);
+                    self.stale_since = None;
+                    tracing::info!(store = %self.store, "reloaded the store from the database");
+                    return true;
+                }
+                // A connection that died with the batch may still sit in the pool; a
+                // failed read discards it, so another try soon reaches a live one.
+                Err(_) if self.reloading.is_none() && Instant::now() < deadline => {
+                    tokio::time::sleep(RELOAD_RETRY.min(deadline - Instant::now())).await;
+                }
+                Err(e) => {
                     self.metrics
                         .db_error(metrics::index(metrics::DB_ERRORS, "reload_failed"));
                     crate::warn_summarised!(
@@ -885,13 +999,8 @@ impl StoreActor {
                     self.stale_since = Some(Instant::now());
                     return false;
                 }
-                Err(_) => {}
             }
-        };
-        self.replace_state(state);
-        self.stale_since = None;
-        tracing::info!(store = %self.store, "reloaded the store from the database");
-        true
+        }
     }
 
     fn replace_state(&mut self, state: StoreState) {
@@ -931,10 +1040,10 @@ impl StoreActor {
         self.publish(all.into_iter());
     }
 
-    async fn reload_if_due(&mut self) -> bool {
+    async fn reload_if_due(&mut self, deadline: Instant) -> bool {
         match self.stale_since {
             Some(since) if since.elapsed() < RELOAD_INTERVAL => false,
-            _ => self.reload().await,
+            _ => self.reload(deadline).await,
         }
     }
 

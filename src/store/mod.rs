@@ -8,6 +8,7 @@ mod actor;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 pub use actor::{ActorConfig, Shared, spawn};
 
@@ -68,6 +69,9 @@ pub struct LockRequest {
     /// When the hold expires; `None` holds until confirmed or cancelled.
     pub expires_at: Option<Deadline>,
     pub key: Option<Arc<KeyRecord>>,
+    /// When the request must be answered: the database is waited for until then (and,
+    /// for a COMMIT in flight, until the outcome deadline after it), then it is a 503.
+    pub answer_by: Instant,
 }
 
 /// Why a confirm or cancel got no `Resolved`.
@@ -207,10 +211,12 @@ enum Command {
         buyer: UserId,
         resolution: Resolution,
         key: Option<Arc<KeyRecord>>,
+        answer_by: Instant,
         respond_to: oneshot::Sender<ResolveResult>,
     },
     Change {
         change: ProductChange,
+        answer_by: Instant,
         respond_to: oneshot::Sender<ChangeResult>,
     },
     /// Expire every hold that is due now, and answer once those expiries committed.
@@ -244,6 +250,7 @@ impl StoreHandle {
         buyer: UserId,
         resolution: Resolution,
         key: Option<Arc<KeyRecord>>,
+        answer_by: Instant,
     ) -> ResolveResult {
         let (respond_to, answer) = oneshot::channel();
         self.send(Command::Resolve {
@@ -251,15 +258,20 @@ impl StoreHandle {
             buyer,
             resolution,
             key,
+            answer_by,
             respond_to,
         })?;
         answer.await.unwrap_or(Err(ResolveError::ShuttingDown))
     }
 
     /// Makes a change of the store's products; answers after it committed.
-    pub async fn change(&self, change: ProductChange) -> ChangeResult {
+    pub async fn change(&self, change: ProductChange, answer_by: Instant) -> ChangeResult {
         let (respond_to, answer) = oneshot::channel();
-        self.send(Command::Change { change, respond_to })?;
+        self.send(Command::Change {
+            change,
+            answer_by,
+            respond_to,
+        })?;
         answer.await.unwrap_or(Err(ChangeError::ShuttingDown))
     }
 

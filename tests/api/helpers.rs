@@ -118,15 +118,30 @@ pub struct TestDb {
 impl TestDb {
     /// A new, empty database with Kitara's schema (no demo data).
     pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::create(backend, None).await,
+            Backend::Mysql => {
+                let base = std::env::var(MYSQL_URL_VAR).expect("checked by available()");
+                Self::create(backend, Some(&base)).await
+            }
+        }
+    }
+
+    /// A new, empty database with Kitara's schema on the MySQL server at `base` (a URL
+    /// without a database), such as a test's private one.
+    pub async fn on_server(base: &str) -> Self {
+        Self::create(Backend::Mysql, Some(base)).await
+    }
+
+    async fn create(backend: Backend, base: Option<&str>) -> Self {
         let name = unique_name();
-        let (url, dir) = match backend {
-            Backend::Sqlite => {
+        let (url, dir) = match base {
+            None => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let path: PathBuf = dir.path().join("kitara.db");
                 (format!("sqlite://{}", path.display()), Some(dir))
             }
-            Backend::Mysql => {
-                let base = std::env::var(MYSQL_URL_VAR).expect("checked by available()");
+            Some(base) => {
                 let base = base.trim_end_matches('/').to_owned();
                 let admin = Database::connect(&base).await.expect("connect to MariaDB");
                 admin
@@ -323,6 +338,72 @@ impl TestDb {
         assert_eq!(stored, answered, "details of order {order_id}");
     }
 
+    /// `assert_order_stored` for many orders at once, in two reads: each order answered
+    /// 200 (with its buyer) is stored exactly as answered.
+    pub async fn assert_orders_stored(&self, answered: &[(i64, &Value)]) {
+        let orders: BTreeMap<i64, (i64, i64)> = self
+            .query_i64s("SELECT id, buyer_id, quantity FROM orders")
+            .await
+            .into_iter()
+            .map(|r| (r[0], (r[1], r[2])))
+            .collect();
+        let mut details: BTreeMap<i64, Vec<Vec<i64>>> = BTreeMap::new();
+        for r in self
+            .query_i64s(
+                "SELECT order_id, id, product_id, quantity FROM order_details ORDER BY order_id, product_id",
+            )
+            .await
+        {
+            details.entry(r[0]).or_default().push(r[1..].to_vec());
+        }
+        for &(buyer, answer) in answered {
+            let data = &answer["data"];
+            let order_id = data["order_id"].as_i64().expect("order_id");
+            let lines: Vec<Vec<i64>> = data["order_details"]
+                .as_array()
+                .expect("order_details")
+                .iter()
+                .map(|d| {
+                    ["order_detail_id", "product_id", "quantity"]
+                        .iter()
+                        .map(|field| d[*field].as_i64().unwrap())
+                        .collect()
+                })
+                .collect();
+            let total: i64 = lines.iter().map(|l| l[2]).sum();
+            assert_eq!(
+                orders.get(&order_id),
+                Some(&(buyer, total)),
+                "order {order_id}"
+            );
+            assert_eq!(
+                details.get(&order_id),
+                Some(&lines),
+                "details of order {order_id}"
+            );
+        }
+    }
+
+    /// Every order's status, by id.
+    pub async fn statuses(&self) -> BTreeMap<i64, String> {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                "SELECT id, status FROM orders",
+            ))
+            .await
+            .expect("statuses");
+        rows.iter()
+            .map(|r| {
+                (
+                    r.try_get_by_index::<i64>(0).expect("id"),
+                    r.try_get_by_index::<String>(1).expect("status"),
+                )
+            })
+            .collect()
+    }
+
     pub async fn drop_database(self) {
         if self.backend == Backend::Mysql {
             let name = self.name.clone();
@@ -482,6 +563,18 @@ impl Api {
         }
         self.send(builder.body(Full::new(body.into())).unwrap())
             .await
+    }
+
+    /// A GET whose answer is text, such as `/metrics`.
+    pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .uri(format!("http://{}{}", self.addr, path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.expect("request");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Value) {

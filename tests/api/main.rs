@@ -3,6 +3,7 @@
 //! `KITARA_TEST_MYSQL_URL` is set.
 
 mod helpers;
+mod mariadb;
 
 mod admin;
 mod admin_page;
@@ -19,4 +20,5 @@ mod outcome;
 mod races;
 mod reconcile;
 mod simulate;
+mod stall;
 mod startup;

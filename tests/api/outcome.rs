@@ -326,11 +326,16 @@ async fn served_again(app: &TestApp, body: &serde_json::Value) -> serde_json::Va
 }
 
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
-    through_proxy_after(deadline_ms, "SELECT 1").await
+    through_proxy_after(deadline_ms, 300, "SELECT 1").await
 }
 
-/// Like `through_proxy`, with `setup` run on the database before Kitara starts.
-async fn through_proxy_after(deadline_ms: u64, setup: &str) -> (TestDb, Proxy, TestApp) {
+/// Like `through_proxy`, with the pool's acquire timeout (which bounds every answer that
+/// waits for the database) and `setup` run on the database before Kitara starts.
+async fn through_proxy_after(
+    deadline_ms: u64,
+    acquire_ms: u64,
+    setup: &str,
+) -> (TestDb, Proxy, TestApp) {
     let db = TestDb::with_demo_data(Backend::Mysql).await;
     db.exec(setup).await;
     let (server, name) = db.url.rsplit_once('/').unwrap();
@@ -341,7 +346,7 @@ async fn through_proxy_after(deadline_ms: u64, setup: &str) -> (TestDb, Proxy, T
     let app = spawn_app_with(&db, |s| {
         s.database.database_url = url;
         s.outcome_deadline_ms = deadline_ms;
-        s.database.db_acquire_timeout_ms = 300;
+        s.database.db_acquire_timeout_ms = acquire_ms;
         // A connection left open to the unreachable database must not hold up the
         // test's shutdown for long.
         s.shutdown_timeout_ms = 2_000;
@@ -507,8 +512,10 @@ async fn shutdown_while_unreachable() {
 /// attempt for the rest of the batch.
 async fn refused_batch_then_unreachable() {
     const ORDERS: usize = 20;
+    // The first batch is held back 300 ms, within the 1 s every answer may wait.
     let (db, proxy, app) = through_proxy_after(
         500,
+        1_000,
         "UPDATE products SET current_stock = 100 WHERE id IN (1, 2)",
     )
     .await;
@@ -534,7 +541,7 @@ async fn refused_batch_then_unreachable() {
         let (status, body) = answer.await.unwrap();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     }
-    // With the pool's timeout at 300 ms, waiting for it order by order takes over 5 s.
+    // With the pool's timeout at 1 s, waiting for it order by order takes over 19 s.
     let took = started.elapsed();
     assert!(took < Duration::from_millis(3_500), "took {took:?}");
 
