@@ -57,7 +57,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "KITARA_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
-    /// How long a request waits for a pooled connection before it is answered 503
+    /// How long a request waits for the database (a pooled connection, then its answer)
+    /// before it is answered 503; a COMMIT already in flight may also take the outcome
+    /// deadline
     #[arg(long, env = "KITARA_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
     pub db_acquire_timeout_ms: u64,
 }
@@ -134,7 +136,8 @@ pub struct Settings {
     #[arg(long, env = "KITARA_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
 
-    /// How long a client may take to send its request headers or body; a keep-alive
+    /// How long a client may take to send its request: a body late by then gets 408,
+    /// headers late by then end the connection without an answer; a keep-alive
     /// connection idle this long is closed
     #[arg(long, env = "KITARA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,

@@ -24,12 +24,14 @@
 //! - [`logs`]: quiet logs under a flood: repeated warnings summarised once a second.
 //! - [`simulate`]: `kitara simulate`, a flash-sale rehearsal against a running Kitara.
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
+//! - [`console`]: what the command-line tools print, quietly cut short by a closed pipe.
 
 pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -74,16 +74,16 @@ fn current_thread() -> Result<tokio::runtime::Runtime, StartupError> {
 fn report(balances: &[Balance]) -> ExitCode {
     let failed: Vec<&Balance> = balances.iter().filter(|b| !b.holds()).collect();
     for balance in &failed {
-        println!("{balance}");
+        kitara::say!("{balance}");
     }
     if failed.is_empty() {
-        println!(
+        kitara::say!(
             "kitara check: all {} products add up (current_stock = ledger - live order units)",
             balances.len()
         );
         ExitCode::SUCCESS
     } else {
-        println!(
+        kitara::say!(
             "kitara check: {} of {} products do not add up",
             failed.len(),
             balances.len()

@@ -472,26 +472,26 @@ fn report(
         .filter(|((status, _), _)| *status == 200)
         .map(|(_, n)| n)
         .sum();
-    println!(
+    crate::say!(
         "orders: {attempted} sent by {} customers in {:.2} s ({:.0} orders/s)",
         args.customers,
         took.as_secs_f64(),
         attempted as f64 / took.as_secs_f64().max(1e-9)
     );
-    println!("  placed: {placed}");
+    crate::say!("  placed: {placed}");
     for ((status, message), n) in &tally.answers {
         if *status != 200 {
-            println!("  refused {status} {message:?}: {n}");
+            crate::say!("  refused {status} {message:?}: {n}");
         }
     }
     if tally.failed > 0 {
-        println!(
+        crate::say!(
             "  failed on the wire, {WIRE_ATTEMPTS} times with the same key: {} (their outcome is unknown)",
             tally.failed
         );
     }
     let sold: i64 = tally.confirmed_units.values().sum();
-    println!(
+    crate::say!(
         "holds: {} confirmed ({sold} units sold), {} cancelled, {} left to expire, {} expired before their confirm, {} not resolved",
         tally.confirmed_units.values().sum::<i64>() / args.quantity,
         tally.cancelled,
@@ -501,7 +501,7 @@ fn report(
     );
     let mut sorted = tally.latencies.clone();
     sorted.sort_unstable();
-    println!(
+    crate::say!(
         "lock latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
         percentile(&sorted, 50.0),
         percentile(&sorted, 99.0),
@@ -518,7 +518,7 @@ fn report(
         let expected = was.map(|w| w - sold);
         let ok = expected.is_some() && expected == is.copied();
         agrees &= ok;
-        println!(
+        crate::say!(
             "product {product}: listed {} before, {} after, {sold} sold: {}",
             was.map_or("-".into(), i64::to_string),
             is.map_or("-".into(), i64::to_string),
@@ -526,13 +526,13 @@ fn report(
         );
     }
     if tally.unresolved > 0 {
-        println!(
+        crate::say!(
             "{} confirms or cancels were not answered 200: their units are unknown",
             tally.unresolved
         );
     }
     if agrees {
-        println!("the listing agrees with what was sold");
+        crate::say!("the listing agrees with what was sold");
         Ok(())
     } else {
         Err(SimulateError::Disagrees)

@@ -7,7 +7,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn";
+/// What is logged when `KITARA_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn";
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 ///

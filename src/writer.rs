@@ -520,6 +520,11 @@ impl Writer {
             .count();
         if refused > 0 {
             tracing::warn!(refused, "the database refused writes that memory allowed");
+            // Counted here, once the refusal is known to be one: a batch refused by a
+            // key stored before (a client's retry, replayed) is not.
+            for _ in 0..refused {
+                self.metrics.db_error(metrics::index(DB_ERRORS, "refused"));
+            }
         }
         outcomes
             .into_iter()
@@ -737,10 +742,10 @@ impl Writer {
             }
             Ran::Failed(error) => {
                 self.reach.reached(true);
-                failed(match error {
-                    PersistError::Refused => "refused",
-                    _ => "unavailable",
-                });
+                // A refusal is counted by `write_all`, once it knows it is one.
+                if error != PersistError::Refused {
+                    failed("unavailable");
+                }
                 Err(error)
             }
             Ran::GivenUp => Err(PersistError::Unavailable),

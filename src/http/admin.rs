@@ -60,12 +60,23 @@ impl Endpoint {
     }
 }
 
-/// `GET /admin`
-pub fn page() -> Response<Body> {
+/// What `GET /admin` shows while the admin API is disabled, with a 403 like every admin
+/// path: the page would only ask for a token that cannot exist.
+const DISABLED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><meta charset=\"utf-8\">\
+<title>Kitara admin</title>\n<p>The admin API is disabled. Start Kitara with \
+<code>KITARA_ADMIN_TOKEN</code> set (at least 16 characters) to use this page.</p>\n";
+
+/// `GET /admin`: the owner's page, or, while the admin API is disabled, a page that
+/// says so (403).
+pub fn page(state: &AppState) -> Response<Body> {
+    let (status, page) = match state.admin.token {
+        Some(_) => (StatusCode::OK, PAGE),
+        None => (StatusCode::FORBIDDEN, DISABLED_PAGE),
+    };
     let mut response = response::raw(
-        StatusCode::OK,
+        status,
         "text/html; charset=utf-8",
-        Bytes::from_static(PAGE.as_bytes()),
+        Bytes::from_static(page.as_bytes()),
     );
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -278,7 +278,7 @@ async fn route(
         Route::Cancel if post => {
             orders::end(state, request, order, Resolution::Cancel, request_timeout).await
         }
-        Route::AdminPage if read => Ok(admin::page()),
+        Route::AdminPage if read => Ok(admin::page(state)),
         Route::Admin(endpoint) => match admin::authorize(state, request.headers()) {
             Ok(()) => admin::serve(state, endpoint, id, request, request_timeout).await,
             Err(refusal) => Err(refusal),

@@ -224,7 +224,10 @@ fn metrics() {}
 fn openapi_json() {}
 
 #[utoipa::path(get, path = "/admin", tag = "admin",
-    responses((status = 200, description = "The store owner's page", body = String, content_type = "text/html")))]
+    responses(
+        (status = 200, description = "The store owner's page", body = String, content_type = "text/html"),
+        (status = 403, description = "The admin API is disabled: a page that says so", body = String, content_type = "text/html"),
+    ))]
 fn admin_page() {}
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "orders",

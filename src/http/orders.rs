@@ -41,11 +41,13 @@ pub async fn lock(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_json_body(&parts.headers, body, timeout).await?;
-    let key = idempotency_key(&parts.headers)?;
+    // The body's rules (1 to 3, `hold_seconds` among the fields) come first, then the
+    // key: a header Kitara only needs once the request is known to be one.
     let LockBody {
         order,
         hold_seconds,
     } = request::parse_lock_order(&body)?;
+    let key = idempotency_key(&parts.headers)?;
     let expires_at = state.deadline_for(hold_seconds);
     let Some(key) = key else {
         let placed = state
@@ -121,8 +123,8 @@ pub async fn end(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let body = read_json_body(&parts.headers, body, timeout).await?;
-    let key = idempotency_key(&parts.headers)?;
     let buyer = request::parse_buyer(&body)?;
+    let key = idempotency_key(&parts.headers)?;
     let id = id.ok_or(ApiError::OrderNotFound)?;
     let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
     let answer_by = state.answer_by();

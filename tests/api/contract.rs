@@ -16,6 +16,7 @@ crate::on_both_backends!(
     field_rules_name_the_field_and_change_nothing,
     duplicate_lines_are_merged_within_limits,
     user_store_and_availability_are_judged_in_order,
+    a_request_that_breaks_two_rules_gets_the_earlier_one,
     raw_tcp_abuse_is_answered_and_changes_nothing,
     utf8_names_survive_end_to_end,
 );
@@ -427,6 +428,79 @@ fn status_of(raw: &str) -> Option<u16> {
 fn json_of(raw: &str) -> Value {
     let body = raw.split("\r\n\r\n").nth(1).expect("a body");
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {raw}"))
+}
+
+/// The judging order of README.md's table, rule by rule: each request breaks one rule
+/// and a later one, and is answered by the earlier.
+async fn a_request_that_breaks_two_rules_gets_the_earlier_one(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    db.exec("UPDATE products SET max_per_customer = 1 WHERE id = 2")
+        .await;
+    let app = spawn_app(&db).await;
+    let before = db.snapshot().await;
+    let big = format!(r#"{{"user_id": 2, "pad": "{}"}}"#, "x".repeat(70_000));
+    let overflow =
+        r#"[{"product_id": 1, "quantity": 2147483647}, {"product_id": 1, "quantity": 1}]"#;
+    let bad_key = Some("ключ");
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        String,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        // 415 before 413.
+        ("order/lock", Some("text/plain"), big.clone(), None, 415, "Content-Type"),
+        // 413 before a body that is not JSON.
+        ("order/lock", Some("application/json"), big.clone() + "}", None, 413, "65536"),
+        // A body that is not JSON before a bad key.
+        ("order/lock", Some("application/json"), "not json".into(), bad_key, 400, "JSON"),
+        // A field before `hold_seconds`.
+        ("order/lock", Some("application/json"), r#"{"user_id": "2", "hold_seconds": 0, "products": [{"product_id": 1, "quantity": 1}]}"#.into(), None, 400, "user_id"),
+        // `hold_seconds` before the merged quantity.
+        ("order/lock", Some("application/json"), format!(r#"{{"user_id": 2, "hold_seconds": 0, "products": {overflow}}}"#), None, 400, "hold_seconds"),
+        // The merged quantity before a bad key.
+        ("order/lock", Some("application/json"), format!(r#"{{"user_id": 2, "products": {overflow}}}"#), bad_key, 400, "product 1"),
+        // A bad key before an unknown user.
+        ("order/lock", Some("application/json"), order(99, &[(1, 1)]).to_string(), bad_key, 400, "Idempotency-Key"),
+        // An unknown user before a second store.
+        ("order/lock", Some("application/json"), order(99, &[(1, 1), (3, 1)]).to_string(), None, 400, "user not found"),
+        // A second store before a limit.
+        ("order/lock", Some("application/json"), order(2, &[(2, 2), (3, 1)]).to_string(), None, 400, "product must in same store"),
+        // A limit before availability.
+        ("order/lock", Some("application/json"), order(2, &[(2, 6)]).to_string(), None, 400, "purchase limit per customer exceeded"),
+        // Confirm: the body before a bad key.
+        ("order/1/confirm", Some("application/json"), r#"{"user_id": 0}"#.into(), bad_key, 400, "user_id"),
+    ];
+    for (path, content_type, body, key, status, needle) in cases {
+        let mut request = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/api/v1/{path}", app.addr));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(key) = key {
+            request = request.header(
+                "idempotency-key",
+                hyper::header::HeaderValue::from_bytes(key.as_bytes()).unwrap(),
+            );
+        }
+        let (got, answer) = app
+            .send_raw(
+                request
+                    .body(http_body_util::Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+            .await;
+        let expected = StatusCode::from_u16(status).unwrap();
+        assert_refused(got, &answer, expected, needle);
+    }
+    assert_eq!(db.snapshot().await, before);
+    assert_a_valid_order_still_works(&app, &db).await;
+    app.stop().await;
+    db.drop_database().await;
 }
 
 async fn raw_tcp_abuse_is_answered_and_changes_nothing(backend: Backend) {

@@ -13,6 +13,7 @@ use crate::helpers::{Backend, TestDb, order, spawn_app, spawn_app_with};
 crate::on_both_backends!(
     a_keyed_lock_is_booked_once_and_replayed,
     a_replay_does_not_depend_on_what_changed_since,
+    a_replay_the_database_refused_is_no_database_error,
     a_refusal_stores_nothing_and_a_retry_is_judged_afresh,
     keyed_confirms_and_cancels_are_replayed_too,
     a_key_in_progress_is_refused_with_409,
@@ -103,6 +104,43 @@ async fn a_replay_does_not_depend_on_what_changed_since(backend: Backend) {
     assert!(replayed(&headers));
     assert_eq!(again["data"], first["data"]);
     assert_eq!(db.count("orders").await, 1);
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// After a restart no request holds the key in memory, so a retry with stock to spare is
+/// judged afresh and reaches the writer, whose batch the key's primary key refuses: the
+/// retry is replayed, and that refusal is not counted as the database refusing what
+/// memory allowed (the series an operator alerts on).
+async fn a_replay_the_database_refused_is_no_database_error(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let app = spawn_app(&db).await;
+    let one = order(2, &[(1, 1)]);
+    let (status, _, first) = app.post(LOCK, &one, Some("after-restart")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    app.stop().await;
+
+    let app = spawn_app(&db).await;
+    let (status, headers, again) = app.post(LOCK, &one, Some("after-restart")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(replayed(&headers));
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(db.count("orders").await, 1);
+    let (_, metrics) = app.text("/metrics").await;
+    assert!(
+        metrics.contains(r#"kitara_database_errors_total{kind="refused"} 0"#),
+        "{metrics}"
+    );
+    // A genuine refusal still counts: stock taken behind Kitara's back.
+    db.exec("UPDATE products SET current_stock = 0 WHERE id = 1")
+        .await;
+    let (status, _) = app.lock(&one).await;
+    assert_ne!(status, StatusCode::OK);
+    let (_, metrics) = app.text("/metrics").await;
+    assert!(
+        !metrics.contains(r#"kitara_database_errors_total{kind="refused"} 0"#),
+        "{metrics}"
+    );
     app.stop().await;
     db.drop_database().await;
 }

@@ -18,6 +18,7 @@ mod openapi;
 mod operations;
 mod outcome;
 mod races;
+mod readme;
 mod reconcile;
 mod simulate;
 mod stall;

@@ -195,3 +195,38 @@ async fn a_listing_that_does_not_add_up_exits_1() {
     app.stop().await;
     db.drop_database().await;
 }
+
+/// `kitara simulate … | head -1`: the reader has gone away before the report is written;
+/// the report ends quietly and the verdict is still the exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_piped_into_a_reader_that_left_ends_quietly() {
+    let db = TestDb::with_demo_data(Backend::Sqlite).await;
+    let app = spawn_app(&db).await;
+    let url = format!("http://{}", app.addr);
+    // A pipe whose reader is gone: every write to it fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    // Not `output()`, which would capture stdout instead.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitara"))
+        .args([
+            "simulate",
+            "--url",
+            &url,
+            "--customers",
+            "4",
+            "--orders",
+            "20",
+        ])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kitara simulate")
+        .wait_with_output()
+        .await
+        .expect("simulate ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    app.stop().await;
+    db.drop_database().await;
+}
