@@ -171,6 +171,12 @@ pub struct Settings {
     /// off, to show that the database guard alone still stops oversell.
     #[arg(skip = true)]
     pub memory_check: bool,
+
+    /// Guard every decrement in SQL (`WHERE current_stock + d >= 0`, layer 4). Only tests
+    /// turn this off, with the memory check, to show that the schema's
+    /// `CHECK (current_stock >= 0)` alone still stops oversell.
+    #[arg(skip = true)]
+    pub database_guard: bool,
 }
 
 impl Settings {

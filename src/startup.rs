@@ -77,6 +77,7 @@ impl Application {
                 batch_size: settings.batch_size as usize,
                 queue: settings.writer_queue as usize,
                 answer_within: settings.database.acquire_timeout(),
+                stock_guard: settings.database_guard,
                 outcome_deadline: settings.outcome_deadline(),
                 writers,
                 metrics: metrics.clone(),

@@ -231,6 +231,8 @@ pub struct WriterConfig {
     /// writes no request bounds.
     pub answer_within: Duration,
     pub outcome_deadline: Duration,
+    /// Off only in tests: see `Settings::database_guard`.
+    pub stock_guard: bool,
     /// Writer tasks, each with its own transaction in flight: while one commits, the
     /// next batch is already on its way to the database.
     pub writers: usize,
@@ -262,6 +264,7 @@ pub fn spawn(
                 receiver: receiver.clone(),
                 batch_size: config.batch_size,
                 outcome_deadline: config.outcome_deadline,
+                stock_guard: config.stock_guard,
                 ids: ids.clone(),
                 reach: reach.clone(),
                 metrics: config.metrics.clone(),
@@ -337,6 +340,7 @@ struct Writer {
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     batch_size: usize,
     outcome_deadline: Duration,
+    stock_guard: bool,
     ids: Arc<Ids>,
     /// Boot time, process and writer number: with `sequence`, makes every transaction
     /// token unique across writers and restarts.
@@ -629,7 +633,7 @@ impl Writer {
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
         let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
-        let plan = persist::Plan::new(&batch, &token);
+        let plan = persist::Plan::new(&batch, &token, self.stock_guard);
         let orders = batch.orders.len();
         let writes = orders + batch.ended.len() + batch.admin.len();
         drop(batch);

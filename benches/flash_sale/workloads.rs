@@ -307,7 +307,7 @@ pub(crate) async fn database_alone(bench: &Bench) -> Row {
             .begin_with_options(kitara::db::write_transaction_options())
             .await
             .expect("begin");
-        let plan = Plan::new(&batch, &Token::new(&[0, written as u128]));
+        let plan = Plan::new(&batch, &Token::new(&[0, written as u128]), true);
         write_plan(&txn, &plan).await.expect("write a batch");
         txn.commit().await.expect("commit");
         written += BATCH;

@@ -302,6 +302,7 @@ pub(super) fn integer_from(value: &RawValue, field: &str, min: i64) -> Result<i6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::OrderLine;
 
     fn message(body: &str) -> String {
         match parse_lock_order(body.as_bytes()) {
@@ -430,7 +431,16 @@ mod tests {
             let body = format!(
                 r#"{{"user_id":2,"note":{n},"products":[{{"product_id":1,"quantity":1}}]}}"#
             );
-            assert!(parse_lock_order(body.as_bytes()).is_ok(), "{n}");
+            let lock = parse_lock_order(body.as_bytes()).unwrap_or_else(|_| panic!("{n}"));
+            assert_eq!(lock.order.buyer(), UserId(2), "{n}");
+            assert_eq!(
+                lock.order.lines(),
+                &[OrderLine {
+                    product: ProductId(1),
+                    quantity: 1
+                }],
+                "{n}"
+            );
             let body = format!(
                 r#"{{"user_id":2,"note":{n},"products":[{{"product_id":1,"quantity":0}}]}}"#
             );

@@ -384,6 +384,21 @@ impl TestDb {
         }
     }
 
+    /// The first column of every row, as text.
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                sql,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter()
+            .map(|r| r.try_get_by_index::<String>(0).expect("text"))
+            .collect()
+    }
+
     /// Every order's status, by id.
     pub async fn statuses(&self) -> BTreeMap<i64, String> {
         let rows = self
@@ -517,12 +532,17 @@ impl TestApp {
         self.state.settle_due().await;
     }
 
-    /// Graceful shutdown: waits until every actor settled and the writer stopped.
+    /// Graceful shutdown: waits until every actor settled and the writer stopped. A panic
+    /// of the server is the test's panic.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        if let Err(e) = (&mut self.task).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }
 
@@ -535,17 +555,35 @@ impl Api {
     }
 
     /// Like `lock`, but a connection that fails (a server killed mid-request) is `None`.
+    /// An answer that arrives whole must be JSON.
     pub async fn try_lock(&self, body: &Value) -> Option<(StatusCode, Value)> {
-        let request = Request::builder()
+        self.try_post("/api/v1/order/lock", body, None).await
+    }
+
+    /// A JSON POST (with the admin token, if given) whose connection may fail (a server
+    /// killed mid-request): then `None`. An answer that arrives whole must be JSON.
+    pub async fn try_post(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Option<(StatusCode, Value)> {
+        let mut request = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{}/api/v1/order/lock", self.addr))
-            .header("content-type", "application/json")
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let response = self.client.request(request).await.ok()?;
         let status = response.status();
         let bytes = response.into_body().collect().await.ok()?.to_bytes();
-        Some((status, serde_json::from_slice(&bytes).ok()?))
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        Some((status, value))
     }
 
     pub async fn request(
@@ -724,6 +762,14 @@ impl Api {
         .await;
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// The value of one series of `/metrics` text, such as
+/// `kitara_database_errors_total{kind="refused"}`.
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 /// A lock-order body.

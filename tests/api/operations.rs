@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 
-use crate::helpers::{Api, Backend, TestDb, order, spawn_admin_app, start_kitara};
+use crate::helpers::{Api, Backend, TestDb, order, series, spawn_admin_app, start_kitara};
 
 async fn request_id(api: &Api, raw_header: &str) -> String {
     let request =
@@ -128,13 +128,6 @@ async fn request_ids_are_on_the_log_lines_of_their_request() {
         child.kill().await.ok();
     }
     db.drop_database().await;
-}
-
-/// The value of one series in a `/metrics` text, by its exact name and labels.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 async fn metrics_text(app: &crate::helpers::TestApp) -> String {

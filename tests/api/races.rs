@@ -10,11 +10,15 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestDb, manual_clock, order, spawn_app, spawn_app_at};
+use crate::helpers::{
+    Api, Backend, TestDb, manual_clock, order, spawn_app, spawn_app_at, start_kitara,
+};
 
 crate::on_both_backends!(
     confirm_cancel_and_expiry_racing_on_a_hold_end_it_once,
     fifty_concurrent_requests_with_one_key_place_one_order,
+    fifty_concurrent_requests_with_one_key_place_one_order_in_the_binary,
+    confirm_and_cancel_racing_end_each_hold_once_in_the_binary,
     a_burst_of_holds_on_scarce_stock_all_comes_back_when_they_expire,
 );
 
@@ -115,24 +119,29 @@ async fn confirm_cancel_and_expiry_racing_on_a_hold_end_it_once(backend: Backend
 
 async fn fifty_concurrent_requests_with_one_key_place_one_order(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
-    let initial = db.stocks().await;
-    let app = Arc::new(spawn_app(&db).await);
-    let body = order(2, &[(1, 1), (2, 1)]);
+    let app = spawn_app(&db).await;
+    fifty_requests_with_one_key(&Api::new(app.addr), &db).await;
+    app.stop().await;
+    db.drop_database().await;
+}
 
-    let answers: Vec<_> = (0..50)
-        .map(|_| {
-            let app = app.clone();
-            let body = body.clone();
-            tokio::spawn(async move {
-                app.post("/api/v1/order/lock", &body, Some("one-click"))
-                    .await
-            })
-        })
-        .collect();
+/// The same against the real binary, scheduled as users run it.
+async fn fifty_concurrent_requests_with_one_key_place_one_order_in_the_binary(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let (mut child, api, _logs) = start_kitara(&db.url, &[]).await;
+    fifty_requests_with_one_key(&api, &db).await;
+    child.start_kill().ok();
+    child.wait().await.ok();
+    db.drop_database().await;
+}
+
+async fn fifty_requests_with_one_key(api: &Api, db: &TestDb) {
+    let initial = db.stocks().await;
+    let body = order(2, &[(1, 1), (2, 1)]);
+    let requests = (0..50).map(|_| api.post("/api/v1/order/lock", &body, Some("one-click")));
     let mut orders = BTreeSet::new();
     let mut in_progress = 0;
-    for answer in answers {
-        let (status, _, body) = answer.await.unwrap();
+    for (status, _, body) in futures_util::future::join_all(requests).await {
         match status {
             StatusCode::OK => {
                 orders.insert(body["data"].to_string());
@@ -153,7 +162,46 @@ async fn fifty_concurrent_requests_with_one_key_place_one_order(backend: Backend
     assert_eq!(db.count("orders").await, 1);
     assert_eq!(db.stocks().await, [(1, 9), (2, 4), (3, 20)].into());
     db.assert_invariants(&initial).await;
-    crate::helpers::TestApp::stop_shared(app).await;
+}
+
+/// Against the real binary: a confirm and a cancel at once on each of many holds. Each
+/// hold ends once: one 200, one 409 naming where the winner took it, and the stored
+/// status and stock agree.
+async fn confirm_and_cancel_racing_end_each_hold_once_in_the_binary(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    db.exec("UPDATE products SET current_stock = 1000 WHERE id IN (1, 2)")
+        .await;
+    let initial = db.stocks().await;
+    let (mut child, api, _logs) = start_kitara(&db.url, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..HOLDS {
+        let (status, answer) = api.lock(&order(2, &[(1 + i % 2, 1 + i % 3)])).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        ids.push(answer["data"]["order_id"].as_i64().unwrap());
+    }
+    let api = &api;
+    let races = ids.iter().map(|&id| async move {
+        let (confirm, cancel) = tokio::join!(api.end(id, "confirm", 2), api.end(id, "cancel", 2));
+        (id, confirm, cancel)
+    });
+    for (id, (confirm, confirmed), (cancel, cancelled)) in
+        futures_util::future::join_all(races).await
+    {
+        let stored = db.status(id).await;
+        let (winner, loser) = match stored.as_str() {
+            "confirmed" => ((confirm, &confirmed), (cancel, &cancelled)),
+            "cancelled" => ((cancel, &cancelled), (confirm, &confirmed)),
+            other => panic!("order {id} ended {other}"),
+        };
+        assert_eq!(winner.0, StatusCode::OK, "order {id}: {}", winner.1);
+        assert_eq!(winner.1["data"]["status"], stored.as_str());
+        assert_eq!(loser.0, StatusCode::CONFLICT, "order {id}: {}", loser.1);
+        assert_eq!(loser.1["message"], format!("order is {stored}"));
+    }
+    db.assert_invariants(&initial).await;
+    assert_eq!(api.listed_stocks().await, db.stocks().await);
+    child.start_kill().ok();
+    child.wait().await.ok();
     db.drop_database().await;
 }
 

@@ -174,8 +174,16 @@ async fn a_listing_that_does_not_add_up_exits_1() {
         ])
         .await
     });
-    // Another client restocks in the middle of it.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Another client restocks in the middle of it: once it has placed an order, it has
+    // read the listing it compares with.
+    let started = std::time::Instant::now();
+    while db.count("orders").await == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the rehearsal placed no order"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let (status, body) = app
         .admin(
             hyper::Method::POST,
