@@ -271,7 +271,9 @@ mod tests {
         );
         for s in [Locked, Confirmed, Cancelled, Expired] {
             assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+            assert_eq!(s.to_string(), s.as_str());
         }
+        assert_eq!(OrderStatus::parse("sold"), None);
     }
 
     #[test]
@@ -310,6 +312,125 @@ mod tests {
             book.begin(OrderId(1), Resolution::Confirm, 100),
             Begin::Started(Resolution::Expire)
         );
+    }
+
+    #[test]
+    fn confirmed_units_are_sold_and_the_others_come_back() {
+        assert!(!Resolution::Confirm.returns_units());
+        assert!(Resolution::Cancel.returns_units());
+        assert!(Resolution::Expire.returns_units());
+    }
+
+    /// One step of a store's life with its holds.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(i64, Option<Deadline>),
+        Begin(i64, Resolution, Deadline),
+        Abort(i64),
+        Finish(i64),
+        BeginDue(Deadline, usize),
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let id = 1i64..6;
+        let deadline = prop::option::of(0i64..20);
+        let resolution = prop_oneof![
+            Just(Resolution::Confirm),
+            Just(Resolution::Cancel),
+            Just(Resolution::Expire)
+        ];
+        let step = prop_oneof![
+            (id.clone(), deadline).prop_map(|(i, d)| Step::Insert(i, d)),
+            (id.clone(), resolution, 0i64..20).prop_map(|(i, r, n)| Step::Begin(i, r, n)),
+            id.clone().prop_map(Step::Abort),
+            id.prop_map(Step::Finish),
+            (0i64..20, 0usize..4).prop_map(|(n, l)| Step::BeginDue(n, l)),
+        ];
+        prop::collection::vec(step, 0..60)
+    }
+
+    /// The model: each live hold's deadline and pending resolution, nothing more.
+    type Model = std::collections::BTreeMap<i64, (Option<Deadline>, Option<Resolution>)>;
+
+    proptest::proptest! {
+        /// Against a model of what each hold is: after every step, what the book answers
+        /// (its size, its ids, each hold, the next deadline, what falls due) is what the
+        /// model says.
+        #[test]
+        fn the_book_agrees_with_a_model_of_its_holds(steps in steps()) {
+            use proptest::prelude::*;
+            let mut book = HoldBook::default();
+            let mut model = Model::new();
+            for step in steps {
+                match step {
+                    Step::Insert(id, deadline) => {
+                        book.insert(OrderId(id), order(), deadline);
+                        model.insert(id, (deadline, None));
+                    }
+                    Step::Begin(id, asked, now) => {
+                        let expected = match model.get_mut(&id) {
+                            None => Begin::NotLive,
+                            Some((_, Some(pending))) => Begin::Pending(*pending),
+                            Some((deadline, pending)) => {
+                                let started = match deadline {
+                                    Some(d) if *d <= now => Resolution::Expire,
+                                    _ => asked,
+                                };
+                                *pending = Some(started);
+                                Begin::Started(started)
+                            }
+                        };
+                        prop_assert_eq!(book.begin(OrderId(id), asked, now), expected);
+                    }
+                    Step::Abort(id) => {
+                        book.abort(OrderId(id));
+                        if let Some((_, pending)) = model.get_mut(&id) {
+                            *pending = None;
+                        }
+                    }
+                    Step::Finish(id) => {
+                        let finished = book.finish(OrderId(id));
+                        let expected = model.remove(&id);
+                        prop_assert_eq!(finished.map(|h| h.expires_at), expected.map(|e| e.0));
+                    }
+                    Step::BeginDue(now, limit) => {
+                        let mut due: Vec<(Deadline, i64)> = model
+                            .iter()
+                            .filter_map(|(&id, &(deadline, pending))| match (deadline, pending) {
+                                (Some(d), None) if d <= now => Some((d, id)),
+                                _ => None,
+                            })
+                            .collect();
+                        due.sort();
+                        due.truncate(limit);
+                        for (_, id) in &due {
+                            model.get_mut(id).unwrap().1 = Some(Resolution::Expire);
+                        }
+                        let expected: Vec<OrderId> = due.iter().map(|&(_, id)| OrderId(id)).collect();
+                        prop_assert_eq!(book.begin_due(now, limit), expected);
+                    }
+                }
+                prop_assert_eq!(book.len(), model.len());
+                prop_assert_eq!(book.is_empty(), model.is_empty());
+                let mut ids: Vec<i64> = book.ids().map(|id| id.0).collect();
+                ids.sort();
+                prop_assert_eq!(ids, model.keys().copied().collect::<Vec<_>>());
+                for (&id, &(deadline, pending)) in &model {
+                    let hold = book.get(OrderId(id));
+                    prop_assert!(hold.is_some(), "hold {} is live", id);
+                    let hold = hold.unwrap();
+                    prop_assert_eq!(hold.expires_at, deadline);
+                    prop_assert_eq!(hold.pending, pending);
+                }
+                let next = model
+                    .values()
+                    .filter(|(_, pending)| pending.is_none())
+                    .filter_map(|(deadline, _)| *deadline)
+                    .min();
+                prop_assert_eq!(book.next_deadline(), next);
+            }
+        }
     }
 
     #[test]

@@ -90,7 +90,8 @@ mod tests {
 
     #[test]
     fn keys_are_visible_ascii_and_lose_their_quotes() {
-        assert_eq!(IdempotencyKey::parse(b"\"abc\"").unwrap().as_str(), "abc");
+        let key = IdempotencyKey::parse(b"\"abc\"").unwrap();
+        assert_eq!((key.as_str(), key.as_bytes()), ("abc", &b"abc"[..]));
         assert_eq!(IdempotencyKey::parse(b"a\"b").unwrap().as_str(), "a\"b");
         assert!(IdempotencyKey::parse(&[b'k'; 255]).is_ok());
         for bad in [

@@ -114,6 +114,89 @@ mod tests {
         assert!(purchases.allows(&order(7, &[(1, 2)])));
     }
 
+    /// One step of a store's life with its limits.
+    #[derive(Debug, Clone)]
+    enum Step {
+        SetLimit(i64, Option<i64>),
+        Add(i64, Vec<(i64, i64)>),
+        Remove(i64, Vec<(i64, i64)>),
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let lines = prop::collection::btree_map(1i64..4, 1i64..4, 1..3)
+            .prop_map(|m| m.into_iter().collect::<Vec<_>>());
+        let step = prop_oneof![
+            (1i64..4, prop::option::of(0i64..6)).prop_map(|(p, l)| Step::SetLimit(p, l)),
+            (1i64..3, lines.clone()).prop_map(|(b, l)| Step::Add(b, l)),
+            (1i64..3, lines).prop_map(|(b, l)| Step::Remove(b, l)),
+        ];
+        prop::collection::vec(step, 0..40)
+    }
+
+    proptest::proptest! {
+        /// Against a model that counts, per buyer and limited product, the units of the
+        /// orders added since the limit was set, never below zero: what is counted, and
+        /// what is allowed, agree after every step.
+        #[test]
+        fn purchases_agree_with_a_model_of_what_buyers_hold(steps in steps()) {
+            use proptest::prelude::*;
+            use std::collections::BTreeMap;
+            let mut purchases = Purchases::default();
+            let mut limits: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut units: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::SetLimit(product, limit) => {
+                        purchases.set_limit(ProductId(product), limit);
+                        match limit {
+                            Some(limit) => {
+                                limits.insert(product, limit);
+                            }
+                            None => {
+                                limits.remove(&product);
+                                units.retain(|&(_, p), _| p != product);
+                            }
+                        }
+                    }
+                    Step::Add(buyer, lines) => {
+                        purchases.add(&order(buyer, &lines));
+                        for (product, quantity) in lines {
+                            if limits.contains_key(&product) {
+                                *units.entry((buyer, product)).or_insert(0) += quantity;
+                            }
+                        }
+                    }
+                    Step::Remove(buyer, lines) => {
+                        purchases.remove(&order(buyer, &lines));
+                        for (product, quantity) in lines {
+                            if let Some(n) = units.get_mut(&(buyer, product)) {
+                                *n -= quantity;
+                                if *n <= 0 {
+                                    units.remove(&(buyer, product));
+                                }
+                            }
+                        }
+                    }
+                }
+                for buyer in 1..3 {
+                    for product in 1..4 {
+                        let held = units.get(&(buyer, product)).copied().unwrap_or(0);
+                        prop_assert_eq!(purchases.units(UserId(buyer), ProductId(product)), held);
+                        prop_assert_eq!(purchases.limit(ProductId(product)), limits.get(&product).copied());
+                        for quantity in 1..4 {
+                            let allowed = limits.get(&product).is_none_or(|&l| held + quantity <= l);
+                            prop_assert_eq!(
+                                purchases.allows(&order(buyer, &[(product, quantity)])),
+                                allowed
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn products_without_a_limit_are_not_counted() {
         let mut purchases = Purchases::new([], [(UserId(1), ProductId(1), 5)]);

@@ -164,4 +164,31 @@ mod tests {
         let lines: Vec<_> = (1..=100).map(|p| (p % 3, 1)).collect();
         assert_eq!(order(&lines).unwrap().lines().len(), 3);
     }
+
+    #[test]
+    fn a_stored_order_is_merged_but_not_limited() {
+        let stored = LockOrder::stored(
+            UserId(4),
+            [
+                (ProductId(2), 3),
+                (ProductId(1), MAX_QUANTITY),
+                (ProductId(2), 4),
+            ],
+        );
+        assert_eq!(stored.buyer(), UserId(4));
+        assert_eq!(
+            stored.lines(),
+            &[
+                OrderLine {
+                    product: ProductId(1),
+                    quantity: MAX_QUANTITY
+                },
+                OrderLine {
+                    product: ProductId(2),
+                    quantity: 7
+                },
+            ]
+        );
+        assert_eq!(stored.total(), MAX_QUANTITY + 7);
+    }
 }

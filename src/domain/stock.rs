@@ -127,6 +127,32 @@ mod tests {
         assert_eq!(book.get(ProductId(1)), Some(3));
     }
 
+    #[test]
+    fn the_unchecked_reservation_takes_even_what_is_not_there() {
+        let mut book = StockBook::new([(ProductId(1), 2)]);
+        assert_eq!(
+            book.reserve_unchecked(&[line(1, 5), line(9, 1)]),
+            Verdict::Reserved
+        );
+        assert_eq!(book.get(ProductId(1)), Some(-3));
+        assert_eq!(book.get(ProductId(9)), None);
+    }
+
+    #[test]
+    fn a_product_that_leaves_the_store_can_no_longer_be_reserved() {
+        let mut book = StockBook::new([(ProductId(1), 5), (ProductId(2), 5)]);
+        book.remove(ProductId(1));
+        assert_eq!(book.get(ProductId(1)), None);
+        assert_eq!(book.try_reserve(&[line(1, 1)]), Verdict::NoneAvailable);
+        book.insert(ProductId(3), 4);
+        assert_eq!(book.get(ProductId(3)), Some(4));
+        book.replace([(ProductId(2), 1)]);
+        assert_eq!(
+            (book.get(ProductId(2)), book.get(ProductId(3))),
+            (Some(1), None)
+        );
+    }
+
     proptest! {
         /// Against a model that replays every reserved order: stock never goes negative,
         /// and initial stock = current stock + everything reserved.

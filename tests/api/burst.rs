@@ -239,7 +239,9 @@ async fn run_case(
     }
     running.store(false, Ordering::Relaxed);
     let sampled = sampler.await.expect("sampler");
-    check(sampled.is_ok() || !layers.memory_check, || format!("{sampled:?}"))?;
+    check(sampled.is_ok() || !layers.memory_check, || {
+        format!("{sampled:?}")
+    })?;
 
     let mut served = 0;
     let mut refused = 0;
