@@ -26,7 +26,6 @@
 //! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
 //! - [`console`]: what the command-line tools print, quietly cut short by a closed pipe.
 
-pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod clock;
@@ -34,15 +33,12 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub mod domain;
-pub mod error;
 pub mod health;
 pub mod http;
-pub mod idempotency;
 pub mod logs;
 pub mod metrics;
 pub mod simulate;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod users;
 pub mod writer;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kitara::config::{Cli, Command, LogFormat};
 use kitara::db::check::Balance;
-use kitara::error::StartupError;
+use kitara::startup::StartupError;
 use kitara::{db, startup, telemetry};
 
 /// Every lock request allocates a little (its parsed body, its answer, its trip through
@@ -26,8 +26,11 @@ fn main() -> ExitCode {
         }
         Command::Migrate(args) => {
             telemetry::init(LogFormat::Text);
-            current_thread()
-                .and_then(|runtime| runtime.block_on(db::migrate(&args.database, !args.no_demo)))
+            current_thread().and_then(|runtime| {
+                runtime
+                    .block_on(db::migrate(&args.database, !args.no_demo))
+                    .map_err(StartupError::from)
+            })
         }
         Command::Simulate(args) => {
             let simulated = startup::runtime(0)
@@ -42,8 +45,11 @@ fn main() -> ExitCode {
             };
         }
         Command::Check(args) => {
-            let checked =
-                current_thread().and_then(|runtime| runtime.block_on(db::check(&args.database)));
+            let checked = current_thread().and_then(|runtime| {
+                runtime
+                    .block_on(db::check(&args.database))
+                    .map_err(StartupError::from)
+            });
             return match checked {
                 Ok(balances) => report(&balances),
                 Err(error) => {

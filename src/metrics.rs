@@ -18,82 +18,70 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The routes requests are counted by, as `http` numbers them; the last is for a path
-/// that names no route.
-pub const ROUTES: &[&str] = &[
-    "healthz",
-    "readyz",
-    "metrics",
-    "products",
-    "lock",
-    "order",
-    "confirm",
-    "cancel",
-    "admin_page",
-    "admin_users",
-    "admin_stores",
-    "admin_products",
-    "admin_product",
-    "admin_stock",
-    "admin_movements",
-    "admin_orders",
-    "openapi",
-    "unmatched",
-];
-
 /// The statuses Kitara answers; anything else is counted as `other`.
 const STATUSES: &[u16] = &[
     200, 201, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 500, 503,
 ];
 
-/// What a lock request ended as: `LOCK_RESULTS[result as usize]` is its label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockResult {
-    Placed,
-    Replayed,
-    Invalid,
-    UserNotFound,
-    MixedStores,
-    LimitExceeded,
-    NoneAvailable,
-    SomeAvailable,
-    KeyInProgress,
-    KeyReused,
-    Busy,
-    Unavailable,
-    Conflict,
-    OutcomeUnknown,
-    ShuttingDown,
+/// An enum whose variants are the values of a metric's label: recording takes the
+/// variant (an index, no lookup), and the label text is written only when scraped.
+macro_rules! labels {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every label value, in the variants' order.
+            pub const LABELS: &'static [&'static str] = &[$($label,)*];
+
+            pub fn label(self) -> &'static str {
+                Self::LABELS[self as usize]
+            }
+        }
+    };
 }
 
-/// The labels of `LockResult`, in its order.
-pub const LOCK_RESULTS: &[&str] = &[
-    "placed",
-    "replayed",
-    "invalid",
-    "user_not_found",
-    "mixed_stores",
-    "limit_exceeded",
-    "none_available",
-    "some_available",
-    "key_in_progress",
-    "key_reused",
-    "busy",
-    "unavailable",
-    "conflict",
-    "outcome_unknown",
-    "shutting_down",
-];
+labels!(
+    /// What a lock request ended as.
+    LockOutcome {
+        Placed = "placed",
+        Replayed = "replayed",
+        Invalid = "invalid",
+        UserNotFound = "user_not_found",
+        MixedStores = "mixed_stores",
+        LimitExceeded = "limit_exceeded",
+        NoneAvailable = "none_available",
+        SomeAvailable = "some_available",
+        KeyInProgress = "key_in_progress",
+        KeyReused = "key_reused",
+        Busy = "busy",
+        Unavailable = "unavailable",
+        Conflict = "conflict",
+        OutcomeUnknown = "outcome_unknown",
+        ShuttingDown = "shutting_down",
+    }
+);
 
-/// Why the database failed Kitara.
-pub const DB_ERRORS: &[&str] = &[
-    "refused",
-    "unavailable",
-    "commit_lost",
-    "outcome_unknown",
-    "reload_failed",
-    "out_of_step",
-];
+labels!(
+    /// Why the database failed Kitara.
+    DbError {
+        /// It refused writes memory allowed (stock changed behind Kitara's back).
+        Refused = "refused",
+        /// Unreachable, too slow, or failed before COMMIT.
+        Unavailable = "unavailable",
+        /// A COMMIT whose answer was lost (its token tells the outcome).
+        CommitLost = "commit_lost",
+        /// A COMMIT whose outcome was not learnt in time.
+        OutcomeUnknown = "outcome_unknown",
+        /// A store could not reload its stock.
+        ReloadFailed = "reload_failed",
+        /// A connection caught one answer behind, and closed.
+        OutOfStep = "out_of_step",
+    }
+);
 
 /// Request latency buckets, in microseconds.
 const LATENCY_US: &[u64] = &[
@@ -134,27 +122,30 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(enabled: bool) -> Self {
+    /// `routes`: the labels requests are counted by (`http::route_labels`); the last is
+    /// for a path that names no route.
+    pub fn new(enabled: bool, routes: Vec<&'static str>) -> Self {
         let mut registry = Registry::with_prefix("kitara");
-        let requests = Arc::new(Grid::new());
+        let routes: &'static [&'static str] = Vec::leak(routes);
+        let requests = Arc::new(Grid::new(routes));
         registry.register(
             "http_requests",
             "Requests answered, by route and status",
             Exported(requests.clone()),
         );
-        let latency = Arc::new(ByRoute::new());
+        let latency = Arc::new(ByRoute::new(routes));
         registry.register(
             "http_request_duration_seconds",
             "Time from a request's arrival to its answer, by route",
             Exported(latency.clone()),
         );
-        let locks = Arc::new(Labeled::new("result", LOCK_RESULTS));
+        let locks = Arc::new(Labeled::new("result", LockOutcome::LABELS));
         registry.register(
             "lock_outcomes",
             "Lock requests by what they ended as: placed, each refusal, each 503",
             Exported(locks.clone()),
         );
-        let db_errors = Arc::new(Labeled::new("kind", DB_ERRORS));
+        let db_errors = Arc::new(Labeled::new("kind", DbError::LABELS));
         registry.register(
             "database_errors",
             "Database failures by kind (a refused batch, unreachable, a COMMIT whose answer was lost, an outcome not learnt in time, a store that could not reload, a connection caught out of step and closed)",
@@ -208,7 +199,8 @@ impl Metrics {
         }
     }
 
-    /// A request answered: its route (an index of `ROUTES`), status and latency.
+    /// A request answered: its route (an index of the labels `new` was given), status
+    /// and latency.
     pub fn request(&self, route: usize, status: u16, took: Duration) {
         if !self.enabled {
             return;
@@ -217,16 +209,15 @@ impl Metrics {
         self.latency.observe(route, took);
     }
 
-    pub fn lock_outcome(&self, result: LockResult) {
+    pub fn lock_outcome(&self, outcome: LockOutcome) {
         if self.enabled {
-            self.locks.add(result as usize);
+            self.locks.add(outcome as usize);
         }
     }
 
-    /// The database failed as `DB_ERRORS[kind]`.
-    pub fn db_error(&self, kind: usize) {
+    pub fn db_error(&self, kind: DbError) {
         if self.enabled {
-            self.db_errors.add(kind);
+            self.db_errors.add(kind as usize);
         }
     }
 
@@ -269,21 +260,18 @@ impl<T: Series> EncodeMetric for Exported<T> {
     }
 }
 
-/// An index of `names`, for the recording sites.
-pub fn index(names: &[&str], name: &str) -> usize {
-    names.iter().position(|n| *n == name).unwrap_or(0)
-}
-
 /// Requests by route and status: one atomic per pair; only pairs seen are written.
 #[derive(Debug)]
 struct Grid {
+    routes: &'static [&'static str],
     counts: Box<[AtomicU64]>,
 }
 
 impl Grid {
-    fn new() -> Self {
-        let cells = ROUTES.len() * (STATUSES.len() + 1);
+    fn new(routes: &'static [&'static str]) -> Self {
+        let cells = routes.len() * (STATUSES.len() + 1);
         Self {
+            routes,
             counts: (0..cells).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -293,7 +281,7 @@ impl Grid {
             .iter()
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len());
-        let cell = route.min(ROUTES.len() - 1) * (STATUSES.len() + 1) + column;
+        let cell = route.min(self.routes.len() - 1) * (STATUSES.len() + 1) + column;
         self.counts[cell].fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -305,7 +293,7 @@ impl Series for Grid {
             if n == 0 {
                 continue;
             }
-            let route = ROUTES[cell / (STATUSES.len() + 1)];
+            let route = self.routes[cell / (STATUSES.len() + 1)];
             let status = STATUSES
                 .get(cell % (STATUSES.len() + 1))
                 .map_or_else(|| "other".to_owned(), u16::to_string);
@@ -427,13 +415,15 @@ impl Series for Histogram {
 /// Request latency, one histogram per route; routes never asked for are left out.
 #[derive(Debug)]
 struct ByRoute {
+    routes: &'static [&'static str],
     histograms: Box<[Histogram]>,
 }
 
 impl ByRoute {
-    fn new() -> Self {
+    fn new(routes: &'static [&'static str]) -> Self {
         Self {
-            histograms: ROUTES
+            routes,
+            histograms: routes
                 .iter()
                 .map(|_| Histogram::new(LATENCY_US, 1e-6))
                 .collect(),
@@ -449,7 +439,7 @@ impl ByRoute {
 
 impl Series for ByRoute {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (route, histogram) in ROUTES.iter().zip(self.histograms.iter()) {
+        for (route, histogram) in self.routes.iter().zip(self.histograms.iter()) {
             if histogram.count() == 0 {
                 continue;
             }
@@ -470,13 +460,17 @@ mod tests {
 
     #[test]
     fn series_are_written_in_the_text_format() {
-        let metrics = Metrics::new(true);
-        metrics.request(index(ROUTES, "lock"), 200, Duration::from_micros(700));
-        metrics.request(index(ROUTES, "lock"), 200, Duration::from_millis(3));
-        metrics.request(index(ROUTES, "unmatched"), 418, Duration::from_micros(10));
-        metrics.lock_outcome(LockResult::NoneAvailable);
-        assert_eq!(LOCK_RESULTS.len(), LockResult::ShuttingDown as usize + 1);
-        assert_eq!(LOCK_RESULTS[LockResult::KeyReused as usize], "key_reused");
+        let metrics = Metrics::new(true, vec!["healthz", "lock", "unmatched"]);
+        metrics.request(1, 200, Duration::from_micros(700));
+        metrics.request(1, 200, Duration::from_millis(3));
+        metrics.request(2, 418, Duration::from_micros(10));
+        metrics.lock_outcome(LockOutcome::NoneAvailable);
+        assert_eq!(
+            LockOutcome::LABELS.len(),
+            LockOutcome::ShuttingDown as usize + 1
+        );
+        assert_eq!(LockOutcome::KeyReused.label(), "key_reused");
+        assert_eq!(DbError::OutOfStep.label(), "out_of_step");
         metrics.commit(Duration::from_millis(2), 120);
         metrics.holds_active.inc_by(3);
         let text = metrics.render().unwrap();

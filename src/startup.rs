@@ -6,28 +6,58 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dashmap::DashMap;
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminDesk, AdminToken, Spawner};
 use crate::app::AppState;
+use crate::app::admin::{Admin, AdminParts, AdminToken, Spawner};
+use crate::app::keys::{self, InFlightKeys};
+use crate::app::orders::Orders;
+use crate::app::users::KnownUsers;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::db::call::Reads;
+use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::db::{self, load};
 use crate::domain::StoreId;
-use crate::error::StartupError;
 use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
-use crate::idempotency::{self, InFlightKeys};
 use crate::logs;
-use crate::metrics::{self, DB_ERRORS, Metrics};
-use crate::store::{self, ActorConfig, Shared};
-use crate::users::KnownUsers;
+use crate::metrics::{DbError, Metrics};
+use crate::store::{self, ActorConfig, Registry, Shared};
+use crate::writer::WriterHandle;
 use crate::writer::{self, WriterConfig};
+
+/// Why Kitara did not start (the process boundary). Errors of the order path live with
+/// their boundary: `store`'s, `db::write::PersistError`, and `http::response`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error(transparent)]
+    Schema(#[from] db::SchemaError),
+    #[error(
+        "KITARA_DB_POOL_SIZE is {pool}, but {writers} writer(s) need at least {needed} connections: two each (the transaction in flight and the next one, opened ahead) and two for stock reloads and lookups"
+    )]
+    PoolTooSmall {
+        pool: u32,
+        writers: u32,
+        needed: u32,
+    },
+    #[error(transparent)]
+    AdminToken(#[from] crate::app::admin::TokenError),
+    #[error("cannot adopt the products made by SQL into the ledger: {0}")]
+    Adopt(crate::db::write::PersistError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
 
 /// A Kitara ready to serve: everything loaded, the port bound.
 pub struct Application {
@@ -50,12 +80,11 @@ impl Application {
 
     /// As `build`, with the clock holds are timed by (tests pass a manual one).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> Result<Self, StartupError> {
-        let metrics = Arc::new(Metrics::new(settings.metrics));
+        let metrics = Arc::new(Metrics::new(settings.metrics, http::route_labels()));
         let counted = metrics.clone();
-        let out_of_step_kind = metrics::index(DB_ERRORS, "out_of_step");
         let db = db::connect_watched(
             &settings.database,
-            Arc::new(move || counted.db_error(out_of_step_kind)),
+            Arc::new(move || counted.db_error(DbError::OutOfStep)),
         )
         .await?;
         db::prepare_for_serve(&db).await?;
@@ -66,7 +95,7 @@ impl Application {
         let admin_token =
             AdminToken::new(settings.admin_token.as_deref()).map_err(StartupError::AdminToken)?;
         let catalog = Arc::new(Catalog::new(load::products(&db).await?));
-        let users = KnownUsers::new(load::user_ids(&db).await?, db.clone());
+        let users = Arc::new(KnownUsers::new(load::user_ids(&db).await?, db.clone()));
         let writers = match db.get_database_backend() {
             DbBackend::Sqlite => 1,
             _ => settings.writers as usize,
@@ -92,7 +121,7 @@ impl Application {
             db: db.clone(),
             clock: clock.clone(),
         };
-        let adopted = shared.adopt().await.map_err(StartupError::Adopt)?;
+        let adopted = adopt(&shared.writer).await.map_err(StartupError::Adopt)?;
         if adopted > 0 {
             tracing::info!(
                 products = adopted,
@@ -108,7 +137,7 @@ impl Application {
         let store_rows = load::store_rows(&db).await?;
         let mut states = load::stores(&db, None).await?;
         let mut products = catalog.snapshot().by_store();
-        let stores = DashMap::new();
+        let stores = Arc::new(Registry::default());
         let mut actors = Vec::new();
         let mut holds = 0;
         // Every live store gets an actor, with products or not: the admin API may add
@@ -145,31 +174,42 @@ impl Application {
             source,
         })?;
 
+        // What the writers leave of the pool (see `enough_connections`).
+        let reads = Reads::new(
+            db.clone(),
+            (settings.database.db_pool_size as usize)
+                .saturating_sub(2 * writers + 2)
+                .max(2),
+        );
+        let answer_within = settings.database.acquire_timeout();
         let state = Arc::new(AppState {
-            catalog,
-            stores,
-            users,
-            memory_check: settings.memory_check,
-            clock,
-            default_hold_seconds: settings.hold_seconds,
-            keys: InFlightKeys::default(),
-            // What the writers leave of the pool (see `enough_connections`).
-            reads: Reads::new(
-                db.clone(),
-                (settings.database.db_pool_size as usize)
-                    .saturating_sub(2 * writers + 2)
-                    .max(2),
-            ),
-            answer_within: settings.database.acquire_timeout(),
-            admin: AdminDesk::new(
-                admin_token,
+            orders: Orders {
+                catalog: catalog.clone(),
+                stores: stores.clone(),
+                users: users.clone(),
+                memory_check: settings.memory_check,
+                clock: clock.clone(),
+                default_hold_seconds: settings.hold_seconds,
+                keys: InFlightKeys::default(),
+                reads: reads.clone(),
+                answer_within,
+            },
+            admin: Admin::new(AdminParts {
+                token: admin_token,
                 store_rows,
-                Spawner {
+                spawner: Spawner {
                     shared,
                     config: actor_config,
                     actors: Vec::new(),
                 },
-            ),
+                catalog: catalog.clone(),
+                stores,
+                users,
+                reads,
+                answer_within,
+            }),
+            catalog,
+            clock,
             readiness: Arc::new(Readiness::default()),
             metrics,
         });
@@ -183,7 +223,7 @@ impl Application {
             listener,
             addr,
             state,
-            purger: idempotency::spawn_purger(db.clone(), settings.idempotency_keep()),
+            purger: keys::spawn_purger(db.clone(), settings.idempotency_keep()),
             prober,
             summariser,
             db,
@@ -221,7 +261,7 @@ impl Application {
         // Dropping the handles closes every mailbox: each actor settles what it holds
         // and stops, which drops the last writer handles, which stops the writer.
         let started_later = self.state.admin.close();
-        self.state.stores.clear();
+        self.state.orders.stores.clear();
         for actor in self.actors.into_iter().chain(started_later) {
             let _ = actor.await;
         }
@@ -238,6 +278,15 @@ impl Application {
         }
         self.summariser.abort();
         tracing::info!("stopped");
+    }
+}
+
+/// Start-up: gives every product without a ledger (made by SQL) its `adopted` row, so
+/// that `kitara check` can prove its stock from then on. Returns how many.
+async fn adopt(writer: &WriterHandle) -> Result<i64, PersistError> {
+    match writer.write(Write::Admin(AdminWrite::Adopt)).await? {
+        Written::Admin(adopted) => Ok(adopted),
+        _ => Err(PersistError::Unavailable),
     }
 }
 

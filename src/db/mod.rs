@@ -9,6 +9,7 @@ pub mod keys;
 pub mod load;
 pub mod persist;
 mod seed;
+pub mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,7 +24,6 @@ use sea_orm::{
 };
 
 use crate::config::DatabaseArgs;
-use crate::error::StartupError;
 
 /// How long a SQLite connection waits for a lock held by another process (a tool
 /// writing the file) before it gives up. Kitara itself has a single writer.
@@ -144,9 +144,20 @@ async fn in_step(conn: &mut sea_orm::sqlx::MySqlConnection) -> Result<(), Canary
     Err(CanaryError::OutOfStep)
 }
 
+/// Why the schema is not ready to serve from.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error(
+        "the database schema is missing or behind ({pending} pending migration(s)): run `kitara migrate` first"
+    )]
+    Behind { pending: usize },
+}
+
 /// `kitara migrate`: brings the schema up to date and, unless told not to, loads the
 /// demo data into a database that has no stores yet. Running it again changes nothing.
-pub async fn migrate(args: &DatabaseArgs, demo: bool) -> Result<(), StartupError> {
+pub async fn migrate(args: &DatabaseArgs, demo: bool) -> Result<(), SchemaError> {
     let db = connect(args).await?;
     migrate_and_seed(&db, demo).await?;
     db.close().await?;
@@ -154,14 +165,14 @@ pub async fn migrate(args: &DatabaseArgs, demo: bool) -> Result<(), StartupError
 }
 
 /// `kitara check`: every product's balance (see `check`), read in one statement.
-pub async fn check(args: &DatabaseArgs) -> Result<Vec<check::Balance>, StartupError> {
+pub async fn check(args: &DatabaseArgs) -> Result<Vec<check::Balance>, SchemaError> {
     let db = connect(args).await?;
     let balances = check::balances(&db).await;
     db.close().await?;
     Ok(balances?)
 }
 
-pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(), StartupError> {
+pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(), SchemaError> {
     let pending = Migrator::get_pending_migrations(db).await?.len();
     Migrator::up(db, None).await?;
     tracing::info!(applied = pending, "schema is up to date");
@@ -174,7 +185,7 @@ pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(),
 /// Before serving: SQLite databases are migrated (and seeded when empty) in place; a
 /// MySQL schema that is missing or behind is refused, since migrating a production
 /// database is a deliberate step (`kitara migrate`).
-pub async fn prepare_for_serve(db: &DatabaseConnection) -> Result<(), StartupError> {
+pub async fn prepare_for_serve(db: &DatabaseConnection) -> Result<(), SchemaError> {
     match db.get_database_backend() {
         DbBackend::Sqlite => {
             tracing::info!("embedded SQLite database: migrating and seeding it if needed");
@@ -183,7 +194,7 @@ pub async fn prepare_for_serve(db: &DatabaseConnection) -> Result<(), StartupErr
         _ => {
             let pending = Migrator::get_pending_migrations_read_only(db).await?.len();
             if pending > 0 {
-                return Err(StartupError::SchemaBehind { pending });
+                return Err(SchemaError::Behind { pending });
             }
             Ok(())
         }

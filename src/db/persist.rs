@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, Statement, Value};
 
+use super::write::AdminWrite;
 use crate::domain::{Deadline, OrderLine, OrderStatus, ProductId};
-use crate::writer::AdminWrite;
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]

@@ -6,20 +6,20 @@
 //! lock's are, field by field, each refusal naming its field.
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, HeaderValue};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
+use super::call::{Answer, Call};
 use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError, Body};
 use super::{read_json_body, views};
-use crate::admin::AdminError;
 use crate::app::AppState;
+use crate::app::admin::AdminError;
 use crate::catalog::Product;
 use crate::db::load::OrderFilter;
 use crate::domain::{MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId};
@@ -36,30 +36,6 @@ const MAX_NAME_CHARS: usize = 255;
 const ORDERS_LIMIT: RangeInclusive<u32> = 1..=500;
 const DEFAULT_ORDERS_LIMIT: u32 = 100;
 
-/// What an admin path names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Users,
-    Stores,
-    Products,
-    Product,
-    Stock,
-    Movements,
-    Orders,
-}
-
-impl Endpoint {
-    pub fn allow(self) -> &'static str {
-        match self {
-            Endpoint::Users => "POST",
-            Endpoint::Stores | Endpoint::Products => "GET, HEAD, POST",
-            Endpoint::Product => "PATCH, DELETE",
-            Endpoint::Stock => "POST",
-            Endpoint::Movements | Endpoint::Orders => "GET, HEAD",
-        }
-    }
-}
-
 /// What `GET /admin` shows while the admin API is disabled, with a 403 like every admin
 /// path: the page would only ask for a token that cannot exist.
 const DISABLED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><meta charset=\"utf-8\">\
@@ -68,8 +44,8 @@ const DISABLED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><meta charset=\"
 
 /// `GET /admin`: the owner's page, or, while the admin API is disabled, a page that
 /// says so (403).
-pub fn page(state: &AppState) -> Response<Body> {
-    let (status, page) = match state.admin.token {
+pub async fn page(call: Call<'_>) -> Answer {
+    let (status, page) = match call.state.admin.token() {
         Some(_) => (StatusCode::OK, PAGE),
         None => (StatusCode::FORBIDDEN, DISABLED_PAGE),
     };
@@ -95,13 +71,13 @@ pub fn page(state: &AppState) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    response
+    Ok(response)
 }
 
 /// 403 while the admin API is disabled; 401 unless the request carries
 /// `Authorization: Bearer <KITARA_ADMIN_TOKEN>`.
 pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.admin.token else {
+    let Some(token) = state.admin.token() else {
         return Err(ApiError::AdminDisabled);
     };
     let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -125,118 +101,128 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (!credentials.is_empty()).then_some(credentials)
 }
 
-/// Serves an admin path whose token was accepted.
-pub async fn serve(
-    state: &Arc<AppState>,
-    endpoint: Endpoint,
-    id: Option<i64>,
-    request: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Response<Body>, ApiError> {
-    let method = request.method().clone();
-    let read = matches!(method, Method::GET | Method::HEAD);
-    let product = || id.map(ProductId).ok_or(AdminError::UnknownProduct);
-    match endpoint {
-        Endpoint::Users if method == Method::POST => {
-            let body = body(request, timeout).await?;
-            let object = object(&body, &["name"])?;
-            let name = name(&object, "name")?;
-            let id = state.create_user(name.clone()).await?;
-            Ok(response::created(views::UserView {
-                id: id.0,
-                name: &name,
-            }))
-        }
-        Endpoint::Stores if read => {
-            let stores = state.admin.stores();
-            let views: Vec<views::AdminStoreView<'_>> = stores.iter().map(Into::into).collect();
-            Ok(response::json(StatusCode::OK, "OK", Some(views)))
-        }
-        Endpoint::Stores if method == Method::POST => {
-            let body = body(request, timeout).await?;
-            let object = object(&body, &["store_name"])?;
-            let store_name = name(&object, "store_name")?;
-            let owner = UserId(id_field(&object, "user_id")?);
-            let store = state.create_store(store_name, owner).await?;
-            Ok(response::created(views::AdminStoreView::from(&store)))
-        }
-        Endpoint::Products if read => {
-            let catalog = state.catalog.snapshot();
-            let views: Vec<views::AdminProductView<'_>> = catalog
-                .products()
-                .iter()
-                .map(|p| views::AdminProductView::from(&**p))
-                .collect();
-            Ok(response::json(StatusCode::OK, "OK", Some(views)))
-        }
-        Endpoint::Products if method == Method::POST => {
-            let body = body(request, timeout).await?;
-            let object = object(&body, &["product_name"])?;
-            let product_name = name(&object, "product_name")?;
-            let store = StoreId(id_field(&object, "store_id")?);
-            let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
-            let limit = limit(&object)?.flatten();
-            let product = state
-                .create_product(store, product_name, stock, limit)
-                .await?;
-            Ok(response::created(views::AdminProductView::from(&product)))
-        }
-        Endpoint::Product if method == Method::PATCH => {
-            let product = product()?;
-            let body = body(request, timeout).await?;
-            let object = object(&body, &["product_name"])?;
-            let name = match object.get("product_name") {
-                Some(_) => Some(name(&object, "product_name")?),
-                None => None,
-            };
-            let limit = limit(&object)?;
-            if name.is_none() && limit.is_none() {
-                return Err(bad("send product_name or max_per_customer (or both)"));
-            }
-            let change = ProductChange::Edit {
-                product,
-                name,
-                limit,
-            };
-            product_answer(&state.change_product(product, change).await?)
-        }
-        Endpoint::Product if method == Method::DELETE => {
-            let product = product()?;
-            let change = ProductChange::Delete { product };
-            product_answer(&state.change_product(product, change).await?)
-        }
-        Endpoint::Stock if method == Method::POST => {
-            let product = product()?;
-            let body = body(request, timeout).await?;
-            let object = object(&body, &["reason"])?;
-            let delta = delta(required(&object, "delta")?)?;
-            let reason = name(&object, "reason")?;
-            let change = ProductChange::Restock {
-                product,
-                delta,
-                reason,
-            };
-            product_answer(&state.change_product(product, change).await?)
-        }
-        Endpoint::Movements if read => {
-            let movements = state.movements(product()?).await?;
-            let views: Vec<views::MovementView<'_>> = movements.iter().map(Into::into).collect();
-            Ok(response::json(StatusCode::OK, "OK", Some(views)))
-        }
-        Endpoint::Orders if read => {
-            let filter = order_filter(request.uri().query().unwrap_or_default())?;
-            if let Some(store) = filter.store
-                && !state.admin.has_store(store)
-            {
-                return Err(AdminError::StoreNotFound(store).into());
-            }
-            let orders = state.admin_orders(filter).await?;
-            Ok(response::json_data(&views::orders(&orders)))
-        }
-        endpoint => Err(ApiError::MethodNotAllowed {
-            allow: endpoint.allow(),
-        }),
+/// `POST /api/v1/admin/users`
+pub async fn new_user(call: Call<'_>) -> Answer {
+    let body = body(call.request, call.timeout).await?;
+    let object = object(&body, &["name"])?;
+    let name = name(&object, "name")?;
+    let id = call.state.admin.create_user(name.clone()).await?;
+    Ok(response::created(views::UserView {
+        id: id.0,
+        name: &name,
+    }))
+}
+
+/// `GET /api/v1/admin/stores`
+pub async fn stores(call: Call<'_>) -> Answer {
+    let stores = call.state.admin.stores();
+    let views: Vec<views::AdminStoreView<'_>> = stores.iter().map(Into::into).collect();
+    Ok(response::json(StatusCode::OK, "OK", Some(views)))
+}
+
+/// `POST /api/v1/admin/stores`
+pub async fn new_store(call: Call<'_>) -> Answer {
+    let body = body(call.request, call.timeout).await?;
+    let object = object(&body, &["store_name"])?;
+    let store_name = name(&object, "store_name")?;
+    let owner = UserId(id_field(&object, "user_id")?);
+    let store = call.state.admin.create_store(store_name, owner).await?;
+    Ok(response::created(views::AdminStoreView::from(&store)))
+}
+
+/// `GET /api/v1/admin/products`
+pub async fn products(call: Call<'_>) -> Answer {
+    let catalog = call.state.catalog.snapshot();
+    let views: Vec<views::AdminProductView<'_>> = catalog
+        .products()
+        .iter()
+        .map(|p| views::AdminProductView::from(&**p))
+        .collect();
+    Ok(response::json(StatusCode::OK, "OK", Some(views)))
+}
+
+/// `POST /api/v1/admin/products`
+pub async fn new_product(call: Call<'_>) -> Answer {
+    let body = body(call.request, call.timeout).await?;
+    let object = object(&body, &["product_name"])?;
+    let product_name = name(&object, "product_name")?;
+    let store = StoreId(id_field(&object, "store_id")?);
+    let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
+    let limit = limit(&object)?.flatten();
+    let product = call
+        .state
+        .admin
+        .create_product(store, product_name, stock, limit)
+        .await?;
+    Ok(response::created(views::AdminProductView::from(&product)))
+}
+
+/// `PATCH /api/v1/admin/products/{id}`
+pub async fn edit_product(call: Call<'_>) -> Answer {
+    let product = product(call.id)?;
+    let body = body(call.request, call.timeout).await?;
+    let object = object(&body, &["product_name"])?;
+    let name = match object.get("product_name") {
+        Some(_) => Some(name(&object, "product_name")?),
+        None => None,
+    };
+    let limit = limit(&object)?;
+    if name.is_none() && limit.is_none() {
+        return Err(bad("send product_name or max_per_customer (or both)"));
     }
+    let change = ProductChange::Edit {
+        product,
+        name,
+        limit,
+    };
+    product_answer(&call.state.admin.change_product(product, change).await?)
+}
+
+/// `DELETE /api/v1/admin/products/{id}`
+pub async fn delete_product(call: Call<'_>) -> Answer {
+    let product = product(call.id)?;
+    let change = ProductChange::Delete { product };
+    product_answer(&call.state.admin.change_product(product, change).await?)
+}
+
+/// `POST /api/v1/admin/products/{id}/stock`
+pub async fn stock(call: Call<'_>) -> Answer {
+    let product = product(call.id)?;
+    let body = body(call.request, call.timeout).await?;
+    let object = object(&body, &["reason"])?;
+    let delta = delta(required(&object, "delta")?)?;
+    let reason = name(&object, "reason")?;
+    let change = ProductChange::Restock {
+        product,
+        delta,
+        reason,
+    };
+    product_answer(&call.state.admin.change_product(product, change).await?)
+}
+
+/// `GET /api/v1/admin/products/{id}/movements`
+pub async fn movements(call: Call<'_>) -> Answer {
+    let movements = call.state.admin.movements(product(call.id)?).await?;
+    let views: Vec<views::MovementView<'_>> = movements.iter().map(Into::into).collect();
+    Ok(response::json(StatusCode::OK, "OK", Some(views)))
+}
+
+/// `GET /api/v1/admin/orders`
+pub async fn orders(call: Call<'_>) -> Answer {
+    let admin = &call.state.admin;
+    let filter = order_filter(call.request.uri().query().unwrap_or_default())?;
+    if let Some(store) = filter.store
+        && !admin.has_store(store)
+    {
+        return Err(AdminError::StoreNotFound(store).into());
+    }
+    let orders = admin.orders(filter).await?;
+    Ok(response::json_data(&views::orders(&orders)))
+}
+
+/// The product a path names; a malformed id names none.
+fn product(id: Option<i64>) -> Result<ProductId, ApiError> {
+    Ok(id.map(ProductId).ok_or(AdminError::UnknownProduct)?)
 }
 
 fn product_answer(product: &Product) -> Result<Response<Body>, ApiError> {

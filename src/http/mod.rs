@@ -4,16 +4,21 @@
 //! becomes an `ApiError` answer.
 
 mod admin;
+mod call;
 mod openapi;
+mod operations;
 mod orders;
 mod request;
 mod request_id;
 pub mod response;
+mod routes;
 mod views;
+
+pub use routes::labels as route_labels;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -31,10 +36,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::domain::{OrderId, Resolution};
-use crate::metrics::{self, LockResult};
 use response::{ApiError, Body};
-use views::ProductView;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -101,7 +103,7 @@ pub async fn serve(
                 let (route, mut response) = route(&state, request, request_timeout).await;
                 let status = response.status().as_u16();
                 if let Some(started) = started {
-                    let route = route.map_or(metrics::ROUTES.len() - 1, Route::metric);
+                    let route = route.unwrap_or(routes::ROUTES.len());
                     state.metrics.request(route, status, started.elapsed());
                 }
                 tracing::debug!(%method, path = path.as_deref(), status, "answered");
@@ -129,241 +131,44 @@ pub async fn serve(
     }
 }
 
-/// What a path names; each route serves one set of methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
-    Products,
-    Lock,
-    Order,
-    Confirm,
-    Cancel,
-    AdminPage,
-    Admin(admin::Endpoint),
-}
-
-impl Route {
-    fn allow(self) -> &'static str {
-        match self {
-            Route::Healthz
-            | Route::Readyz
-            | Route::Metrics
-            | Route::OpenApi
-            | Route::Products
-            | Route::Order
-            | Route::AdminPage => "GET, HEAD",
-            Route::Lock | Route::Confirm | Route::Cancel => "POST",
-            Route::Admin(endpoint) => endpoint.allow(),
-        }
-    }
-}
-
-impl Route {
-    /// Its index in `metrics::ROUTES`.
-    fn metric(self) -> usize {
-        use admin::Endpoint;
-        match self {
-            Route::Healthz => 0,
-            Route::Readyz => 1,
-            Route::Metrics => 2,
-            Route::Products => 3,
-            Route::Lock => 4,
-            Route::Order => 5,
-            Route::Confirm => 6,
-            Route::Cancel => 7,
-            Route::AdminPage => 8,
-            Route::Admin(Endpoint::Users) => 9,
-            Route::Admin(Endpoint::Stores) => 10,
-            Route::Admin(Endpoint::Products) => 11,
-            Route::Admin(Endpoint::Product) => 12,
-            Route::Admin(Endpoint::Stock) => 13,
-            Route::Admin(Endpoint::Movements) => 14,
-            Route::Admin(Endpoint::Orders) => 15,
-            Route::OpenApi => 16,
-        }
-    }
-}
-
-/// The paths Kitara serves. A fixed segment wins over a parameter, so
-/// `/api/v1/order/lock` is the lock endpoint, never the order `lock`.
-fn router() -> &'static matchit::Router<Route> {
-    static ROUTER: OnceLock<matchit::Router<Route>> = OnceLock::new();
-    ROUTER.get_or_init(|| {
-        let mut router = matchit::Router::new();
-        for (path, route) in [
-            ("/healthz", Route::Healthz),
-            ("/readyz", Route::Readyz),
-            ("/metrics", Route::Metrics),
-            ("/api/v1/openapi.json", Route::OpenApi),
-            ("/api/v1/products", Route::Products),
-            ("/api/v1/order/lock", Route::Lock),
-            ("/api/v1/order/{id}", Route::Order),
-            ("/api/v1/order/{id}/confirm", Route::Confirm),
-            ("/api/v1/order/{id}/cancel", Route::Cancel),
-            ("/admin", Route::AdminPage),
-            ("/api/v1/admin/users", Route::Admin(admin::Endpoint::Users)),
-            (
-                "/api/v1/admin/stores",
-                Route::Admin(admin::Endpoint::Stores),
-            ),
-            (
-                "/api/v1/admin/products",
-                Route::Admin(admin::Endpoint::Products),
-            ),
-            (
-                "/api/v1/admin/products/{id}",
-                Route::Admin(admin::Endpoint::Product),
-            ),
-            (
-                "/api/v1/admin/products/{id}/stock",
-                Route::Admin(admin::Endpoint::Stock),
-            ),
-            (
-                "/api/v1/admin/products/{id}/movements",
-                Route::Admin(admin::Endpoint::Movements),
-            ),
-            (
-                "/api/v1/admin/orders",
-                Route::Admin(admin::Endpoint::Orders),
-            ),
-        ] {
-            if let Err(e) = router.insert(path, route) {
-                unreachable!("Kitara's routes do not conflict: {e}");
-            }
-        }
-        router
-    })
-}
-
-/// Answers a request; also says which route it was (for the metrics).
+/// Answers a request from the route table; also says which route it was (its index in
+/// `routes::ROUTES`, for the metrics).
 async fn route(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     request_timeout: Duration,
-) -> (Option<Route>, Response<Body>) {
-    let (route, id) = match router().at(request.uri().path()) {
-        Ok(matched) => (
-            *matched.value,
-            matched.params.get("id").map(request::parse_id),
-        ),
-        Err(_) => return (None, ApiError::NotFound.into_response()),
+) -> (Option<usize>, Response<Body>) {
+    let Some((index, id)) = routes::find(request.uri().path()) else {
+        return (None, ApiError::NotFound.into_response());
     };
+    let route = &routes::ROUTES[index];
     // The path names an order or a product, or something that names none.
-    let id = id.flatten();
-    let order = id.map(OrderId);
-    // HEAD is answered like GET; hyper leaves the body out.
-    let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let post = request.method() == Method::POST;
-    let result = match route {
-        Route::Healthz if read => Ok(response::json(StatusCode::OK, "OK", Some("healthy"))),
-        Route::Readyz if read => match state.readiness.ready() {
-            true => Ok(response::json(StatusCode::OK, "OK", Some("ready"))),
-            false => Err(ApiError::NotReady),
-        },
-        Route::Products if read => Ok(list_products(state)),
-        Route::Order if read => orders::get(state, order).await,
-        Route::Lock if post => {
-            let result = orders::lock(state, request, request_timeout).await;
-            state.metrics.lock_outcome(lock_outcome(&result));
-            result
-        }
-        Route::Metrics if read => metrics_answer(state),
-        Route::OpenApi if read => Ok(openapi_answer()),
-        Route::Confirm if post => {
-            orders::end(state, request, order, Resolution::Confirm, request_timeout).await
-        }
-        Route::Cancel if post => {
-            orders::end(state, request, order, Resolution::Cancel, request_timeout).await
-        }
-        Route::AdminPage if read => Ok(admin::page(state)),
-        Route::Admin(endpoint) => match admin::authorize(state, request.headers()) {
-            Ok(()) => admin::serve(state, endpoint, id, request, request_timeout).await,
-            Err(refusal) => Err(refusal),
-        },
-        route => Err(ApiError::MethodNotAllowed {
+    let id = id.and_then(request::parse_id);
+    // An admin path checks the token before anything else, the method included.
+    let refused = match route.admin {
+        true => admin::authorize(state, request.headers()).err(),
+        false => None,
+    };
+    let result = match (refused, route.operation(request.method())) {
+        (Some(refusal), _) => Err(refusal),
+        (None, None) => Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         }),
+        (None, Some(operation)) => {
+            let call = call::Call {
+                state,
+                request,
+                id,
+                timeout: request_timeout,
+            };
+            (operation.handler)(call).await
+        }
     };
     let response = result.unwrap_or_else(|error| {
         error.log();
         error.into_response()
     });
-    (Some(route), response)
-}
-
-/// What a lock request ended as.
-fn lock_outcome(result: &Result<Response<Body>, ApiError>) -> LockResult {
-    use crate::store::LockError;
-    match result {
-        Ok(response) if response.headers().contains_key("idempotent-replayed") => {
-            LockResult::Replayed
-        }
-        Ok(_) => LockResult::Placed,
-        Err(ApiError::Lock(e)) => match e {
-            LockError::UserNotFound => LockResult::UserNotFound,
-            LockError::MixedStores => LockResult::MixedStores,
-            LockError::LimitExceeded => LockResult::LimitExceeded,
-            LockError::NoneAvailable => LockResult::NoneAvailable,
-            LockError::SomeAvailable => LockResult::SomeAvailable,
-            LockError::Busy => LockResult::Busy,
-            LockError::Unavailable | LockError::KeyTaken => LockResult::Unavailable,
-            LockError::Conflict => LockResult::Conflict,
-            LockError::OutcomeUnknown => LockResult::OutcomeUnknown,
-            LockError::ShuttingDown => LockResult::ShuttingDown,
-        },
-        Err(ApiError::KeyInProgress) => LockResult::KeyInProgress,
-        Err(ApiError::KeyReused) => LockResult::KeyReused,
-        Err(_) => LockResult::Invalid,
-    }
-}
-
-/// `GET /api/v1/openapi.json`: the document itself, not in an envelope.
-fn openapi_answer() -> Response<Body> {
-    response::raw(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from_static(openapi::document().as_bytes()),
-    )
-}
-
-/// `GET /metrics`: the Prometheus text format, with the depths read now.
-fn metrics_answer(state: &AppState) -> Result<Response<Body>, ApiError> {
-    if !state.metrics.enabled {
-        return Err(ApiError::NotFound);
-    }
-    let deepest = state
-        .stores
-        .iter()
-        .map(|s| s.value().depth())
-        .max()
-        .unwrap_or(0);
-    state.metrics.mailbox_depth.set(deepest as i64);
-    state
-        .metrics
-        .writer_queue
-        .set(state.admin.writer_depth() as i64);
-    let text = state.metrics.render().map_err(|e| {
-        tracing::error!(error = %e, "cannot render the metrics");
-        ApiError::Internal
-    })?;
-    Ok(response::raw(
-        StatusCode::OK,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        Bytes::from(text),
-    ))
-}
-
-fn list_products(state: &AppState) -> Response<Body> {
-    let catalog = state.catalog.snapshot();
-    let products: Vec<ProductView<'_>> = catalog
-        .products()
-        .iter()
-        .map(|p| ProductView::from(&**p))
-        .collect();
-    response::json(StatusCode::OK, "OK", Some(products))
+    (Some(index), response)
 }
 
 /// Rule 1: a JSON content type, then a body of at most `MAX_BODY_BYTES`, received in

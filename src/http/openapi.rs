@@ -15,16 +15,17 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::views::{
-    AdminProductView, AdminStoreView, LockView, MovementView, OrderView, ProductView, UserView,
+    self, AdminProductView, AdminStoreView, LockView, MovementView, OrderView, ProductView,
+    UserView,
 };
 
 /// The document, rendered once.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|_| String::from("{}"))
+        let mut document = ApiDoc::openapi();
+        document.merge(super::routes::Documented::openapi());
+        document.to_json().unwrap_or_else(|_| String::from("{}"))
     })
 }
 
@@ -34,12 +35,6 @@ pub fn document() -> &'static str {
         title = "Kitara",
         description = "Order-lock service: reserves limited stock for customers who order at the same moment, and never oversells. Every JSON answer is an envelope: server_time, code (the HTTP status), message, data.",
         license(name = "MIT")
-    ),
-    paths(
-        healthz, readyz, metrics, openapi_json, admin_page, products, lock, get_order,
-        confirm, cancel, admin_new_user, admin_stores, admin_new_store, admin_products,
-        admin_new_product, admin_edit_product, admin_delete_product, admin_stock,
-        admin_movements, admin_orders,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -60,16 +55,6 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
-}
-
-/// An order's status.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum Status {
-    Locked,
-    Confirmed,
-    Cancelled,
-    Expired,
 }
 
 /// The envelope of an answer with no data: a refusal or an error.
@@ -387,7 +372,7 @@ fn admin_movements() {}
 #[utoipa::path(get, path = "/api/v1/admin/orders", tag = "admin", security(("bearer" = [])),
     params(
         ("store_id" = Option<i64>, Query, minimum = 1),
-        ("status" = Option<Status>, Query),
+        ("status" = Option<views::Status>, Query),
         ("after_id" = Option<i64>, Query, minimum = 0, description = "Only orders with a larger id"),
         ("before_id" = Option<i64>, Query, minimum = 1, description = "The newest `limit` orders below it, still ascending"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 100"),

@@ -15,32 +15,49 @@
 //! work per keyed order (BENCHMARKS.md).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{HeaderMap, Request, Response};
+use hyper::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
+use super::call::{Answer, Call};
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
 use super::{read_json_body, views};
-use crate::app::{AppState, Ended};
+use crate::app::AppState;
+use crate::app::keys::{self, Replay};
+use crate::app::orders::Ended;
+use crate::db::write::KeyRecord;
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
+use crate::metrics::LockOutcome;
 use crate::store::{LockError, LockRequest, Placed, ResolveError};
-use crate::writer::KeyRecord;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
 
-/// `POST /api/v1/order/lock`
-pub async fn lock(
-    state: &Arc<AppState>,
-    request: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = request.into_parts();
-    let body = read_json_body(&parts.headers, body, timeout).await?;
+/// `GET /api/v1/products`: from the catalog's snapshot, never waiting for an actor.
+pub async fn products(call: Call<'_>) -> Answer {
+    let catalog = call.state.catalog.snapshot();
+    let products: Vec<views::ProductView<'_>> = catalog
+        .products()
+        .iter()
+        .map(|p| views::ProductView::from(&**p))
+        .collect();
+    Ok(response::json(StatusCode::OK, "OK", Some(products)))
+}
+
+/// `POST /api/v1/order/lock`; its outcome is counted in the metrics.
+pub async fn lock(call: Call<'_>) -> Answer {
+    let state = call.state;
+    let result = judge_lock(call).await;
+    state.metrics.lock_outcome(lock_outcome(&result));
+    result
+}
+
+async fn judge_lock(call: Call<'_>) -> Answer {
+    let state = call.state;
+    let (parts, body) = call.request.into_parts();
+    let body = read_json_body(&parts.headers, body, call.timeout).await?;
     // The body's rules (1 to 3, `hold_seconds` among the fields) come first, then the
     // key: a header Kitara only needs once the request is known to be one.
     let LockBody {
@@ -48,28 +65,29 @@ pub async fn lock(
         hold_seconds,
     } = request::parse_lock_order(&body)?;
     let key = idempotency_key(&parts.headers)?;
-    let expires_at = state.deadline_for(hold_seconds);
+    let orders = &state.orders;
+    let expires_at = orders.deadline_for(hold_seconds);
+    let answer_by = orders.answer_by();
     let Some(key) = key else {
-        let placed = state
-            .lock_order(LockRequest {
+        let placed = orders
+            .lock(LockRequest {
                 order,
                 expires_at,
                 key: None,
-                answer_by: state.answer_by(),
+                answer_by,
             })
             .await?;
         return Ok(lock_answer(state, &placed));
     };
 
     let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
-    let _claim = state.keys.claim(&key).ok_or(ApiError::KeyInProgress)?;
+    let _claim = orders.keys.claim(&key).ok_or(ApiError::KeyInProgress)?;
     let record = Arc::new(KeyRecord {
         key: key.clone(),
         fingerprint,
     });
-    let answer_by = state.answer_by();
-    let result = state
-        .lock_order(LockRequest {
+    let result = orders
+        .lock(LockRequest {
             order,
             expires_at,
             key: Some(record),
@@ -81,7 +99,7 @@ pub async fn lock(
         Err(error) => {
             let error = ApiError::from(error);
             if error.is_refusal() {
-                replay_or(state, &key, fingerprint, Endpoint::Lock, error, answer_by).await
+                replay_or(state, &key, fingerprint, ReplayAs::Lock, error, answer_by).await
             } else {
                 Err(error)
             }
@@ -93,17 +111,41 @@ fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
     response::json_data(&views::placed(&state.catalog.snapshot(), placed))
 }
 
+/// What a lock request ended as.
+fn lock_outcome(result: &Answer) -> LockOutcome {
+    match result {
+        Ok(response) if response.headers().contains_key(REPLAYED) => LockOutcome::Replayed,
+        Ok(_) => LockOutcome::Placed,
+        Err(ApiError::Lock(e)) => match e {
+            LockError::UserNotFound => LockOutcome::UserNotFound,
+            LockError::MixedStores => LockOutcome::MixedStores,
+            LockError::LimitExceeded => LockOutcome::LimitExceeded,
+            LockError::NoneAvailable => LockOutcome::NoneAvailable,
+            LockError::SomeAvailable => LockOutcome::SomeAvailable,
+            LockError::Busy => LockOutcome::Busy,
+            LockError::Unavailable | LockError::KeyTaken => LockOutcome::Unavailable,
+            LockError::Conflict => LockOutcome::Conflict,
+            LockError::OutcomeUnknown => LockOutcome::OutcomeUnknown,
+            LockError::ShuttingDown => LockOutcome::ShuttingDown,
+        },
+        Err(ApiError::KeyInProgress) => LockOutcome::KeyInProgress,
+        Err(ApiError::KeyReused) => LockOutcome::KeyReused,
+        Err(_) => LockOutcome::Invalid,
+    }
+}
+
 /// Which answer a replay renders.
 #[derive(Debug, Clone, Copy)]
-enum Endpoint {
+enum ReplayAs {
     Lock,
     End,
 }
 
 /// `GET /api/v1/order/{id}`
-pub async fn get(state: &AppState, id: Option<OrderId>) -> Result<Response<Body>, ApiError> {
-    let id = id.ok_or(ApiError::OrderNotFound)?;
-    match state.order(id, state.answer_by()).await {
+pub async fn get(call: Call<'_>) -> Answer {
+    let orders = &call.state.orders;
+    let id = call.id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
+    match orders.order(id, orders.answer_by()).await {
         Ok(Some(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(None) => Err(ApiError::OrderNotFound),
         Err(e) => {
@@ -113,47 +155,49 @@ pub async fn get(state: &AppState, id: Option<OrderId>) -> Result<Response<Body>
     }
 }
 
-/// `POST /api/v1/order/{id}/confirm` and `/cancel`
-pub async fn end(
-    state: &AppState,
-    request: Request<Incoming>,
-    id: Option<OrderId>,
-    resolution: Resolution,
-    timeout: Duration,
-) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = request.into_parts();
-    let body = read_json_body(&parts.headers, body, timeout).await?;
+/// `POST /api/v1/order/{id}/confirm`
+pub async fn confirm(call: Call<'_>) -> Answer {
+    end(call, Resolution::Confirm).await
+}
+
+/// `POST /api/v1/order/{id}/cancel`
+pub async fn cancel(call: Call<'_>) -> Answer {
+    end(call, Resolution::Cancel).await
+}
+
+async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
+    let state = call.state;
+    let orders = &state.orders;
+    let (parts, body) = call.request.into_parts();
+    let body = read_json_body(&parts.headers, body, call.timeout).await?;
     let buyer = request::parse_buyer(&body)?;
     let key = idempotency_key(&parts.headers)?;
-    let id = id.ok_or(ApiError::OrderNotFound)?;
+    let id = call.id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
     let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
-    let answer_by = state.answer_by();
+    let answer_by = orders.answer_by();
 
     let _claim = match &key {
-        Some(key) => Some(state.keys.claim(key).ok_or(ApiError::KeyInProgress)?),
+        Some(key) => Some(orders.keys.claim(key).ok_or(ApiError::KeyInProgress)?),
         None => None,
     };
     // Not the hot path: a keyed confirm looks its key up first, so that a retry of one
     // that committed is replayed rather than answered as a repeat.
     if let Some(key) = &key
-        && let Some(response) = replay(state, key, fingerprint, Endpoint::End, answer_by).await?
+        && let Some(response) = replay(state, key, fingerprint, ReplayAs::End, answer_by).await?
     {
         return Ok(response);
     }
     let record = key
         .clone()
         .map(|key| Arc::new(KeyRecord { key, fingerprint }));
-    match state
-        .end_order(id, buyer, resolution, record, answer_by)
-        .await
-    {
+    match orders.end(id, buyer, resolution, record, answer_by).await {
         Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
         Err(ResolveError::KeyTaken) => match &key {
             Some(key) => {
                 let taken = ApiError::Resolve(ResolveError::KeyTaken);
-                replay_or(state, key, fingerprint, Endpoint::End, taken, answer_by).await
+                replay_or(state, key, fingerprint, ReplayAs::End, taken, answer_by).await
             }
             None => Err(ApiError::Resolve(ResolveError::Unavailable)),
         },
@@ -182,38 +226,31 @@ async fn replay(
     state: &AppState,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
-    endpoint: Endpoint,
+    replay_as: ReplayAs,
     answer_by: Instant,
 ) -> Result<Option<Response<Body>>, ApiError> {
-    let unavailable = |e: sea_orm::DbErr| {
-        crate::warn_summarised!(
-            "idempotency key lookup failed",
-            error = %e,
-            "idempotency key lookup failed"
-        );
-        ApiError::Lock(LockError::Unavailable)
-    };
-    let Some(stored) = state
-        .stored_key(key, answer_by)
+    let stored = keys::replay(&state.orders.reads, key, fingerprint, answer_by)
         .await
-        .map_err(unavailable)?
-    else {
-        return Ok(None);
+        .map_err(|e| {
+            crate::warn_summarised!(
+                "idempotency key lookup failed",
+                error = %e,
+                "idempotency key lookup failed"
+            );
+            ApiError::Lock(LockError::Unavailable)
+        })?;
+    let order = match stored {
+        Replay::Fresh => return Ok(None),
+        Replay::Reused => return Err(ApiError::KeyReused),
+        Replay::Orphan(order) => {
+            tracing::error!(%order, "a stored key names an order that is gone");
+            return Err(ApiError::Internal);
+        }
+        Replay::Same(order) => order,
     };
-    if stored.fingerprint != fingerprint {
-        return Err(ApiError::KeyReused);
-    }
-    let Some(order) = state
-        .order(stored.order_id, answer_by)
-        .await
-        .map_err(unavailable)?
-    else {
-        tracing::error!(order = %stored.order_id, "a stored key names an order that is gone");
-        return Err(ApiError::Internal);
-    };
-    let data = match endpoint {
-        Endpoint::Lock => views::locked(&order),
-        Endpoint::End => views::order(&order),
+    let data = match replay_as {
+        ReplayAs::Lock => views::locked(&order),
+        ReplayAs::End => views::order(&order),
     };
     let mut response = response::json_data(&data);
     response
@@ -229,11 +266,11 @@ async fn replay_or(
     state: &AppState,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,
-    endpoint: Endpoint,
+    replay_as: ReplayAs,
     refusal: ApiError,
     answer_by: Instant,
-) -> Result<Response<Body>, ApiError> {
-    match replay(state, key, fingerprint, endpoint, answer_by).await? {
+) -> Answer {
+    match replay(state, key, fingerprint, replay_as, answer_by).await? {
         Some(response) => Ok(response),
         None => Err(match refusal {
             ApiError::Lock(LockError::KeyTaken) | ApiError::Resolve(ResolveError::KeyTaken) => {

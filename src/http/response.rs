@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::admin::AdminError;
+use crate::app::admin::AdminError;
 use crate::domain::OrderStatus;
 use crate::store::{ChangeError, LockError, ResolveError};
 
@@ -83,8 +83,8 @@ pub fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
 pub enum ApiError {
     #[error("Route not found")]
     NotFound,
-    #[error("method not allowed; use {allow}")]
-    MethodNotAllowed { allow: &'static str },
+    #[error("method not allowed; use {}", allow.to_str().unwrap_or_default())]
+    MethodNotAllowed { allow: HeaderValue },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("request body must not exceed {limit} bytes")]
@@ -251,7 +251,7 @@ impl ApiError {
         let mut response = json::<()>(status, &message, None);
         let headers = response.headers_mut();
         if let ApiError::MethodNotAllowed { allow } = self {
-            headers.insert(ALLOW, HeaderValue::from_static(allow));
+            headers.insert(ALLOW, allow);
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -1,14 +1,27 @@
 //! The `data` of the answers, as JSON.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::catalog::{Listing, Product};
 use crate::clock::rfc3339;
 use crate::db::load::{MovementRow, OrderRow, StoreRow};
 use crate::domain::{OrderStatus, UserId};
+
+/// An order's status, as the document describes it (the answers write
+/// `OrderStatus::as_str`; this type is only the schema).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum Status {
+    Locked,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
 use crate::store::Placed;
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ProductView<'a> {
     id: i64,
     product_name: &'a str,
@@ -17,7 +30,7 @@ pub struct ProductView<'a> {
     store: StoreView<'a>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct StoreView<'a> {
     id: i64,
     store_name: &'a str,
@@ -39,18 +52,18 @@ impl<'a> From<&'a Product> for ProductView<'a> {
 }
 
 /// The answer to a lock: release 1's fields, then the hold's.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct LockView<'a> {
     order_id: i64,
     order_details: Vec<DetailView<'a>>,
-    #[schema(value_type = super::openapi::Status)]
+    #[schema(value_type = Status)]
     status: &'static str,
     /// RFC 3339 UTC; null holds until confirmed or cancelled.
     #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct DetailView<'a> {
     order_detail_id: i64,
     product_id: i64,
@@ -59,12 +72,12 @@ pub(super) struct DetailView<'a> {
 }
 
 /// An order as `GET /api/v1/order/{id}`, confirm and cancel answer it.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct OrderView<'a> {
     order_id: i64,
     user_id: i64,
     store_id: i64,
-    #[schema(value_type = super::openapi::Status)]
+    #[schema(value_type = Status)]
     status: &'static str,
     /// RFC 3339 UTC; null holds until confirmed or cancelled.
     #[schema(format = DateTime)]
@@ -139,7 +152,7 @@ pub fn orders(orders: &[OrderRow]) -> Vec<u8> {
 }
 
 /// A product as every admin answer shows it.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct AdminProductView<'a> {
     id: i64,
     product_name: &'a str,
@@ -160,13 +173,13 @@ impl<'a> From<&'a Product> for AdminProductView<'a> {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct UserView<'a> {
     pub id: i64,
     pub name: &'a str,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct AdminStoreView<'a> {
     id: i64,
     store_name: &'a str,
@@ -183,7 +196,7 @@ impl<'a> From<&'a StoreRow> for AdminStoreView<'a> {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct MovementView<'a> {
     id: i64,
     delta: i64,

@@ -18,12 +18,13 @@ use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
 use crate::db::call;
 use crate::db::load::{self, StoreState};
+use crate::db::write::{AdminWrite, KeyRecord, Outcome, PersistError, Write, Written};
 use crate::domain::{
     Begin, Deadline, HoldBook, LockOrder, OrderId, OrderLine, ProductId, Purchases, Resolution,
     StockBook, StoreId, UserId, Verdict,
 };
-use crate::metrics::{self, Metrics};
-use crate::writer::{AdminWrite, KeyRecord, Outcome, PersistError, Write, WriterHandle, Written};
+use crate::metrics::{DbError, Metrics};
+use crate::writer::WriterHandle;
 
 /// While its stock is unknown (the database was unreachable), a store tries to reload it
 /// at most this often; orders in between are answered 503 at once.
@@ -988,8 +989,7 @@ impl StoreActor {
                     tokio::time::sleep(RELOAD_RETRY.min(deadline - Instant::now())).await;
                 }
                 Err(e) => {
-                    self.metrics
-                        .db_error(metrics::index(metrics::DB_ERRORS, "reload_failed"));
+                    self.metrics.db_error(DbError::ReloadFailed);
                     crate::warn_summarised!(
                         "cannot reload a store",
                         store = %self.store,

@@ -13,11 +13,55 @@ use tokio::time::Instant;
 pub use actor::{ActorConfig, Shared, spawn};
 
 use crate::catalog::Product;
+use crate::db::write::KeyRecord;
 use crate::domain::{
     Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, ProductId, Resolution,
-    UserId,
+    StoreId, UserId,
 };
-use crate::writer::KeyRecord;
+
+/// The concurrent index from a store to its actor: how the front end finds the one
+/// actor that decides a store's orders.
+#[derive(Default)]
+pub struct Registry {
+    handles: dashmap::DashMap<StoreId, StoreHandle>,
+}
+
+impl Registry {
+    pub fn get(&self, store: StoreId) -> Option<StoreHandle> {
+        self.handles.get(&store).map(|h| h.clone())
+    }
+
+    pub fn insert(&self, store: StoreId, handle: StoreHandle) {
+        self.handles.insert(store, handle);
+    }
+
+    /// Every store's handle (start-up settles each store's holds through them).
+    pub fn handles(&self) -> Vec<StoreHandle> {
+        self.handles.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Drops every handle: each actor settles what it holds and stops (shutdown).
+    pub fn clear(&self) {
+        self.handles.clear();
+    }
+
+    /// Commands waiting in the fullest mailbox (`/metrics`).
+    pub fn deepest_mailbox(&self) -> usize {
+        self.handles
+            .iter()
+            .map(|s| s.value().depth())
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// A committed order, as answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -223,7 +223,7 @@ async fn a_key_in_progress_is_refused_with_409(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app(&db).await;
     let key = kitara::domain::IdempotencyKey::parse(b"busy-key").unwrap();
-    let claim = app.state.keys.claim(&key).expect("free");
+    let claim = app.state.orders.keys.claim(&key).expect("free");
     let before = db.snapshot().await;
 
     for path in [LOCK.to_owned(), "/api/v1/order/1/confirm".to_owned()] {

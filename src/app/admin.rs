@@ -6,20 +6,23 @@
 //! are written by the writer directly. A new store gets its own actor and index entry
 //! before it is answered, so it takes orders at once.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::app::AppState;
-use crate::catalog::Product;
+use super::users::KnownUsers;
+use crate::catalog::{Catalog, Product};
+use crate::db::call::Reads;
 use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
+use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::domain::{ProductId, StoreId, UserId};
-use crate::store::{self, ActorConfig, ChangeError, ProductChange, Shared};
-use crate::writer::{AdminWrite, PersistError, Write, Written};
+use crate::store::{self, ActorConfig, ChangeError, ProductChange, Registry, Shared};
 
 /// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -69,11 +72,33 @@ pub struct Spawner {
     pub actors: Vec<JoinHandle<()>>,
 }
 
-pub struct AdminDesk {
-    pub token: Option<AdminToken>,
+/// The store owner's side of Kitara: the token, the live stores, and what each change
+/// does.
+pub struct Admin {
+    /// `None` while the admin API is disabled.
+    token: Option<AdminToken>,
     /// The live stores: read at start, added to by the admin API.
-    stores: DashMap<StoreId, StoreRow>,
+    store_rows: DashMap<StoreId, StoreRow>,
     spawner: Mutex<Option<Spawner>>,
+    catalog: Arc<Catalog>,
+    /// Where a new store's actor is registered.
+    stores: Arc<Registry>,
+    users: Arc<KnownUsers>,
+    reads: Reads,
+    /// See `Orders::answer_within`.
+    answer_within: Duration,
+}
+
+/// What the owner's side is built from (`Admin::new`).
+pub struct AdminParts {
+    pub token: Option<AdminToken>,
+    pub store_rows: Vec<StoreRow>,
+    pub spawner: Spawner,
+    pub catalog: Arc<Catalog>,
+    pub stores: Arc<Registry>,
+    pub users: Arc<KnownUsers>,
+    pub reads: Reads,
+    pub answer_within: Duration,
 }
 
 /// Why an admin request was not done. `http::response` maps each to a status.
@@ -103,13 +128,31 @@ impl From<DbErr> for AdminError {
     }
 }
 
-impl AdminDesk {
-    pub fn new(token: Option<AdminToken>, stores: Vec<StoreRow>, spawner: Spawner) -> Self {
+impl Admin {
+    pub fn new(parts: AdminParts) -> Self {
         Self {
-            token,
-            stores: stores.into_iter().map(|s| (StoreId(s.id), s)).collect(),
-            spawner: Mutex::new(Some(spawner)),
+            token: parts.token,
+            store_rows: parts
+                .store_rows
+                .into_iter()
+                .map(|s| (StoreId(s.id), s))
+                .collect(),
+            spawner: Mutex::new(Some(parts.spawner)),
+            catalog: parts.catalog,
+            stores: parts.stores,
+            users: parts.users,
+            reads: parts.reads,
+            answer_within: parts.answer_within,
         }
+    }
+
+    /// The token, or `None` while the admin API is disabled.
+    pub fn token(&self) -> Option<&AdminToken> {
+        self.token.as_ref()
+    }
+
+    fn answer_by(&self) -> Instant {
+        Instant::now() + self.answer_within
     }
 
     /// Stops starting actors, and hands over the ones started since start-up.
@@ -124,7 +167,7 @@ impl AdminDesk {
 
     /// Every live store, ascending id.
     pub fn stores(&self) -> Vec<StoreRow> {
-        let mut stores: Vec<StoreRow> = self.stores.iter().map(|s| s.value().clone()).collect();
+        let mut stores: Vec<StoreRow> = self.store_rows.iter().map(|s| s.value().clone()).collect();
         stores.sort_by_key(|s| s.id);
         stores
     }
@@ -139,11 +182,9 @@ impl AdminDesk {
     }
 
     pub fn has_store(&self, store: StoreId) -> bool {
-        self.stores.contains_key(&store)
+        self.store_rows.contains_key(&store)
     }
-}
 
-impl AppState {
     pub async fn create_user(&self, name: String) -> Result<UserId, AdminError> {
         let created = self.admin_write(AdminWrite::NewUser { name }).await?;
         let user = UserId(created);
@@ -158,7 +199,6 @@ impl AppState {
         }
         // Not once shutdown began: the store would be written but get no actor.
         if self
-            .admin
             .spawner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -183,11 +223,7 @@ impl AppState {
         };
         let store = StoreId(id);
         {
-            let mut spawner = self
-                .admin
-                .spawner
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut spawner = self.spawner.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(spawner) = spawner.as_mut() else {
                 return Err(AdminError::ShuttingDown);
             };
@@ -201,7 +237,7 @@ impl AppState {
             spawner.actors.push(task);
             self.stores.insert(store, handle);
         }
-        self.admin.stores.insert(store, row.clone());
+        self.store_rows.insert(store, row.clone());
         Ok(row)
     }
 
@@ -213,8 +249,8 @@ impl AppState {
         limit: Option<i64>,
     ) -> Result<Product, AdminError> {
         let (Some(row), Some(handle)) = (
-            self.admin.stores.get(&store).map(|s| s.value().clone()),
-            self.stores.get(&store).map(|h| h.clone()),
+            self.store_rows.get(&store).map(|s| s.value().clone()),
+            self.stores.get(store),
         ) else {
             return Err(AdminError::StoreNotFound(store));
         };
@@ -243,18 +279,14 @@ impl AppState {
             .get(product)
             .map(|p| p.store)
             .ok_or(not_found)?;
-        let handle = self
-            .stores
-            .get(&store)
-            .map(|h| h.clone())
-            .ok_or(not_found)?;
+        let handle = self.stores.get(store).ok_or(not_found)?;
         match handle.change(change, self.answer_by()).await {
             Err(ChangeError::NotFound) => Err(not_found),
             other => other.map_err(AdminError::Change),
         }
     }
 
-    pub async fn admin_orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
+    pub async fn orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
         let read = move |db: DatabaseConnection| async move { load::orders(&db, filter).await };
         Ok(self.reads.run(self.answer_by(), read).await?)
     }
@@ -270,7 +302,6 @@ impl AppState {
     /// A write that belongs to no store: through the writer, on its own.
     async fn admin_write(&self, write: AdminWrite) -> Result<i64, AdminError> {
         let writer = self
-            .admin
             .spawner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -285,17 +316,6 @@ impl AppState {
                 Err(AdminError::Change(ChangeError::OutcomeUnknown))
             }
             Err(PersistError::Unavailable | PersistError::KeyTaken) => Err(AdminError::Unavailable),
-        }
-    }
-}
-
-impl Shared {
-    /// Start-up: gives every product without a ledger (made by SQL) its `adopted` row,
-    /// so that `kitara check` can prove its stock from then on. Returns how many.
-    pub async fn adopt(&self) -> Result<i64, PersistError> {
-        match self.writer.write(Write::Admin(AdminWrite::Adopt)).await? {
-            Written::Admin(adopted) => Ok(adopted),
-            _ => Err(PersistError::Unavailable),
         }
     }
 }

@@ -1,36 +1,29 @@
-//! The order desk: what happens to a validated request before and after its store actor
-//! (rules 4 to 7 of the judging order for a lock; the buyer check and the status rules
-//! for a confirm or cancel), shared by every connection.
+//! The order desk: what happens to a validated order request before and after its store
+//! actor (rules 4 to 7 of the judging order for a lock; the buyer check and the status
+//! rules for a confirm or cancel).
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use dashmap::DashMap;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use crate::admin::AdminDesk;
+use super::keys::InFlightKeys;
+use super::users::KnownUsers;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::db::call::Reads;
-use crate::db::keys::{self, StoredKey};
 use crate::db::load::{self, OrderRow};
-use crate::domain::{
-    Deadline, IdempotencyKey, Judgement, OrderId, OrderStatus, Resolution, StoreId, UserId, judge,
-};
-use crate::health::Readiness;
-use crate::idempotency::InFlightKeys;
-use crate::metrics::Metrics;
-use crate::store::{LockError, LockRequest, LockResult, ResolveError, StoreHandle};
-use crate::users::KnownUsers;
-use crate::writer::KeyRecord;
+use crate::db::write::KeyRecord;
+use crate::domain::{Deadline, Judgement, OrderId, OrderStatus, Resolution, UserId, judge};
+use crate::store::{LockError, LockRequest, LockResult, Registry, ResolveError, StoreHandle};
 
-pub struct AppState {
+/// The order desk: rules 4 to 7 of a lock, and the buyer check of a confirm or cancel.
+pub struct Orders {
     pub catalog: Arc<Catalog>,
     /// The concurrent index from a store to its actor.
-    pub stores: DashMap<StoreId, StoreHandle>,
-    pub users: KnownUsers,
+    pub stores: Arc<Registry>,
+    pub users: Arc<KnownUsers>,
     /// Off only in tests that show the database guard alone stops oversell; it also
     /// turns off the sold-out fast path, which reads the same memory.
     pub memory_check: bool,
@@ -39,20 +32,15 @@ pub struct AppState {
     /// `KITARA_HOLD_SECONDS`: how long a lock that names no `hold_seconds` holds; 0
     /// holds until confirmed or cancelled.
     pub default_hold_seconds: u32,
+    /// The keys of keyed requests in progress.
     pub keys: InFlightKeys,
-    /// The reads of the order endpoints, of stored answers and of the owner's pages,
-    /// capped so that a flood of them cannot take the pool's connections from the
-    /// writer.
+    /// The reads of the order endpoints and of stored answers, capped so that a flood
+    /// of them cannot take the pool's connections from the writer.
     pub reads: Reads,
     /// How long a request waits for the database before it is answered 503 (the pool's
     /// acquire timeout); a write whose COMMIT is in flight then also waits out the
     /// outcome deadline.
     pub answer_within: Duration,
-    /// The store owner's token, stores, and what starts a new store's actor.
-    pub admin: AdminDesk,
-    /// Whether the database answered lately (`GET /readyz`).
-    pub readiness: Arc<Readiness>,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Where a confirm or cancel leaves the order.
@@ -66,7 +54,7 @@ pub enum Ended {
     NotFound,
 }
 
-impl AppState {
+impl Orders {
     /// When a request that starts now must be answered (see `answer_within`).
     pub fn answer_by(&self) -> Instant {
         Instant::now() + self.answer_within
@@ -80,7 +68,7 @@ impl AppState {
         }
     }
 
-    pub async fn lock_order(self: &Arc<Self>, request: LockRequest) -> LockResult {
+    pub async fn lock(&self, request: LockRequest) -> LockResult {
         let order = &request.order;
         // Rule 4: the buyer must be a known user.
         match self.users.exists(order.buyer(), request.answer_by).await {
@@ -123,16 +111,15 @@ impl AppState {
             return Err(LockError::NoneAvailable);
         }
         // Limits, availability and the write belong to the store's actor.
-        let handle = match self.stores.get(&store) {
-            Some(handle) => handle.clone(),
-            None => return Err(LockError::ShuttingDown),
+        let Some(handle) = self.stores.get(store) else {
+            return Err(LockError::ShuttingDown);
         };
         handle.lock(request).await
     }
 
     /// Confirms or cancels an order of `buyer`; a keyed request stores `key` with the
     /// change.
-    pub async fn end_order(
+    pub async fn end(
         &self,
         id: OrderId,
         buyer: UserId,
@@ -154,7 +141,7 @@ impl AppState {
                 Judgement::Conflict(status) => return Ok(Ended::Conflict(status)),
                 Judgement::Apply => {}
             }
-            let Some(handle) = self.stores.get(&order.store).map(|h| h.clone()) else {
+            let Some(handle) = self.stores.get(order.store) else {
                 return Err(ResolveError::NotHeld);
             };
             match handle
@@ -178,7 +165,7 @@ impl AppState {
     /// Expires every hold that is due by the clock, in every store, and returns once
     /// those expiries committed (start-up, and tests that move a manual clock).
     pub async fn settle_due(&self) {
-        let handles: Vec<StoreHandle> = self.stores.iter().map(|e| e.value().clone()).collect();
+        let handles = self.stores.handles();
         futures_util::future::join_all(handles.iter().map(StoreHandle::settle_due)).await;
     }
 
@@ -188,21 +175,6 @@ impl AppState {
             .run(
                 answer_by,
                 move |db| async move { load::order(&db, id).await },
-            )
-            .await
-    }
-
-    /// The key as stored, if it is.
-    pub async fn stored_key(
-        &self,
-        key: &IdempotencyKey,
-        answer_by: Instant,
-    ) -> Result<Option<StoredKey>, DbErr> {
-        let key = key.clone();
-        self.reads
-            .run(
-                answer_by,
-                move |db| async move { keys::stored(&db, &key).await },
             )
             .await
     }

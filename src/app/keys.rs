@@ -1,19 +1,24 @@
-//! Safe retries, the parts that are not in the database: which keys have a request in
-//! progress in this process, and the task that purges keys past their time.
+//! Safe retries, as the application uses them: which keys have a request in progress in
+//! this process, what a key already stored says about a request that carries it, and
+//! the task that purges keys past their time. The pure rules (a key's syntax, a
+//! request's fingerprint) are `domain::key`'s; the storage is `db::keys`'.
 //!
-//! A key is stored with what its request committed, in the same transaction
-//! (`writer`), and the database's primary key on it decides a race between a request
-//! and its retry. The claims here only let a retry that arrives while its original is
-//! still in progress be told so (409) instead of waiting for the database to refuse it.
+//! A key is stored with what its request committed, in the same transaction (the
+//! writer), and the database's primary key on it decides a race between a request and
+//! its retry. The claims here only let a retry that arrives while its original is still
+//! in progress be told so (409) instead of waiting for the database to refuse it.
 
 use std::time::Duration;
 
 use dashmap::DashSet;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::db::call::Reads;
+use crate::db::load::{self, OrderRow};
 use crate::db::{call, keys};
-use crate::domain::IdempotencyKey;
+use crate::domain::{Fingerprint, IdempotencyKey, OrderId};
 
 /// The keys of requests in progress.
 #[derive(Debug, Default)]
@@ -46,6 +51,51 @@ impl Drop for Claim<'_> {
 
 /// How often the purge sweeps through the keys.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What a key already stored says about a request that carries it.
+#[derive(Debug)]
+pub enum Replay {
+    /// The key is not stored: the request is judged afresh.
+    Fresh,
+    /// Stored for this very request: its answer is rendered again from the order the key
+    /// names, as the database has it.
+    Same(OrderRow),
+    /// Stored for another request (422).
+    Reused,
+    /// Stored, but its order is gone: a bug, or a row deleted behind Kitara's back.
+    Orphan(OrderId),
+}
+
+/// Looks `key` up; the database is waited for until `answer_by`. Not the hot path: a
+/// keyed request is judged like any other, and its key looked up only when the fresh
+/// answer is not a 200 (or, for a confirm or cancel, first).
+pub async fn replay(
+    reads: &Reads,
+    key: &IdempotencyKey,
+    fingerprint: Fingerprint,
+    answer_by: Instant,
+) -> Result<Replay, DbErr> {
+    let text = key.clone();
+    let stored = reads
+        .run(answer_by, move |db| async move {
+            keys::stored(&db, &text).await
+        })
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(Replay::Fresh);
+    };
+    if stored.fingerprint != fingerprint {
+        return Ok(Replay::Reused);
+    }
+    let id = stored.order_id;
+    let order = reads
+        .run(
+            answer_by,
+            move |db| async move { load::order(&db, id).await },
+        )
+        .await?;
+    Ok(order.map_or(Replay::Orphan(id), Replay::Same))
+}
 
 /// Keys looked at per step of the sweep: small, so that a step never holds many row
 /// locks.

@@ -1,0 +1,29 @@
+//! What a handler gets and gives, so that the route table and the handlers need not
+//! know each other's files.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use super::response::{ApiError, Body};
+use crate::app::AppState;
+
+/// What a handler gets.
+pub struct Call<'a> {
+    pub state: &'a Arc<AppState>,
+    pub request: Request<Incoming>,
+    /// The path's `{id}`, if it has one that is well formed (`request::parse_id`).
+    pub id: Option<i64>,
+    /// How long the client may take to send its body.
+    pub timeout: Duration,
+}
+
+pub type Answer = Result<Response<Body>, ApiError>;
+
+/// A handler as the table holds it: an async fn of a `Call`, its future boxed so that
+/// every handler has the same type.
+pub type Handler = for<'a> fn(Call<'a>) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;

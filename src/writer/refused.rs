@@ -1,0 +1,153 @@
+//! A batch the database refused: which of its writes does it really refuse? A key stored
+//! before refuses the whole batch, so those writes are set aside and the rest written
+//! again; what is still refused is written one write per transaction, so that only the
+//! refused writes fail, unless the database turns out to be unreachable, which fails
+//! the rest at once.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::Writer;
+use crate::db::write::{Outcome, PersistError, Write, Written};
+use crate::db::{call, keys, load};
+use crate::metrics::DbError;
+
+impl Writer {
+    /// Writes everything in one transaction; if the database refuses it, finds out
+    /// which writes it refuses (see the module's doc).
+    pub(super) async fn write_all(&mut self, writes: &[&Write], answer_by: Instant) -> Outcome {
+        match self.write(writes, answer_by).await {
+            Ok(written) => return written.into_iter().map(Ok).collect(),
+            Err(PersistError::Refused) => {}
+            Err(error) => return vec![Err(error); writes.len()],
+        }
+        let mut outcomes: Vec<Option<Result<Written, PersistError>>> = vec![None; writes.len()];
+        // A key stored before refuses the whole batch: set its writes aside (nothing of
+        // them was written) and write the others together again.
+        let taken = self.taken_keys(writes, answer_by).await;
+        let mut rest = Vec::with_capacity(writes.len());
+        for (i, &write) in writes.iter().enumerate() {
+            match write.key() {
+                Some(record) if taken.iter().any(|k| k == record.key.as_bytes()) => {
+                    outcomes[i] = Some(Err(PersistError::KeyTaken));
+                }
+                _ => rest.push(i),
+            }
+        }
+        let mut tried_alone = writes.len() == 1;
+        if !taken.is_empty() && !rest.is_empty() {
+            let subset: Vec<&Write> = rest.iter().map(|&i| writes[i]).collect();
+            match self.write(&subset, answer_by).await {
+                Ok(written) => {
+                    for (&i, w) in rest.iter().zip(written) {
+                        outcomes[i] = Some(Ok(w));
+                    }
+                    rest.clear();
+                }
+                Err(PersistError::Refused) => tried_alone = rest.len() == 1,
+                Err(error) => {
+                    for &i in &rest {
+                        outcomes[i] = Some(Err(error));
+                    }
+                    rest.clear();
+                }
+            }
+        }
+        // One write the database refuses must not sink the others: write each on its
+        // own, so that only the refused ones fail. Once the database turns out to be
+        // unreachable, the rest fail at once (nothing of them committed) instead of
+        // each waiting for it in turn.
+        if !rest.is_empty() && !tried_alone {
+            tracing::warn!(
+                writes = rest.len(),
+                "the database refused a batch; writing its writes one by one"
+            );
+        }
+        let mut unreachable = false;
+        for i in rest {
+            let outcome = if unreachable {
+                Err(PersistError::Unavailable)
+            } else if tried_alone {
+                Err(PersistError::Refused)
+            } else {
+                self.write(std::slice::from_ref(&writes[i]), answer_by)
+                    .await
+                    .map(|mut w| w.remove(0))
+            };
+            unreachable = matches!(
+                outcome,
+                Err(PersistError::Unavailable | PersistError::OutcomeUnknown)
+            );
+            outcomes[i] = Some(outcome);
+        }
+        // A keyed write refused on its own may have lost its key to another write of the
+        // same batch (a client that retried while its first request was still queued).
+        let refused: Vec<usize> = (0..writes.len())
+            .filter(|&i| {
+                matches!(outcomes[i], Some(Err(PersistError::Refused))) && writes[i].key().is_some()
+            })
+            .collect();
+        if !refused.is_empty() {
+            let subset: Vec<&Write> = refused.iter().map(|&i| writes[i]).collect();
+            let taken = self.taken_keys(&subset, answer_by).await;
+            for i in refused {
+                if writes[i]
+                    .key()
+                    .is_some_and(|k| taken.iter().any(|t| t == k.key.as_bytes()))
+                {
+                    outcomes[i] = Some(Err(PersistError::KeyTaken));
+                }
+            }
+        }
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Some(Err(PersistError::Refused))))
+            .count();
+        if refused > 0 {
+            tracing::warn!(refused, "the database refused writes that memory allowed");
+            // Counted here, once the refusal is known to be one: a batch refused by a
+            // key stored before (a client's retry, replayed) is not.
+            for _ in 0..refused {
+                self.metrics.db_error(DbError::Refused);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(PersistError::Unavailable)))
+            .collect()
+    }
+
+    /// The keys of these writes that are already stored; none if the lookup fails or
+    /// outlasts `answer_by` (writing them one by one then tells).
+    async fn taken_keys(&self, writes: &[&Write], answer_by: Instant) -> Vec<Vec<u8>> {
+        let keys: Vec<Vec<u8>> = writes
+            .iter()
+            .filter_map(|w| w.key().map(|k| k.key.as_bytes().to_vec()))
+            .collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let db = self.db.clone();
+        let lookup = async move {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            keys::taken(&db, &keys).await
+        };
+        call::within(answer_by, lookup).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look up the idempotency keys of a refused batch");
+            Vec::new()
+        })
+    }
+
+    pub(super) async fn resync_ids(&self, answer_by: Instant) {
+        let db = self.db.clone();
+        let read = async move { load::max_ids(&db).await };
+        match call::within(answer_by, read).await {
+            Ok((orders, details)) => {
+                self.ids.order.fetch_max(orders, Ordering::Relaxed);
+                self.ids.detail.fetch_max(details, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the largest ids"),
+        }
+    }
+}

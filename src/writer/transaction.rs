@@ -1,0 +1,276 @@
+//! One transaction, BEGIN to COMMIT, on a task of its own, so that it is never cut off
+//! half-way (`db::call`): the writer waits for it until its answers are due, then gives
+//! it up before its COMMIT, or, with COMMIT already sent, waits for the outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Writer;
+use crate::db::write::PersistError;
+use crate::db::{self, persist};
+use crate::metrics::DbError;
+
+/// Whether the database can be reached, as the writers last found it. While it cannot,
+/// a transaction is tried at most every `RETRY_UNREACHABLE`, and the batches in between
+/// fail at once: during an outage requests get their 503 at once instead of each
+/// waiting out its bound, and a stalled server is not sent more transactions to hold.
+#[derive(Default)]
+pub(super) struct Reach {
+    /// When the last transaction found the database unreachable (or when the last try
+    /// since began); `None` while it answers.
+    unreachable_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How often the writers try the database while it is unreachable.
+const RETRY_UNREACHABLE: Duration = Duration::from_millis(200);
+
+impl Reach {
+    /// Whether to try a transaction now; claims the try, so that one writer tries at a
+    /// time while the database is unreachable.
+    fn try_now(&self) -> bool {
+        let mut at = self
+            .unreachable_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *at {
+            Some(since) if since.elapsed() < RETRY_UNREACHABLE => false,
+            Some(_) => {
+                *at = Some(Instant::now());
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn reached(&self, yes: bool) {
+        *self
+            .unreachable_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (!yes).then(Instant::now);
+    }
+}
+
+/// A transaction being opened ahead, and when it was opened.
+pub(super) type Opening = JoinHandle<(Result<DatabaseTransaction, DbErr>, Instant)>;
+
+/// A transaction opened ahead is used only if it waited less than this: after a longer
+/// pause its connection may have been dropped, so a fresh one is opened instead (from
+/// the pool, which pings a connection that sat idle this long).
+const OPENED_AHEAD_FOR_AT_MOST: Duration = db::IDLE_BEFORE_PING;
+
+/// Where a transaction stands, shared by the task that runs it and the writer that waits
+/// for it: whichever of the two moves it out of `RUNNING` first decides whether COMMIT
+/// is sent (`COMMITTING`) or never will be (`GIVEN_UP`).
+const RUNNING: u8 = 0;
+const COMMITTING: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// How a transaction's task ended.
+enum Ran {
+    Committed(Vec<i64>),
+    /// It could not begin: the database is unreachable (or the pool exhausted).
+    Unreachable,
+    /// It failed before COMMIT: nothing of it committed.
+    Failed(PersistError),
+    /// COMMIT was sent and its answer was an error: the token tells the outcome.
+    CommitFailed(DbErr, Vec<i64>),
+    /// The writer gave it up before COMMIT; it rolled back.
+    GivenUp,
+}
+
+impl Writer {
+    /// Runs the plan in one transaction, on a task of its own, and waits for it until
+    /// `answer_by`; answers what its admin writes answered.
+    ///
+    /// The transaction is never cut off half-way (see `db::call`). If it has not sent its
+    /// COMMIT by `answer_by`, the writer gives it up: it will roll back instead of
+    /// committing, so its writes fail as `Unavailable` now, and their requests get 503
+    /// within their bound. If its COMMIT is already in flight, the writer waits for its
+    /// answer until the outcome deadline, then looks the token up.
+    pub(super) async fn transact(
+        &mut self,
+        plan: persist::Plan,
+        token: persist::Token,
+        writes: usize,
+        orders: usize,
+        answer_by: Instant,
+    ) -> Result<Vec<i64>, PersistError> {
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let failed = move |kind: DbError| metrics.db_error(kind);
+        if !self.reach.try_now() {
+            crate::warn_summarised!(
+                "the database is unreachable",
+                writes,
+                "the database is unreachable; failing a batch at once"
+            );
+            failed(DbError::Unavailable);
+            return Err(PersistError::Unavailable);
+        }
+        let opened = self.opening.take();
+        if self.db.get_database_backend() == DbBackend::MySql {
+            let pool = self.db.clone();
+            self.opening = Some(tokio::spawn(async move {
+                let txn = pool
+                    .begin_with_options(db::write_transaction_options())
+                    .await;
+                (txn, Instant::now())
+            }));
+        }
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let mut task = tokio::spawn(run_transaction(
+            self.db.clone(),
+            opened,
+            plan,
+            state.clone(),
+            writes,
+        ));
+        let outcome_by = answer_by + self.outcome_deadline;
+        let ran = match tokio::time::timeout_at(answer_by, &mut task).await {
+            Ok(ran) => ran,
+            Err(_) => {
+                let given_up = state
+                    .compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if given_up {
+                    self.reach.reached(false);
+                    crate::warn_summarised!(
+                        "gave up a transaction",
+                        writes,
+                        "the database did not answer in time; gave up a transaction before its COMMIT"
+                    );
+                    failed(DbError::Unavailable);
+                    return Err(PersistError::Unavailable);
+                }
+                // Its COMMIT is in flight: its answer is the outcome.
+                match tokio::time::timeout_at(outcome_by, &mut task).await {
+                    Ok(ran) => ran,
+                    Err(_) => {
+                        tracing::error!(
+                            token = token.as_str(),
+                            "outcome unknown: COMMIT got no answer by the outcome deadline"
+                        );
+                        failed(DbError::OutcomeUnknown);
+                        return Err(PersistError::OutcomeUnknown);
+                    }
+                }
+            }
+        };
+        let ran = ran.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a transaction's task failed");
+            Ran::Failed(PersistError::Unavailable)
+        });
+        match ran {
+            Ran::Committed(answered) => {
+                self.reach.reached(true);
+                self.metrics.commit(started.elapsed(), orders);
+                Ok(answered)
+            }
+            Ran::Unreachable => {
+                self.reach.reached(false);
+                failed(DbError::Unavailable);
+                Err(PersistError::Unavailable)
+            }
+            Ran::Failed(error) => {
+                self.reach.reached(true);
+                // A refusal is counted by `write_all`, once it knows it is one.
+                if error != PersistError::Refused {
+                    failed(DbError::Unavailable);
+                }
+                Err(error)
+            }
+            Ran::GivenUp => Err(PersistError::Unavailable),
+            Ran::CommitFailed(e, answered) => {
+                self.reach.reached(true);
+                tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
+                failed(DbError::CommitLost);
+                let deadline = (Instant::now() + self.outcome_deadline).min(outcome_by);
+                let outcome = self.resolve(&token, deadline).await;
+                match outcome {
+                    Ok(()) => self.metrics.commit(started.elapsed(), orders),
+                    Err(PersistError::OutcomeUnknown) => failed(DbError::OutcomeUnknown),
+                    Err(_) => {}
+                }
+                outcome.map(|()| answered)
+            }
+        }
+    }
+}
+
+/// A transaction, from BEGIN (or the one opened ahead) to COMMIT, on a task of its own
+/// so that it is never cut off half-way. Before it sends COMMIT it checks that the
+/// writer still waits for it; if not, it rolls back.
+async fn run_transaction(
+    db: DatabaseConnection,
+    opened: Option<Opening>,
+    plan: persist::Plan,
+    state: Arc<AtomicU8>,
+    writes: usize,
+) -> Ran {
+    let txn = match begin(&db, opened).await {
+        Ok(txn) => txn,
+        Err(e) => {
+            crate::warn_summarised!(
+                "cannot begin a transaction",
+                error = %e,
+                "cannot begin a transaction"
+            );
+            return Ran::Unreachable;
+        }
+    };
+    let answered = match persist::write_plan(&txn, &plan).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            let error = match e {
+                persist::WriteError::GuardTripped { .. } => {
+                    tracing::warn!(error = %e, writes, "batch refused");
+                    PersistError::Refused
+                }
+                // A constraint, or a key stored before: `write_all` finds out which.
+                persist::WriteError::Db(ref err) if db::is_refusal(err) => {
+                    tracing::debug!(error = %e, writes, "batch refused");
+                    PersistError::Refused
+                }
+                persist::WriteError::Db(_) => {
+                    tracing::error!(error = %e, writes, "batch failed");
+                    PersistError::Unavailable
+                }
+            };
+            let _ = txn.rollback().await;
+            return Ran::Failed(error);
+        }
+    };
+    let committing = state
+        .compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if !committing {
+        let _ = txn.rollback().await;
+        return Ran::GivenUp;
+    }
+    match txn.commit().await {
+        Ok(()) => Ran::Committed(answered),
+        Err(e) => Ran::CommitFailed(e, answered),
+    }
+}
+
+/// The transaction opened ahead if it is fresh, otherwise a new one.
+async fn begin(
+    db: &DatabaseConnection,
+    opened: Option<Opening>,
+) -> Result<DatabaseTransaction, DbErr> {
+    let opened = match opened {
+        Some(opening) => opening.await.ok(),
+        None => None,
+    };
+    match opened {
+        // Opened (or refused) just now: use it, or report why it could not open.
+        Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
+        // None opened, or it waited too long (dropping it rolls it back).
+        _ => db.begin_with_options(db::write_transaction_options()).await,
+    }
+}
