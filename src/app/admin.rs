@@ -22,7 +22,7 @@ use crate::db::call::Reads;
 use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
 use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::domain::{ProductId, StoreId, UserId};
-use crate::store::{self, ActorConfig, ChangeError, ProductChange, Registry, Shared};
+use crate::store::{self, ActorConfig, ChangeError, Failure, ProductChange, Registry, Shared};
 
 /// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -211,7 +211,7 @@ impl Admin {
             owner,
         };
         let id = match self.admin_write(write).await {
-            Err(AdminError::Change(ChangeError::Conflict)) => {
+            Err(AdminError::Change(ChangeError::Failed(Failure::Conflict))) => {
                 return Err(AdminError::UserNotFound(owner));
             }
             other => other?,
@@ -261,7 +261,7 @@ impl Admin {
             store_name: row.store_name.as_str().into(),
         };
         match handle.change(change, self.answer_by()).await {
-            Err(ChangeError::Conflict) => Err(AdminError::StoreNotFound(store)),
+            Err(ChangeError::Failed(Failure::Conflict)) => Err(AdminError::StoreNotFound(store)),
             other => other.map_err(AdminError::Change),
         }
     }
@@ -311,10 +311,12 @@ impl Admin {
         match writer.write(Write::Admin(write)).await {
             Ok(Written::Admin(created)) => Ok(created),
             Ok(_) => Err(AdminError::Unavailable),
-            Err(PersistError::Refused) => Err(AdminError::Change(ChangeError::Conflict)),
-            Err(PersistError::OutcomeUnknown) => {
-                Err(AdminError::Change(ChangeError::OutcomeUnknown))
+            Err(PersistError::Refused) => {
+                Err(AdminError::Change(ChangeError::Failed(Failure::Conflict)))
             }
+            Err(PersistError::OutcomeUnknown) => Err(AdminError::Change(ChangeError::Failed(
+                Failure::OutcomeUnknown,
+            ))),
             Err(PersistError::Unavailable | PersistError::KeyTaken) => Err(AdminError::Unavailable),
         }
     }

@@ -15,8 +15,10 @@ use crate::clock::Clock;
 use crate::db::call::Reads;
 use crate::db::load::{self, OrderRow};
 use crate::db::write::KeyRecord;
-use crate::domain::{Deadline, Judgement, OrderId, OrderStatus, Resolution, UserId, judge};
-use crate::store::{LockError, LockRequest, LockResult, Registry, ResolveError, StoreHandle};
+use crate::domain::{Deadline, OrderId, OrderStatus, Resolution, Transition, UserId, transition};
+use crate::store::{
+    Failure, LockError, LockRequest, LockResult, Registry, ResolveError, StoreHandle,
+};
 
 /// The order desk: rules 4 to 7 of a lock, and the buyer check of a confirm or cancel.
 pub struct Orders {
@@ -76,7 +78,7 @@ impl Orders {
             Ok(false) => return Err(LockError::UserNotFound),
             Err(e) => {
                 crate::warn_summarised!("user lookup failed", error = %e, "user lookup failed");
-                return Err(LockError::Unavailable);
+                return Err(LockError::Failed(Failure::Unavailable));
             }
         }
 
@@ -112,7 +114,7 @@ impl Orders {
         }
         // Limits, availability and the write belong to the store's actor.
         let Some(handle) = self.stores.get(store) else {
-            return Err(LockError::ShuttingDown);
+            return Err(LockError::Failed(Failure::ShuttingDown));
         };
         handle.lock(request).await
     }
@@ -131,15 +133,15 @@ impl Orders {
         for _ in 0..2 {
             let order = self.order(id, answer_by).await.map_err(|e| {
                 crate::warn_summarised!("order lookup failed", error = %e, "order lookup failed");
-                ResolveError::Unavailable
+                ResolveError::Failed(Failure::Unavailable)
             })?;
             let Some(mut order) = order.filter(|o| o.buyer == buyer) else {
                 return Ok(Ended::NotFound);
             };
-            match judge(order.status, resolution) {
-                Judgement::AlreadyThere => return Ok(Ended::Order(order)),
-                Judgement::Conflict(status) => return Ok(Ended::Conflict(status)),
-                Judgement::Apply => {}
+            match transition(order.status, resolution) {
+                Transition::AlreadyThere => return Ok(Ended::Order(order)),
+                Transition::Conflict(status) => return Ok(Ended::Conflict(status)),
+                Transition::Apply => {}
             }
             let Some(handle) = self.stores.get(order.store) else {
                 return Err(ResolveError::NotHeld);
@@ -150,8 +152,8 @@ impl Orders {
             {
                 Ok(status) => {
                     order.status = status;
-                    return Ok(match judge(status, resolution) {
-                        Judgement::Conflict(status) => Ended::Conflict(status),
+                    return Ok(match transition(status, resolution) {
+                        Transition::Conflict(status) => Ended::Conflict(status),
                         _ => Ended::Order(order),
                     });
                 }

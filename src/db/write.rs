@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::domain::{
-    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductId,
-    Resolution, StoreId, UserId,
+    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductChange,
+    ProductId, Resolution, StoreId, UserId,
 };
 
 /// Why a submission was not persisted. The cause is logged by the writer.
@@ -95,6 +95,41 @@ pub enum AdminWrite {
     },
     /// Start-up: an `adopted` ledger row for every product that has none (made by SQL).
     Adopt,
+}
+
+impl AdminWrite {
+    /// What persists a change of `store`'s products its actor decided.
+    pub fn of_change(store: StoreId, change: &ProductChange) -> Self {
+        match change {
+            ProductChange::Add {
+                name, stock, limit, ..
+            } => AdminWrite::NewProduct {
+                store,
+                name: name.clone(),
+                stock: *stock,
+                limit: *limit,
+            },
+            ProductChange::Restock {
+                product,
+                delta,
+                reason,
+            } => AdminWrite::Restock {
+                product: *product,
+                delta: *delta,
+                reason: reason.clone(),
+            },
+            ProductChange::Edit {
+                product,
+                name,
+                limit,
+            } => AdminWrite::EditProduct {
+                product: *product,
+                name: name.clone(),
+                limit: *limit,
+            },
+            ProductChange::Delete { product } => AdminWrite::DeleteProduct { product: *product },
+        }
+    }
 }
 
 impl Write {

@@ -76,7 +76,7 @@ impl Resolution {
 
 /// What asking for a resolution of an order in a given status leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Judgement {
+pub enum Transition {
     /// The order is locked: the resolution applies.
     Apply,
     /// The order already is where the resolution would take it: a repeat, harmless.
@@ -86,11 +86,11 @@ pub enum Judgement {
 }
 
 /// Only `locked` changes, and only once.
-pub fn judge(status: OrderStatus, asked: Resolution) -> Judgement {
+pub fn transition(status: OrderStatus, asked: Resolution) -> Transition {
     match status {
-        OrderStatus::Locked => Judgement::Apply,
-        s if s == asked.status() => Judgement::AlreadyThere,
-        s => Judgement::Conflict(s),
+        OrderStatus::Locked => Transition::Apply,
+        s if s == asked.status() => Transition::AlreadyThere,
+        s => Transition::Conflict(s),
     }
 }
 
@@ -110,7 +110,7 @@ pub struct Hold {
 
 /// What `HoldBook::begin` decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Begin {
+pub enum Ending {
     /// The hold is not live here: it ended, or never was.
     NotLive,
     /// A resolution is already on its way; wait for it.
@@ -174,12 +174,12 @@ impl HoldBook {
 
     /// Starts resolving a hold at `now` (seconds): a hold past its deadline expires
     /// instead of taking the asked resolution.
-    pub fn begin(&mut self, id: OrderId, asked: Resolution, now: Deadline) -> Begin {
+    pub fn begin(&mut self, id: OrderId, asked: Resolution, now: Deadline) -> Ending {
         let Some(hold) = self.holds.get_mut(&id) else {
-            return Begin::NotLive;
+            return Ending::NotLive;
         };
         if let Some(pending) = hold.pending {
-            return Begin::Pending(pending);
+            return Ending::Pending(pending);
         }
         let resolution = match hold.expires_at {
             Some(deadline) if deadline <= now => Resolution::Expire,
@@ -189,7 +189,7 @@ impl HoldBook {
         if let Some(deadline) = hold.expires_at {
             self.deadlines.remove(&(deadline, id));
         }
-        Begin::Started(resolution)
+        Ending::Started(resolution)
     }
 
     /// The pending resolution did not reach the database: the hold is locked again.
@@ -248,26 +248,26 @@ mod tests {
     #[test]
     fn only_locked_changes_and_a_repeat_is_harmless() {
         use OrderStatus::*;
-        assert_eq!(judge(Locked, Resolution::Confirm), Judgement::Apply);
+        assert_eq!(transition(Locked, Resolution::Confirm), Transition::Apply);
         assert_eq!(
-            judge(Confirmed, Resolution::Confirm),
-            Judgement::AlreadyThere
+            transition(Confirmed, Resolution::Confirm),
+            Transition::AlreadyThere
         );
         assert_eq!(
-            judge(Cancelled, Resolution::Cancel),
-            Judgement::AlreadyThere
+            transition(Cancelled, Resolution::Cancel),
+            Transition::AlreadyThere
         );
         assert_eq!(
-            judge(Cancelled, Resolution::Confirm),
-            Judgement::Conflict(Cancelled)
+            transition(Cancelled, Resolution::Confirm),
+            Transition::Conflict(Cancelled)
         );
         assert_eq!(
-            judge(Expired, Resolution::Cancel),
-            Judgement::Conflict(Expired)
+            transition(Expired, Resolution::Cancel),
+            Transition::Conflict(Expired)
         );
         assert_eq!(
-            judge(Confirmed, Resolution::Cancel),
-            Judgement::Conflict(Confirmed)
+            transition(Confirmed, Resolution::Cancel),
+            Transition::Conflict(Confirmed)
         );
         for s in [Locked, Confirmed, Cancelled, Expired] {
             assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
@@ -281,12 +281,12 @@ mod tests {
         let mut book = HoldBook::new([(OrderId(1), order(), Some(100))]);
         assert_eq!(
             book.begin(OrderId(1), Resolution::Confirm, 50),
-            Begin::Started(Resolution::Confirm)
+            Ending::Started(Resolution::Confirm)
         );
         // While the confirm is on its way, nothing else starts and nothing expires.
         assert_eq!(
             book.begin(OrderId(1), Resolution::Cancel, 50),
-            Begin::Pending(Resolution::Confirm)
+            Ending::Pending(Resolution::Confirm)
         );
         assert!(book.begin_due(1_000, 10).is_empty());
         assert_eq!(book.next_deadline(), None);
@@ -295,12 +295,12 @@ mod tests {
         assert_eq!(book.next_deadline(), Some(100));
         assert_eq!(
             book.begin(OrderId(1), Resolution::Cancel, 50),
-            Begin::Started(Resolution::Cancel)
+            Ending::Started(Resolution::Cancel)
         );
         assert!(book.finish(OrderId(1)).is_some());
         assert_eq!(
             book.begin(OrderId(1), Resolution::Confirm, 50),
-            Begin::NotLive
+            Ending::NotLive
         );
         assert!(book.is_empty());
     }
@@ -310,7 +310,7 @@ mod tests {
         let mut book = HoldBook::new([(OrderId(1), order(), Some(100))]);
         assert_eq!(
             book.begin(OrderId(1), Resolution::Confirm, 100),
-            Begin::Started(Resolution::Expire)
+            Ending::Started(Resolution::Expire)
         );
     }
 
@@ -325,7 +325,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Step {
         Insert(i64, Option<Deadline>),
-        Begin(i64, Resolution, Deadline),
+        Ending(i64, Resolution, Deadline),
         Abort(i64),
         Finish(i64),
         BeginDue(Deadline, usize),
@@ -342,7 +342,7 @@ mod tests {
         ];
         let step = prop_oneof![
             (id.clone(), deadline).prop_map(|(i, d)| Step::Insert(i, d)),
-            (id.clone(), resolution, 0i64..20).prop_map(|(i, r, n)| Step::Begin(i, r, n)),
+            (id.clone(), resolution, 0i64..20).prop_map(|(i, r, n)| Step::Ending(i, r, n)),
             id.clone().prop_map(Step::Abort),
             id.prop_map(Step::Finish),
             (0i64..20, 0usize..4).prop_map(|(n, l)| Step::BeginDue(n, l)),
@@ -368,17 +368,17 @@ mod tests {
                         book.insert(OrderId(id), order(), deadline);
                         model.insert(id, (deadline, None));
                     }
-                    Step::Begin(id, asked, now) => {
+                    Step::Ending(id, asked, now) => {
                         let expected = match model.get_mut(&id) {
-                            None => Begin::NotLive,
-                            Some((_, Some(pending))) => Begin::Pending(*pending),
+                            None => Ending::NotLive,
+                            Some((_, Some(pending))) => Ending::Pending(*pending),
                             Some((deadline, pending)) => {
                                 let started = match deadline {
                                     Some(d) if *d <= now => Resolution::Expire,
                                     _ => asked,
                                 };
                                 *pending = Some(started);
-                                Begin::Started(started)
+                                Ending::Started(started)
                             }
                         };
                         prop_assert_eq!(book.begin(OrderId(id), asked, now), expected);
@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(book.next_deadline(), Some(30));
         assert_eq!(
             book.begin(OrderId(2), Resolution::Cancel, 25),
-            Begin::Pending(Resolution::Expire)
+            Ending::Pending(Resolution::Expire)
         );
         assert_eq!(book.len(), 4);
     }

@@ -1,20 +1,23 @@
 //! Kitara's domain: identifiers, a validated order, the pure stock rules, the life of a
-//! hold, per-customer limits, and idempotency keys.
+//! hold, per-customer limits, the rules of the owner's product changes, and idempotency
+//! keys.
 //!
 //! Nothing here does I/O or awaits, so the rules can be checked by the thousand against
 //! a simple model (see the unit tests in `stock`).
 
+mod change;
 mod hold;
 mod key;
 mod limits;
 mod order;
 mod stock;
 
-pub use hold::{Begin, Deadline, Hold, HoldBook, Judgement, OrderStatus, Resolution, judge};
+pub use change::{ChangeRefusal, Changes, ProductChange};
+pub use hold::{Deadline, Ending, Hold, HoldBook, OrderStatus, Resolution, Transition, transition};
 pub use key::{Fingerprint, IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use limits::Purchases;
 pub use order::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, OrderError, OrderLine};
-pub use stock::{StockBook, Verdict};
+pub use stock::{Reservation, StockBook};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

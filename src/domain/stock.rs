@@ -4,7 +4,7 @@ use super::{OrderLine, ProductId};
 
 /// What a store's stock says about an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Reservation {
     /// Every line was reserved.
     Reserved,
     /// Some lines could be served, others not; nothing was reserved.
@@ -34,16 +34,16 @@ impl StockBook {
 
     /// Judges an order against the stock and, if every line can be served, reserves all
     /// of them. All or nothing: a refused order changes nothing.
-    pub fn try_reserve(&mut self, lines: &[OrderLine]) -> Verdict {
+    pub fn try_reserve(&mut self, lines: &[OrderLine]) -> Reservation {
         let servable = lines
             .iter()
             .filter(|line| self.get(line.product).is_some_and(|s| s >= line.quantity))
             .count();
         if servable < lines.len() {
             return if servable == 0 {
-                Verdict::NoneAvailable
+                Reservation::NoneAvailable
             } else {
-                Verdict::SomeAvailable
+                Reservation::SomeAvailable
             };
         }
         for line in lines {
@@ -51,19 +51,19 @@ impl StockBook {
                 *stock -= line.quantity;
             }
         }
-        Verdict::Reserved
+        Reservation::Reserved
     }
 
     /// Reserves every line of a known product without looking at the stock, which may
     /// go negative. Only for the test-only switch that turns the in-memory check off, so
     /// that the database guard must stop the oversell on its own.
-    pub fn reserve_unchecked(&mut self, lines: &[OrderLine]) -> Verdict {
+    pub fn reserve_unchecked(&mut self, lines: &[OrderLine]) -> Reservation {
         for line in lines {
             if let Some(stock) = self.stock.get_mut(&line.product) {
                 *stock -= line.quantity;
             }
         }
-        Verdict::Reserved
+        Reservation::Reserved
     }
 
     /// Gives back what `try_reserve` took (an order that will not be persisted).
@@ -110,16 +110,16 @@ mod tests {
         let mut book = StockBook::new([(ProductId(1), 3), (ProductId(2), 1)]);
         assert_eq!(
             book.try_reserve(&[line(1, 2), line(2, 2)]),
-            Verdict::SomeAvailable
+            Reservation::SomeAvailable
         );
         assert_eq!(book.get(ProductId(1)), Some(3));
         assert_eq!(
             book.try_reserve(&[line(1, 4), line(9, 1)]),
-            Verdict::NoneAvailable
+            Reservation::NoneAvailable
         );
         assert_eq!(
             book.try_reserve(&[line(1, 3), line(2, 1)]),
-            Verdict::Reserved
+            Reservation::Reserved
         );
         assert_eq!(book.get(ProductId(1)), Some(0));
         assert_eq!(book.get(ProductId(2)), Some(0));
@@ -132,7 +132,7 @@ mod tests {
         let mut book = StockBook::new([(ProductId(1), 2)]);
         assert_eq!(
             book.reserve_unchecked(&[line(1, 5), line(9, 1)]),
-            Verdict::Reserved
+            Reservation::Reserved
         );
         assert_eq!(book.get(ProductId(1)), Some(-3));
         assert_eq!(book.get(ProductId(9)), None);
@@ -143,7 +143,7 @@ mod tests {
         let mut book = StockBook::new([(ProductId(1), 5), (ProductId(2), 5)]);
         book.remove(ProductId(1));
         assert_eq!(book.get(ProductId(1)), None);
-        assert_eq!(book.try_reserve(&[line(1, 1)]), Verdict::NoneAvailable);
+        assert_eq!(book.try_reserve(&[line(1, 1)]), Reservation::NoneAvailable);
         book.insert(ProductId(3), 4);
         assert_eq!(book.get(ProductId(3)), Some(4));
         book.replace([(ProductId(2), 1)]);
@@ -172,12 +172,12 @@ mod tests {
                     .count();
                 let verdict = book.try_reserve(&lines);
                 let expected = match servable {
-                    n if n == lines.len() => Verdict::Reserved,
-                    0 => Verdict::NoneAvailable,
-                    _ => Verdict::SomeAvailable,
+                    n if n == lines.len() => Reservation::Reserved,
+                    0 => Reservation::NoneAvailable,
+                    _ => Reservation::SomeAvailable,
                 };
                 prop_assert_eq!(verdict, expected);
-                if verdict == Verdict::Reserved {
+                if verdict == Reservation::Reserved {
                     for l in &lines {
                         reserved[l.product.0 as usize] += l.quantity;
                     }

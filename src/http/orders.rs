@@ -30,7 +30,7 @@ use crate::app::orders::Ended;
 use crate::db::write::KeyRecord;
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
 use crate::metrics::LockOutcome;
-use crate::store::{LockError, LockRequest, Placed, ResolveError};
+use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
@@ -122,11 +122,13 @@ fn lock_outcome(result: &Answer) -> LockOutcome {
             LockError::LimitExceeded => LockOutcome::LimitExceeded,
             LockError::NoneAvailable => LockOutcome::NoneAvailable,
             LockError::SomeAvailable => LockOutcome::SomeAvailable,
-            LockError::Busy => LockOutcome::Busy,
-            LockError::Unavailable | LockError::KeyTaken => LockOutcome::Unavailable,
-            LockError::Conflict => LockOutcome::Conflict,
-            LockError::OutcomeUnknown => LockOutcome::OutcomeUnknown,
-            LockError::ShuttingDown => LockOutcome::ShuttingDown,
+            LockError::Failed(Failure::Busy) => LockOutcome::Busy,
+            LockError::Failed(Failure::Unavailable) | LockError::Failed(Failure::KeyTaken) => {
+                LockOutcome::Unavailable
+            }
+            LockError::Failed(Failure::Conflict) => LockOutcome::Conflict,
+            LockError::Failed(Failure::OutcomeUnknown) => LockOutcome::OutcomeUnknown,
+            LockError::Failed(Failure::ShuttingDown) => LockOutcome::ShuttingDown,
         },
         Err(ApiError::KeyInProgress) => LockOutcome::KeyInProgress,
         Err(ApiError::KeyReused) => LockOutcome::KeyReused,
@@ -150,7 +152,7 @@ pub async fn get(call: Call<'_>) -> Answer {
         Ok(None) => Err(ApiError::OrderNotFound),
         Err(e) => {
             crate::warn_summarised!("order lookup failed", error = %e, "order lookup failed");
-            Err(ApiError::Lock(LockError::Unavailable))
+            Err(ApiError::Lock(LockError::Failed(Failure::Unavailable)))
         }
     }
 }
@@ -194,12 +196,14 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
         Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
-        Err(ResolveError::KeyTaken) => match &key {
+        Err(ResolveError::Failed(Failure::KeyTaken)) => match &key {
             Some(key) => {
-                let taken = ApiError::Resolve(ResolveError::KeyTaken);
+                let taken = ApiError::Resolve(ResolveError::Failed(Failure::KeyTaken));
                 replay_or(state, key, fingerprint, ReplayAs::End, taken, answer_by).await
             }
-            None => Err(ApiError::Resolve(ResolveError::Unavailable)),
+            None => Err(ApiError::Resolve(ResolveError::Failed(
+                Failure::Unavailable,
+            ))),
         },
         Err(e) => Err(e.into()),
     }
@@ -237,7 +241,7 @@ async fn replay(
                 error = %e,
                 "idempotency key lookup failed"
             );
-            ApiError::Lock(LockError::Unavailable)
+            ApiError::Lock(LockError::Failed(Failure::Unavailable))
         })?;
     let order = match stored {
         Replay::Fresh => return Ok(None),
@@ -273,8 +277,9 @@ async fn replay_or(
     match replay(state, key, fingerprint, replay_as, answer_by).await? {
         Some(response) => Ok(response),
         None => Err(match refusal {
-            ApiError::Lock(LockError::KeyTaken) | ApiError::Resolve(ResolveError::KeyTaken) => {
-                ApiError::Lock(LockError::Unavailable)
+            ApiError::Lock(LockError::Failed(Failure::KeyTaken))
+            | ApiError::Resolve(ResolveError::Failed(Failure::KeyTaken)) => {
+                ApiError::Lock(LockError::Failed(Failure::Unavailable))
             }
             other => other,
         }),

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::app::admin::AdminError;
 use crate::domain::OrderStatus;
-use crate::store::{ChangeError, LockError, ResolveError};
+use crate::store::{ChangeError, Failure, LockError, ResolveError};
 
 pub type Body = Full<Bytes>;
 
@@ -126,61 +126,50 @@ pub enum ApiError {
 const RETRY_AFTER_SECONDS: &str = "1";
 
 impl ApiError {
+    /// The failure of an actor's answer, of whichever kind of request.
+    fn failure(&self) -> Option<Failure> {
+        match self {
+            ApiError::Lock(LockError::Failed(f))
+            | ApiError::Resolve(ResolveError::Failed(f))
+            | ApiError::Admin(AdminError::Change(ChangeError::Failed(f))) => Some(*f),
+            ApiError::Admin(AdminError::Unavailable) => Some(Failure::Unavailable),
+            ApiError::Admin(AdminError::ShuttingDown) => Some(Failure::ShuttingDown),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
+        if self.failure().is_some() {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Lock(e) => match e {
-                LockError::UserNotFound
-                | LockError::MixedStores
-                | LockError::LimitExceeded
-                | LockError::NoneAvailable
-                | LockError::SomeAvailable => StatusCode::BAD_REQUEST,
-                LockError::KeyTaken
-                | LockError::Busy
-                | LockError::Unavailable
-                | LockError::Conflict
-                | LockError::OutcomeUnknown
-                | LockError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            ApiError::BadRequest(_) | ApiError::Lock(_) => StatusCode::BAD_REQUEST,
             ApiError::OrderNotFound => StatusCode::NOT_FOUND,
-            ApiError::OrderEnded(_) | ApiError::KeyInProgress => StatusCode::CONFLICT,
+            ApiError::OrderEnded(_)
+            | ApiError::KeyInProgress
+            | ApiError::Resolve(ResolveError::NotHeld) => StatusCode::CONFLICT,
             ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Resolve(e) => match e {
-                ResolveError::NotHeld => StatusCode::CONFLICT,
-                ResolveError::KeyTaken
-                | ResolveError::Busy
-                | ResolveError::Unavailable
-                | ResolveError::OutcomeUnknown
-                | ResolveError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            },
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Admin(e) => match e {
+            ApiError::Admin(
                 AdminError::UserNotFound(_)
                 | AdminError::StoreNotFound(_)
                 | AdminError::ProductNotFound(_)
                 | AdminError::UnknownProduct
-                | AdminError::Change(ChangeError::NotFound) => StatusCode::NOT_FOUND,
-                AdminError::Change(ChangeError::NotEnoughStock | ChangeError::InProgress) => {
-                    StatusCode::CONFLICT
-                }
-                AdminError::Change(
-                    ChangeError::Busy
-                    | ChangeError::Unavailable
-                    | ChangeError::Conflict
-                    | ChangeError::OutcomeUnknown
-                    | ChangeError::ShuttingDown,
-                )
-                | AdminError::Unavailable
-                | AdminError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            },
+                | AdminError::Change(ChangeError::NotFound),
+            ) => StatusCode::NOT_FOUND,
+            ApiError::Admin(AdminError::Change(
+                ChangeError::NotEnoughStock | ChangeError::InProgress,
+            )) => StatusCode::CONFLICT,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal
+            | ApiError::Resolve(ResolveError::Failed(_))
+            | ApiError::Admin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -195,47 +184,31 @@ impl ApiError {
                     | LockError::LimitExceeded
                     | LockError::NoneAvailable
                     | LockError::SomeAvailable
-                    | LockError::KeyTaken
-            ) | ApiError::Resolve(ResolveError::KeyTaken)
-        )
+            )
+        ) || self.failure() == Some(Failure::KeyTaken)
     }
 
     /// Logs a server error, summarised per kind under a flood (`logs`); a refusal, and
     /// a `/readyz` that is not ready, are not worth a line.
     pub fn log(&self) {
         use crate::warn_summarised;
-        let unavailable = matches!(
-            self,
-            ApiError::Lock(LockError::Unavailable)
-                | ApiError::Resolve(ResolveError::Unavailable)
-                | ApiError::Admin(
-                    AdminError::Unavailable | AdminError::Change(ChangeError::Unavailable)
-                )
-        );
-        let busy = matches!(
-            self,
-            ApiError::Lock(LockError::Busy)
-                | ApiError::Resolve(ResolveError::Busy)
-                | ApiError::Admin(AdminError::Change(ChangeError::Busy))
-        );
-        let unknown = matches!(
-            self,
-            ApiError::Lock(LockError::OutcomeUnknown)
-                | ApiError::Resolve(ResolveError::OutcomeUnknown)
-                | ApiError::Admin(AdminError::Change(ChangeError::OutcomeUnknown))
-        );
-        let error = self;
         if !self.status().is_server_error() || matches!(self, ApiError::NotReady) {
             return;
         }
-        if unavailable {
-            warn_summarised!("answered 503 (database unavailable)", %error, "answering with a server error");
-        } else if busy {
-            warn_summarised!("answered 503 (store is busy)", %error, "answering with a server error");
-        } else if unknown {
-            warn_summarised!("answered 503 (outcome unknown)", %error, "answering with a server error");
-        } else {
-            warn_summarised!("answered a server error", %error, "answering with a server error");
+        let error = self;
+        match self.failure() {
+            Some(Failure::Unavailable) => {
+                warn_summarised!("answered 503 (database unavailable)", %error, "answering with a server error")
+            }
+            Some(Failure::Busy) => {
+                warn_summarised!("answered 503 (store is busy)", %error, "answering with a server error")
+            }
+            Some(Failure::OutcomeUnknown) => {
+                warn_summarised!("answered 503 (outcome unknown)", %error, "answering with a server error")
+            }
+            _ => {
+                warn_summarised!("answered a server error", %error, "answering with a server error")
+            }
         }
     }
 

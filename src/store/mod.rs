@@ -4,19 +4,23 @@
 //! way in.
 
 mod actor;
+mod attempt;
+mod products;
+mod recovery;
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+pub use crate::domain::ProductChange;
 pub use actor::{ActorConfig, Shared, spawn};
 
 use crate::catalog::Product;
 use crate::db::write::KeyRecord;
 use crate::domain::{
-    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, ProductId, Resolution,
-    StoreId, UserId,
+    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, Resolution, StoreId,
+    UserId,
 };
 
 /// The concurrent index from a store to its actor: how the front end finds the one
@@ -72,6 +76,30 @@ pub struct Placed {
     pub expires_at: Option<Deadline>,
 }
 
+/// Why a request an actor answers got no answer from what its store decided: its
+/// store, the database, or shutdown. Every kind of request shares these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The request's idempotency key is already stored; nothing was written.
+    #[error("idempotency key already stored")]
+    KeyTaken,
+    /// The store's mailbox is full.
+    #[error("store is busy")]
+    Busy,
+    /// The database is unreachable, too slow, or failed before COMMIT.
+    #[error("database unavailable")]
+    Unavailable,
+    /// The database refused it, even after the store reloaded its stock.
+    #[error("stock changed concurrently")]
+    Conflict,
+    /// The connection died during COMMIT and the outcome could not be learnt in time.
+    #[error("order outcome unknown")]
+    OutcomeUnknown,
+    /// Kitara is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
 /// Why an order was not placed. `http::response` maps each to a status and message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
@@ -85,24 +113,8 @@ pub enum LockError {
     NoneAvailable,
     #[error("some product not available")]
     SomeAvailable,
-    /// The request's idempotency key is already stored; nothing was written.
-    #[error("idempotency key already stored")]
-    KeyTaken,
-    /// The store's mailbox is full.
-    #[error("store is busy")]
-    Busy,
-    /// The database is unreachable, too slow, or failed before COMMIT.
-    #[error("database unavailable")]
-    Unavailable,
-    /// The database refused the order twice, even after the store reloaded its stock.
-    #[error("stock changed concurrently")]
-    Conflict,
-    /// The connection died during COMMIT and the outcome could not be learnt in time.
-    #[error("order outcome unknown")]
-    OutcomeUnknown,
-    /// Kitara is shutting down.
-    #[error("shutting down")]
-    ShuttingDown,
+    #[error(transparent)]
+    Failed(#[from] Failure),
 }
 
 pub type LockResult = Result<Placed, LockError>;
@@ -125,60 +137,13 @@ pub enum ResolveError {
     /// it was written behind Kitara's back after start-up.
     #[error("order is not held by this store")]
     NotHeld,
-    #[error("idempotency key already stored")]
-    KeyTaken,
-    #[error("store is busy")]
-    Busy,
-    #[error("database unavailable")]
-    Unavailable,
-    #[error("order outcome unknown")]
-    OutcomeUnknown,
-    #[error("shutting down")]
-    ShuttingDown,
+    #[error(transparent)]
+    Failed(#[from] Failure),
 }
 
 /// The status a confirm or cancel left the order in (never `locked`): the one asked
 /// for, or the one an earlier end (or the hold's deadline) gave it.
 pub type ResolveResult = Result<OrderStatus, ResolveError>;
-
-/// A change of the store's products, from the admin API: decided by the store's actor
-/// in order with its orders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProductChange {
-    Add {
-        name: String,
-        stock: i64,
-        limit: Option<i64>,
-        store_name: Arc<str>,
-    },
-    /// A delta of `current_stock` (never 0); a negative one may take only unheld units.
-    Restock {
-        product: ProductId,
-        delta: i64,
-        reason: String,
-    },
-    /// `limit: Some(None)` clears the limit.
-    Edit {
-        product: ProductId,
-        name: Option<String>,
-        limit: Option<Option<i64>>,
-    },
-    Delete {
-        product: ProductId,
-    },
-}
-
-impl ProductChange {
-    /// The product it changes; `None` for a new one.
-    pub fn product(&self) -> Option<ProductId> {
-        match self {
-            ProductChange::Add { .. } => None,
-            ProductChange::Restock { product, .. }
-            | ProductChange::Edit { product, .. }
-            | ProductChange::Delete { product } => Some(*product),
-        }
-    }
-}
 
 /// Why a product change was not made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -192,18 +157,16 @@ pub enum ChangeError {
     /// change of it is.
     #[error("another change of this product is in progress")]
     InProgress,
-    #[error("store is busy")]
-    Busy,
-    #[error("database unavailable")]
-    Unavailable,
-    /// The database refused the change (the product changed behind Kitara's back); the
-    /// store reloaded.
-    #[error("stock changed concurrently")]
-    Conflict,
-    #[error("outcome of the change unknown")]
-    OutcomeUnknown,
-    #[error("shutting down")]
-    ShuttingDown,
+    #[error("{}", change_failure(*.0))]
+    Failed(#[from] Failure),
+}
+
+/// A change is no order: its unknown outcome says so.
+fn change_failure(failure: Failure) -> String {
+    match failure {
+        Failure::OutcomeUnknown => "outcome of the change unknown".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// The product as the committed change left it (for a deletion, as it was).
@@ -217,29 +180,11 @@ enum NotSent {
     Closed,
 }
 
-impl From<NotSent> for LockError {
+impl From<NotSent> for Failure {
     fn from(e: NotSent) -> Self {
         match e {
-            NotSent::Busy => LockError::Busy,
-            NotSent::Closed => LockError::ShuttingDown,
-        }
-    }
-}
-
-impl From<NotSent> for ChangeError {
-    fn from(e: NotSent) -> Self {
-        match e {
-            NotSent::Busy => ChangeError::Busy,
-            NotSent::Closed => ChangeError::ShuttingDown,
-        }
-    }
-}
-
-impl From<NotSent> for ResolveError {
-    fn from(e: NotSent) -> Self {
-        match e {
-            NotSent::Busy => ResolveError::Busy,
-            NotSent::Closed => ResolveError::ShuttingDown,
+            NotSent::Busy => Failure::Busy,
+            NotSent::Closed => Failure::ShuttingDown,
         }
     }
 }
@@ -282,8 +227,11 @@ impl StoreHandle {
         self.send(Command::Lock {
             request,
             respond_to,
-        })?;
-        answer.await.unwrap_or(Err(LockError::ShuttingDown))
+        })
+        .map_err(Failure::from)?;
+        answer
+            .await
+            .unwrap_or(Err(LockError::Failed(Failure::ShuttingDown)))
     }
 
     /// Confirms or cancels a hold of `buyer`; answers after the change committed, or
@@ -304,8 +252,11 @@ impl StoreHandle {
             key,
             answer_by,
             respond_to,
-        })?;
-        answer.await.unwrap_or(Err(ResolveError::ShuttingDown))
+        })
+        .map_err(Failure::from)?;
+        answer
+            .await
+            .unwrap_or(Err(ResolveError::Failed(Failure::ShuttingDown)))
     }
 
     /// Makes a change of the store's products; answers after it committed.
@@ -315,8 +266,11 @@ impl StoreHandle {
             change,
             answer_by,
             respond_to,
-        })?;
-        answer.await.unwrap_or(Err(ChangeError::ShuttingDown))
+        })
+        .map_err(Failure::from)?;
+        answer
+            .await
+            .unwrap_or(Err(ChangeError::Failed(Failure::ShuttingDown)))
     }
 
     /// Expires every hold that is due by the store's clock, and returns once those
