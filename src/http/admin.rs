@@ -6,21 +6,18 @@
 //! lock's are, field by field, each refusal naming its field.
 
 use std::ops::RangeInclusive;
-use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, HeaderValue};
-use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper::{HeaderMap, StatusCode};
 use serde_json::value::RawValue;
 
 use super::call::{Answer, Call};
 use super::request::{self, Fields, bad, integer, integer_from, required};
-use super::response::{self, ApiError, Body};
-use super::{read_json_body, views};
+use super::response::{self, ApiError};
+use super::views;
 use crate::app::AppState;
 use crate::app::admin::AdminError;
-use crate::catalog::Product;
 use crate::db::load::OrderFilter;
 use crate::domain::{MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId};
 use crate::store::ProductChange;
@@ -103,10 +100,11 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// `POST /api/v1/admin/users`
 pub async fn new_user(call: Call<'_>) -> Answer {
-    let body = body(call.request, call.timeout).await?;
+    let state = call.state;
+    let (_, body) = call.json_body().await?;
     let object = object(&body, &["name"])?;
     let name = name(&object, "name")?;
-    let id = call.state.admin.create_user(name.clone()).await?;
+    let id = state.admin.create_user(name.clone()).await?;
     Ok(response::created(views::UserView {
         id: id.0,
         name: &name,
@@ -122,11 +120,12 @@ pub async fn stores(call: Call<'_>) -> Answer {
 
 /// `POST /api/v1/admin/stores`
 pub async fn new_store(call: Call<'_>) -> Answer {
-    let body = body(call.request, call.timeout).await?;
+    let state = call.state;
+    let (_, body) = call.json_body().await?;
     let object = object(&body, &["store_name"])?;
     let store_name = name(&object, "store_name")?;
     let owner = UserId(id_field(&object, "user_id")?);
-    let store = call.state.admin.create_store(store_name, owner).await?;
+    let store = state.admin.create_store(store_name, owner).await?;
     Ok(response::created(views::AdminStoreView::from(&store)))
 }
 
@@ -143,14 +142,14 @@ pub async fn products(call: Call<'_>) -> Answer {
 
 /// `POST /api/v1/admin/products`
 pub async fn new_product(call: Call<'_>) -> Answer {
-    let body = body(call.request, call.timeout).await?;
+    let state = call.state;
+    let (_, body) = call.json_body().await?;
     let object = object(&body, &["product_name"])?;
     let product_name = name(&object, "product_name")?;
     let store = StoreId(id_field(&object, "store_id")?);
     let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
     let limit = limit(&object)?.flatten();
-    let product = call
-        .state
+    let product = state
         .admin
         .create_product(store, product_name, stock, limit)
         .await?;
@@ -159,8 +158,8 @@ pub async fn new_product(call: Call<'_>) -> Answer {
 
 /// `PATCH /api/v1/admin/products/{id}`
 pub async fn edit_product(call: Call<'_>) -> Answer {
-    let product = product(call.id)?;
-    let body = body(call.request, call.timeout).await?;
+    let (state, product) = (call.state, product(call.id)?);
+    let (_, body) = call.json_body().await?;
     let object = object(&body, &["product_name"])?;
     let name = match object.get("product_name") {
         Some(_) => Some(name(&object, "product_name")?),
@@ -170,34 +169,39 @@ pub async fn edit_product(call: Call<'_>) -> Answer {
     if name.is_none() && limit.is_none() {
         return Err(bad("send product_name or max_per_customer (or both)"));
     }
-    let change = ProductChange::Edit {
-        product,
-        name,
-        limit,
-    };
-    product_answer(&call.state.admin.change_product(product, change).await?)
+    change(
+        state,
+        ProductChange::Edit {
+            product,
+            name,
+            limit,
+        },
+    )
+    .await
 }
 
 /// `DELETE /api/v1/admin/products/{id}`
 pub async fn delete_product(call: Call<'_>) -> Answer {
     let product = product(call.id)?;
-    let change = ProductChange::Delete { product };
-    product_answer(&call.state.admin.change_product(product, change).await?)
+    change(call.state, ProductChange::Delete { product }).await
 }
 
 /// `POST /api/v1/admin/products/{id}/stock`
 pub async fn stock(call: Call<'_>) -> Answer {
-    let product = product(call.id)?;
-    let body = body(call.request, call.timeout).await?;
+    let (state, product) = (call.state, product(call.id)?);
+    let (_, body) = call.json_body().await?;
     let object = object(&body, &["reason"])?;
     let delta = delta(required(&object, "delta")?)?;
     let reason = name(&object, "reason")?;
-    let change = ProductChange::Restock {
-        product,
-        delta,
-        reason,
-    };
-    product_answer(&call.state.admin.change_product(product, change).await?)
+    change(
+        state,
+        ProductChange::Restock {
+            product,
+            delta,
+            reason,
+        },
+    )
+    .await
 }
 
 /// `GET /api/v1/admin/products/{id}/movements`
@@ -225,17 +229,15 @@ fn product(id: Option<i64>) -> Result<ProductId, ApiError> {
     Ok(id.map(ProductId).ok_or(AdminError::UnknownProduct)?)
 }
 
-fn product_answer(product: &Product) -> Result<Response<Body>, ApiError> {
+/// Makes a change of an existing product; answers with the product it left.
+async fn change(state: &AppState, change: ProductChange) -> Answer {
+    let product = change.product().ok_or(AdminError::UnknownProduct)?;
+    let changed = state.admin.change_product(product, change).await?;
     Ok(response::json(
         StatusCode::OK,
         "OK",
-        Some(views::AdminProductView::from(product)),
+        Some(views::AdminProductView::from(&changed)),
     ))
-}
-
-async fn body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
-    let (parts, body) = request.into_parts();
-    read_json_body(&parts.headers, body, timeout).await
 }
 
 /// The body as one JSON object. A body that is not UTF-8 is refused naming the text

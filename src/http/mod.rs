@@ -21,11 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::HeaderMap;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -37,9 +33,6 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use response::{ApiError, Body};
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub struct ServerConfig {
     pub max_connections: usize,
@@ -169,80 +162,4 @@ async fn route(
         error.into_response()
     });
     (Some(index), response)
-}
-
-/// Rule 1: a JSON content type, then a body of at most `MAX_BODY_BYTES`, received in
-/// time. A declared length over the limit is refused before the body is read.
-async fn read_json_body(
-    headers: &HeaderMap,
-    mut body: Incoming,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
-    // Exactly one Content-Type: with several, which one the client meant is a guess.
-    let mut content_types = headers.get_all(CONTENT_TYPE).iter();
-    let json = match (content_types.next(), content_types.next()) {
-        (Some(value), None) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json")),
-        _ => false,
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = declared.is_some_and(|len| len > MAX_BODY_BYTES as u64);
-    let refusal = if !json {
-        Some(ApiError::UnsupportedMediaType)
-    } else if too_large {
-        Some(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        })
-    } else {
-        None
-    };
-    if let Some(refusal) = refusal {
-        // Read a modest body to its end before refusing it: closing a connection with
-        // unread data resets it, and the client might lose the answer.
-        if declared.is_some_and(|len| len <= DRAIN_LIMIT as u64) {
-            let _ = tokio::time::timeout(timeout, read_limited(&mut body, 0)).await;
-        }
-        return Err(refusal);
-    }
-    match tokio::time::timeout(timeout, read_limited(&mut body, MAX_BODY_BYTES)).await {
-        Err(_) => Err(ApiError::Timeout),
-        Ok(result) => result,
-    }
-}
-
-/// Most bytes read (and thrown away) from a body that is refused anyway.
-const DRAIN_LIMIT: usize = 1024 * 1024;
-
-/// Reads the body; past `limit` bytes it keeps reading up to `DRAIN_LIMIT` (see above)
-/// and then answers 413.
-async fn read_limited(body: &mut Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge {
-        limit: MAX_BODY_BYTES,
-    };
-    let mut collected = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            tracing::debug!(error = %e, "cannot read a request body");
-            ApiError::BadRequest("request body could not be read".into())
-        })?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= limit {
-                collected.extend_from_slice(&data);
-            } else if seen > DRAIN_LIMIT {
-                return Err(too_large());
-            }
-        }
-    }
-    if seen > limit {
-        return Err(too_large());
-    }
-    Ok(Bytes::from(collected))
 }

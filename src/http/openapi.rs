@@ -78,6 +78,38 @@ enum AdminGuard {
     Disabled(#[to_schema] Refusal),
 }
 
+/// What a confirm and a cancel may answer besides the order.
+#[derive(utoipa::IntoResponses)]
+enum EndRefusals {
+    #[response(status = 400, description = "A field breaks a rule")]
+    BadField(#[to_schema] Refusal),
+    #[response(status = 404, description = "No such order of this buyer")]
+    NotFound(#[to_schema] Refusal),
+    #[response(
+        status = 409,
+        description = "The order ended otherwise, or a request with this key is in progress"
+    )]
+    Ended(#[to_schema] Refusal),
+    #[response(
+        status = 422,
+        description = "The Idempotency-Key was used for another request"
+    )]
+    KeyReused(#[to_schema] Refusal),
+    #[response(status = 503, description = "Busy or the database unavailable")]
+    Unavailable(#[to_schema] Refusal),
+}
+
+/// The `Idempotency-Key` header of the order endpoints.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+struct KeyHeader {
+    /// 1 to 255 visible ASCII characters (surrounding double quotes are removed): a retry
+    /// with it books once.
+    #[param(rename = "Idempotency-Key", pattern = r#"^[!-~]{1,255}$"#)]
+    #[allow(dead_code)]
+    key: Option<String>,
+}
+
 /// What every operation that takes a body may answer before it parses it.
 #[derive(utoipa::IntoResponses)]
 enum BodyRefusals {
@@ -220,7 +252,7 @@ fn admin_page() {}
 fn products() {}
 
 #[utoipa::path(post, path = "/api/v1/order/lock", tag = "orders",
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with it books once")),
+    params(KeyHeader),
     request_body = LockBody,
     responses(
         (status = 200, description = "Locked: a hold on every line", body = LockAnswer),
@@ -242,32 +274,22 @@ fn lock() {}
 fn get_order() {}
 
 #[utoipa::path(post, path = "/api/v1/order/{id}/confirm", tag = "orders",
-    params(("id" = i64, Path, minimum = 1),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
     request_body = Buyer,
     responses(
         (status = 200, description = "Confirmed (or already confirmed)", body = OrderAnswer),
-        (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 404, description = "No such order of this buyer", body = Refusal),
-        (status = 409, description = "The order ended otherwise, or a request with this key is in progress", body = Refusal),
+        EndRefusals,
         BodyRefusals,
-        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
-        (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 fn confirm() {}
 
 #[utoipa::path(post, path = "/api/v1/order/{id}/cancel", tag = "orders",
-    params(("id" = i64, Path, minimum = 1),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
     request_body = Buyer,
     responses(
         (status = 200, description = "Cancelled (or already cancelled): the units are back", body = OrderAnswer),
-        (status = 400, description = "A field breaks a rule", body = Refusal),
-        (status = 404, description = "No such order of this buyer", body = Refusal),
-        (status = 409, description = "The order ended otherwise, or a request with this key is in progress", body = Refusal),
+        EndRefusals,
         BodyRefusals,
-        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
-        (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 fn cancel() {}
 

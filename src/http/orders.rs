@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::call::{Answer, Call};
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
-use super::{read_json_body, views};
+use super::views;
 use crate::app::AppState;
 use crate::app::keys::{self, Replay};
 use crate::app::orders::Ended;
@@ -56,8 +56,7 @@ pub async fn lock(call: Call<'_>) -> Answer {
 
 async fn judge_lock(call: Call<'_>) -> Answer {
     let state = call.state;
-    let (parts, body) = call.request.into_parts();
-    let body = read_json_body(&parts.headers, body, call.timeout).await?;
+    let (parts, body) = call.json_body().await?;
     // The body's rules (1 to 3, `hold_seconds` among the fields) come first, then the
     // key: a header Kitara only needs once the request is known to be one.
     let LockBody {
@@ -170,11 +169,11 @@ pub async fn cancel(call: Call<'_>) -> Answer {
 async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
     let state = call.state;
     let orders = &state.orders;
-    let (parts, body) = call.request.into_parts();
-    let body = read_json_body(&parts.headers, body, call.timeout).await?;
+    let id = call.id;
+    let (parts, body) = call.json_body().await?;
     let buyer = request::parse_buyer(&body)?;
     let key = idempotency_key(&parts.headers)?;
-    let id = call.id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
+    let id = id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
     let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
     let answer_by = orders.answer_by();
 

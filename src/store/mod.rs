@@ -223,15 +223,11 @@ impl StoreHandle {
     /// Sends the order to the store's actor and waits for its answer, which comes only
     /// after the order's transaction committed. A full mailbox is answered at once.
     pub async fn lock(&self, request: LockRequest) -> LockResult {
-        let (respond_to, answer) = oneshot::channel();
-        self.send(Command::Lock {
+        self.ask(|respond_to| Command::Lock {
             request,
             respond_to,
         })
-        .map_err(Failure::from)?;
-        answer
-            .await
-            .unwrap_or(Err(LockError::Failed(Failure::ShuttingDown)))
+        .await
     }
 
     /// Confirms or cancels a hold of `buyer`; answers after the change committed, or
@@ -244,8 +240,7 @@ impl StoreHandle {
         key: Option<Arc<KeyRecord>>,
         answer_by: Instant,
     ) -> ResolveResult {
-        let (respond_to, answer) = oneshot::channel();
-        self.send(Command::Resolve {
+        self.ask(|respond_to| Command::Resolve {
             order,
             buyer,
             resolution,
@@ -253,24 +248,30 @@ impl StoreHandle {
             answer_by,
             respond_to,
         })
-        .map_err(Failure::from)?;
-        answer
-            .await
-            .unwrap_or(Err(ResolveError::Failed(Failure::ShuttingDown)))
+        .await
     }
 
     /// Makes a change of the store's products; answers after it committed.
     pub async fn change(&self, change: ProductChange, answer_by: Instant) -> ChangeResult {
-        let (respond_to, answer) = oneshot::channel();
-        self.send(Command::Change {
+        self.ask(|respond_to| Command::Change {
             change,
             answer_by,
             respond_to,
         })
-        .map_err(Failure::from)?;
+        .await
+    }
+
+    /// Sends the command `ask` makes with the channel of its answer, and waits for that
+    /// answer. A full mailbox, or an actor that is gone, is answered at once.
+    async fn ask<T, E: From<Failure>>(
+        &self,
+        ask: impl FnOnce(oneshot::Sender<Result<T, E>>) -> Command,
+    ) -> Result<T, E> {
+        let (respond_to, answer) = oneshot::channel();
+        self.send(ask(respond_to)).map_err(Failure::from)?;
         answer
             .await
-            .unwrap_or(Err(ChangeError::Failed(Failure::ShuttingDown)))
+            .unwrap_or_else(|_| Err(Failure::ShuttingDown.into()))
     }
 
     /// Expires every hold that is due by the store's clock, and returns once those

@@ -103,14 +103,17 @@ impl Writer {
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let failed = move |kind: DbError| metrics.db_error(kind);
+        let unavailable = || {
+            failed(DbError::Unavailable);
+            Err(PersistError::Unavailable)
+        };
         if !self.reach.try_now() {
             crate::warn_summarised!(
                 "the database is unreachable",
                 writes,
                 "the database is unreachable; failing a batch at once"
             );
-            failed(DbError::Unavailable);
-            return Err(PersistError::Unavailable);
+            return unavailable();
         }
         let opened = self.opening.take();
         if self.db.get_database_backend() == DbBackend::MySql {
@@ -144,8 +147,7 @@ impl Writer {
                         writes,
                         "the database did not answer in time; gave up a transaction before its COMMIT"
                     );
-                    failed(DbError::Unavailable);
-                    return Err(PersistError::Unavailable);
+                    return unavailable();
                 }
                 // Its COMMIT is in flight: its answer is the outcome.
                 match tokio::time::timeout_at(outcome_by, &mut task).await {

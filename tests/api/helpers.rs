@@ -45,6 +45,22 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Tests that only MariaDB can run: `name => body;`, each a test that runs its body when
+/// `KITARA_TEST_MYSQL_URL` is set (and fails under `CI=true` when it is not).
+#[macro_export]
+macro_rules! on_mysql {
+    ($($name:ident => $body:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if $crate::helpers::Backend::Mysql.available() {
+                    $body
+                }
+            }
+        )*
+    };
+}
+
 /// A tool a test drives (chromedriver, schemathesis): the path in `var`, or `name` on
 /// the `PATH`. Missing, the test is skipped, as the MariaDB tests are, except under
 /// `CI=true`, where it fails with `install`.
@@ -192,16 +208,21 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    pub async fn query_i64s(&self, sql: &str) -> Vec<Vec<i64>> {
-        let rows = self
-            .conn
+    /// The rows `sql` reads.
+    async fn rows(&self, sql: &str) -> Vec<sea_orm::QueryResult> {
+        self.conn
             .query_all_raw(Statement::from_string(
                 self.conn.get_database_backend(),
                 sql,
             ))
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        rows.iter()
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn query_i64s(&self, sql: &str) -> Vec<Vec<i64>> {
+        self.rows(sql)
+            .await
+            .iter()
             .map(|row| {
                 (0..)
                     .map_while(|i| row.try_get_by_index::<i64>(i).ok())
@@ -386,30 +407,18 @@ impl TestDb {
 
     /// The first column of every row, as text.
     pub async fn query_strings(&self, sql: &str) -> Vec<String> {
-        let rows = self
-            .conn
-            .query_all_raw(Statement::from_string(
-                self.conn.get_database_backend(),
-                sql,
-            ))
+        self.rows(sql)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        rows.iter()
+            .iter()
             .map(|r| r.try_get_by_index::<String>(0).expect("text"))
             .collect()
     }
 
     /// Every order's status, by id.
     pub async fn statuses(&self) -> BTreeMap<i64, String> {
-        let rows = self
-            .conn
-            .query_all_raw(Statement::from_string(
-                self.conn.get_database_backend(),
-                "SELECT id, status FROM orders",
-            ))
+        self.rows("SELECT id, status FROM orders")
             .await
-            .expect("statuses");
-        rows.iter()
+            .iter()
             .map(|r| {
                 (
                     r.try_get_by_index::<i64>(0).expect("id"),
@@ -770,6 +779,27 @@ pub fn series(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Counts the answers 200 of concurrent requests; every other answer must be the 400
+/// `refusal`.
+pub async fn count_placed(
+    answers: Vec<tokio::task::JoinHandle<(StatusCode, Value)>>,
+    refusal: &str,
+) -> usize {
+    let mut placed = 0;
+    for answer in answers {
+        let (status, body) = answer.await.expect("a request task");
+        match status {
+            StatusCode::OK => placed += 1,
+            _ => assert_eq!(
+                (status, body["message"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(refusal)),
+                "{body}"
+            ),
+        }
+    }
+    placed
 }
 
 /// A lock-order body.

@@ -117,18 +117,7 @@ async fn a_buyer_firing_forty_orders_at_a_limit_of_three_gets_three(backend: Bac
             tokio::spawn(async move { app.lock(&order(2, &[(1, 1)])).await })
         })
         .collect();
-    let mut placed = 0;
-    for answer in answers {
-        let (status, body) = answer.await.unwrap();
-        match status {
-            StatusCode::OK => placed += 1,
-            _ => assert_eq!(
-                (status, body["message"].as_str()),
-                (StatusCode::BAD_REQUEST, Some(LIMITED)),
-                "{body}"
-            ),
-        }
-    }
+    let placed = crate::helpers::count_placed(answers, LIMITED).await;
 
     assert_eq!(placed, 3);
     assert_eq!(db.count("orders").await, 3);

@@ -42,20 +42,11 @@ impl PrivateMariadb {
         // files.
         make_traversable(path);
         let datadir = path.join("data");
-        let install = Command::new(program("mariadb-install-db").unwrap())
+        run(Command::new(program("mariadb-install-db").unwrap())
             .arg("--user=mysql")
             .arg(format!("--datadir={}", datadir.display()))
             .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run mariadb-install-db");
-        assert!(
-            install.status.success(),
-            "mariadb-install-db: {}",
-            String::from_utf8_lossy(&install.stderr)
-        );
+            .arg("--skip-test-db"));
         let port = free_port();
         let config = path.join("my.cnf");
         std::fs::write(
@@ -112,20 +103,10 @@ impl PrivateMariadb {
 
     /// Runs SQL as root over the socket, with the `mysql` client.
     fn root_sql(&self, sql: &str) {
-        let out = Command::new(
-            program("mysql")
-                .or_else(|| program("mariadb"))
-                .expect("mysql client"),
-        )
-        .arg(format!("--socket={}", self.socket().display()))
-        .args(["-uroot", "-e", sql])
-        .output()
-        .expect("run the mysql client");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let client = program("mysql").or_else(|| program("mariadb"));
+        run(Command::new(client.expect("mysql client"))
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "-e", sql]));
     }
 
     async fn wait_until_up(&mut self) {
@@ -157,6 +138,19 @@ impl Drop for PrivateMariadb {
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// Runs a program to its end; its failure, with what it wrote, fails the test.
+fn run(command: &mut Command) {
+    let out = command
+        .stdout(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn signal(pid: u32, name: &str) {

@@ -3,6 +3,7 @@
 //! (the transaction commits, the reply is lost) or instead of passing it on (the
 //! transaction rolls back). Kitara must not guess: it looks its transaction token up.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -280,62 +281,26 @@ async fn pipe(
 mod mysql {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_commit_whose_reply_is_lost_is_found_by_its_token_mysql() {
-        if Backend::Mysql.available() {
+    crate::on_mysql! {
+        a_commit_whose_reply_is_lost_is_found_by_its_token_mysql =>
             order_stored_once_despite(Cut::AfterCommit).await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_commit_that_never_arrived_is_retried_once_mysql() {
-        if Backend::Mysql.available() {
+        a_commit_that_never_arrived_is_retried_once_mysql =>
             order_stored_once_despite(Cut::InsteadOfCommit).await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ends_and_restocks_whose_commit_was_cut_are_settled_by_the_token_mysql() {
-        if Backend::Mysql.available() {
+        ends_and_restocks_whose_commit_was_cut_are_settled_by_the_token_mysql =>
             for cut in [Cut::AfterCommit, Cut::InsteadOfCommit] {
                 for change in ["confirm", "cancel", "restock"] {
                     change_settled_despite(cut, change).await;
                 }
-            }
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_unreachable_database_answers_outcome_unknown_then_recovers_mysql() {
-        if Backend::Mysql.available() {
+            };
+        an_unreachable_database_answers_outcome_unknown_then_recovers_mysql =>
             outcome_unknown().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lookup_that_waits_on_a_lock_ends_at_the_deadline_mysql() {
-        if Backend::Mysql.available() {
+        a_lookup_that_waits_on_a_lock_ends_at_the_deadline_mysql =>
             lookup_bounded_by_deadline().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn orders_that_failed_while_unreachable_hold_no_stock_mysql() {
-        if Backend::Mysql.available() {
+        orders_that_failed_while_unreachable_hold_no_stock_mysql =>
             failed_orders_hold_no_stock().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql() {
-        if Backend::Mysql.available() {
+        a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql =>
             refused_batch_then_unreachable().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_keyed_retry_after_a_lost_commit_books_once_mysql() {
-        if Backend::Mysql.available() {
+        a_keyed_retry_after_a_lost_commit_books_once_mysql =>
             for cut in [
                 Cut::AfterCommit,
                 Cut::InsteadOfCommit,
@@ -343,29 +308,13 @@ mod mysql {
                 Cut::AfterCommitThenBlackout,
             ] {
                 keyed_retry_books_once(cut).await;
-            }
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readiness_follows_the_database_and_liveness_does_not_mysql() {
-        if Backend::Mysql.available() {
+            };
+        readiness_follows_the_database_and_liveness_does_not_mysql =>
             readiness_follows_the_database().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_flood_of_503s_while_the_database_is_down_logs_a_bounded_number_of_lines_mysql() {
-        if Backend::Mysql.available() {
+        a_flood_of_503s_while_the_database_is_down_logs_a_bounded_number_of_lines_mysql =>
             quiet_logs_under_a_flood().await;
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_that_cannot_reload_does_not_hold_up_shutdown_mysql() {
-        if Backend::Mysql.available() {
+        a_store_that_cannot_reload_does_not_hold_up_shutdown_mysql =>
             shutdown_while_unreachable().await;
-        }
     }
 }
 
@@ -380,6 +329,16 @@ async fn served_again(app: &TestApp, body: &serde_json::Value) -> serde_json::Va
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("Kitara does not serve again once the database is back");
+}
+
+/// The end of a fault test: memory lists what the database holds, the invariants hold,
+/// and everything stops.
+async fn ends_agreeing(db: TestDb, proxy: Proxy, app: TestApp, initial: &BTreeMap<i64, i64>) {
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    db.assert_invariants(initial).await;
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
 }
 
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
@@ -430,11 +389,7 @@ async fn order_stored_once_despite(cut: Cut) {
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.count("orders").await, 1);
     assert_eq!(db.stocks().await[&1], 8);
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
-    db.assert_invariants(&initial).await;
-    app.stop().await;
-    drop(proxy);
-    db.drop_database().await;
+    ends_agreeing(db, proxy, app, &initial).await;
 }
 
 /// A confirm, a cancel or a restock whose COMMIT was cut: after passing it on (it
@@ -513,11 +468,7 @@ async fn outcome_unknown() {
     let body = served_again(&app, &order(2, &[(1, 1)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 9);
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
-    db.assert_invariants(&initial).await;
-    app.stop().await;
-    drop(proxy);
-    db.drop_database().await;
+    ends_agreeing(db, proxy, app, &initial).await;
 }
 
 /// An order that failed because the database was unreachable committed nothing, so it
@@ -612,11 +563,7 @@ async fn keyed_retry_books_once(cut: Cut) {
         assert_eq!(answers[0].1["data"], first["data"], "{cut:?}");
     }
     db.assert_order_stored(&answers[0].1, 2).await;
-    assert_eq!(app.listed_stocks().await, db.stocks().await, "{cut:?}");
-    db.assert_invariants(&initial).await;
-    app.stop().await;
-    drop(proxy);
-    db.drop_database().await;
+    ends_agreeing(db, proxy, app, &initial).await;
 }
 
 /// A store whose stock is unknown (its reload failed) keeps retrying the reload while it
@@ -700,11 +647,10 @@ async fn refused_batch_then_unreachable() {
         stored,
         [(1, initial[&1] - 1), (2, initial[&2]), (3, initial[&3])].into()
     );
-    assert_eq!(app.listed_stocks().await, stored);
-    db.assert_invariants(&initial).await;
-    crate::helpers::TestApp::stop_shared(app).await;
-    drop(proxy);
-    db.drop_database().await;
+    let Ok(app) = Arc::try_unwrap(app) else {
+        panic!("requests still hold the app");
+    };
+    ends_agreeing(db, proxy, app, &initial).await;
 }
 
 /// The connection dies with the COMMIT unsent while the server's session lives on in its
@@ -737,11 +683,7 @@ async fn lookup_bounded_by_deadline() {
     let body = served_again(&app, &order(2, &[(1, 1)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 9);
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
-    db.assert_invariants(&initial).await;
-    app.stop().await;
-    drop(proxy);
-    db.drop_database().await;
+    ends_agreeing(db, proxy, app, &initial).await;
 }
 
 /// `GET /readyz` until it answers `want` (within ten seconds); its last answer.

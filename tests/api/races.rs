@@ -226,18 +226,8 @@ async fn a_burst_of_holds_on_scarce_stock_all_comes_back_when_they_expire(backen
             })
         })
         .collect();
-    let mut placed = 0;
-    for answer in answers {
-        let (status, body) = answer.await.unwrap();
-        match status {
-            StatusCode::OK => placed += 1,
-            _ => assert_eq!(
-                body["message"], "all product not available",
-                "{status}: {body}"
-            ),
-        }
-    }
-    assert_eq!(placed, STOCK);
+    let placed = crate::helpers::count_placed(answers, "all product not available").await;
+    assert_eq!(placed as i64, STOCK);
     assert_eq!(db.stocks().await[&1], 0);
     assert_eq!(app.listed_stocks().await[&1], 0);
     db.assert_invariants(&initial).await;
