@@ -13,6 +13,11 @@ use hyper::{HeaderMap, StatusCode};
 use serde_json::value::RawValue;
 
 use super::call::{Answer, Call};
+use super::openapi::{
+    AdminGuard, AdminProductsAnswer, BodyRefusals, EditProduct, MovementsAnswer, NewProduct,
+    NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer, StoresAnswer,
+    UserAnswer,
+};
 use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError};
 use super::views;
@@ -39,8 +44,12 @@ const DISABLED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><meta charset=\"
 <title>Kitara admin</title>\n<p>The admin API is disabled. Start Kitara with \
 <code>KITARA_ADMIN_TOKEN</code> set (at least 16 characters) to use this page.</p>\n";
 
-/// `GET /admin`: the owner's page, or, while the admin API is disabled, a page that
-/// says so (403).
+/// The store owner's page (a page that says so while the admin API is disabled).
+#[utoipa::path(operation_id = "admin_page", get, path = "/admin", tag = "admin",
+    responses(
+        (status = 200, description = "The store owner's page", body = String, content_type = "text/html"),
+        (status = 403, description = "The admin API is disabled: a page that says so", body = String, content_type = "text/html"),
+    ))]
 pub async fn page(call: Call<'_>) -> Answer {
     let (status, page) = match call.state.admin.token() {
         Some(_) => (StatusCode::OK, PAGE),
@@ -98,7 +107,16 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (!credentials.is_empty()).then_some(credentials)
 }
 
-/// `POST /api/v1/admin/users`
+/// Create a user.
+#[utoipa::path(operation_id = "admin_new_user", post, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = UserAnswer),
+        (status = 400, description = "A field breaks a rule", body = Refusal),
+        AdminGuard,
+        BodyRefusals,
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn new_user(call: Call<'_>) -> Answer {
     let state = call.state;
     let (_, body) = call.json_body().await?;
@@ -111,14 +129,29 @@ pub async fn new_user(call: Call<'_>) -> Answer {
     }))
 }
 
-/// `GET /api/v1/admin/stores`
+/// Every live store.
+#[utoipa::path(operation_id = "admin_stores", get, path = "/api/v1/admin/stores", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every live store", body = StoresAnswer),
+        AdminGuard,
+    ))]
 pub async fn stores(call: Call<'_>) -> Answer {
     let stores = call.state.admin.stores();
     let views: Vec<views::AdminStoreView<'_>> = stores.iter().map(Into::into).collect();
     Ok(response::json(StatusCode::OK, "OK", Some(views)))
 }
 
-/// `POST /api/v1/admin/stores`
+/// Create a store; it takes orders at once.
+#[utoipa::path(operation_id = "admin_new_store", post, path = "/api/v1/admin/stores", tag = "admin", security(("bearer" = [])),
+    request_body = NewStore,
+    responses(
+        (status = 201, description = "Created; it takes orders at once", body = StoreAnswer),
+        (status = 400, description = "A field breaks a rule", body = Refusal),
+        AdminGuard,
+        (status = 404, description = "No such user", body = Refusal),
+        BodyRefusals,
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn new_store(call: Call<'_>) -> Answer {
     let state = call.state;
     let (_, body) = call.json_body().await?;
@@ -129,7 +162,12 @@ pub async fn new_store(call: Call<'_>) -> Answer {
     Ok(response::created(views::AdminStoreView::from(&store)))
 }
 
-/// `GET /api/v1/admin/products`
+/// Every orderable product, with its limit.
+#[utoipa::path(operation_id = "admin_products", get, path = "/api/v1/admin/products", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every orderable product", body = AdminProductsAnswer),
+        AdminGuard,
+    ))]
 pub async fn products(call: Call<'_>) -> Answer {
     let catalog = call.state.catalog.snapshot();
     let views: Vec<views::AdminProductView<'_>> = catalog
@@ -140,7 +178,17 @@ pub async fn products(call: Call<'_>) -> Answer {
     Ok(response::json(StatusCode::OK, "OK", Some(views)))
 }
 
-/// `POST /api/v1/admin/products`
+/// Create a product.
+#[utoipa::path(operation_id = "admin_new_product", post, path = "/api/v1/admin/products", tag = "admin", security(("bearer" = [])),
+    request_body = NewProduct,
+    responses(
+        (status = 201, description = "Created; orderable and listed at once", body = ProductAnswer),
+        (status = 400, description = "A field breaks a rule", body = Refusal),
+        AdminGuard,
+        (status = 404, description = "No such store", body = Refusal),
+        BodyRefusals,
+        (status = 503, description = "Busy or the database unavailable", body = Refusal),
+    ))]
 pub async fn new_product(call: Call<'_>) -> Answer {
     let state = call.state;
     let (_, body) = call.json_body().await?;
@@ -156,7 +204,19 @@ pub async fn new_product(call: Call<'_>) -> Answer {
     Ok(response::created(views::AdminProductView::from(&product)))
 }
 
-/// `PATCH /api/v1/admin/products/{id}`
+/// Rename a product, or set or clear its per-customer limit.
+#[utoipa::path(operation_id = "admin_edit_product", patch, path = "/api/v1/admin/products/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    request_body = EditProduct,
+    responses(
+        (status = 200, description = "The product as changed", body = ProductAnswer),
+        (status = 400, description = "A field breaks a rule, or nothing to change", body = Refusal),
+        AdminGuard,
+        (status = 404, description = "No such product", body = Refusal),
+        (status = 409, description = "Another change of this product is in progress", body = Refusal),
+        BodyRefusals,
+        (status = 503, description = "Busy or the database unavailable", body = Refusal),
+    ))]
 pub async fn edit_product(call: Call<'_>) -> Answer {
     let (state, product) = (call.state, product(call.id)?);
     let (_, body) = call.json_body().await?;
@@ -180,13 +240,34 @@ pub async fn edit_product(call: Call<'_>) -> Answer {
     .await
 }
 
-/// `DELETE /api/v1/admin/products/{id}`
+/// Delete a product (softly); its holds still end normally.
+#[utoipa::path(operation_id = "admin_delete_product", delete, path = "/api/v1/admin/products/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "Deleted (softly): the product as it was", body = ProductAnswer),
+        AdminGuard,
+        (status = 404, description = "No such product", body = Refusal),
+        (status = 409, description = "Another change of this product is in progress", body = Refusal),
+        (status = 503, description = "Busy or the database unavailable", body = Refusal),
+    ))]
 pub async fn delete_product(call: Call<'_>) -> Answer {
     let product = product(call.id)?;
     change(call.state, ProductChange::Delete { product }).await
 }
 
-/// `POST /api/v1/admin/products/{id}/stock`
+/// Restock a product, or take back unheld units, with a reason in its ledger.
+#[utoipa::path(operation_id = "admin_stock", post, path = "/api/v1/admin/products/{id}/stock", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    request_body = StockDelta,
+    responses(
+        (status = 200, description = "The product with its new stock", body = ProductAnswer),
+        (status = 400, description = "A field breaks a rule", body = Refusal),
+        AdminGuard,
+        (status = 404, description = "No such product", body = Refusal),
+        (status = 409, description = "Not enough unheld stock, or an edit of the product is in progress", body = Refusal),
+        BodyRefusals,
+        (status = 503, description = "Busy or the database unavailable", body = Refusal),
+    ))]
 pub async fn stock(call: Call<'_>) -> Answer {
     let (state, product) = (call.state, product(call.id)?);
     let (_, body) = call.json_body().await?;
@@ -204,14 +285,37 @@ pub async fn stock(call: Call<'_>) -> Answer {
     .await
 }
 
-/// `GET /api/v1/admin/products/{id}/movements`
+/// A product's ledger.
+#[utoipa::path(operation_id = "admin_movements", get, path = "/api/v1/admin/products/{id}/movements", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "The product's ledger, ascending id", body = MovementsAnswer),
+        AdminGuard,
+        (status = 404, description = "No such product", body = Refusal),
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn movements(call: Call<'_>) -> Answer {
     let movements = call.state.admin.movements(product(call.id)?).await?;
     let views: Vec<views::MovementView<'_>> = movements.iter().map(Into::into).collect();
     Ok(response::json(StatusCode::OK, "OK", Some(views)))
 }
 
-/// `GET /api/v1/admin/orders`
+/// Orders of every store or one, filtered by status, in pages.
+#[utoipa::path(operation_id = "admin_orders", get, path = "/api/v1/admin/orders", tag = "admin", security(("bearer" = [])),
+    params(
+        ("store_id" = Option<i64>, Query, minimum = 1),
+        ("status" = Option<views::Status>, Query),
+        ("after_id" = Option<i64>, Query, minimum = 0, description = "Only orders with a larger id"),
+        ("before_id" = Option<i64>, Query, minimum = 1, description = "The newest `limit` orders below it, still ascending"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Default 100"),
+    ),
+    responses(
+        (status = 200, description = "Orders in ascending id, each as GET /api/v1/order/{id} shows it", body = OrdersAnswer),
+        (status = 400, description = "A parameter breaks a rule", body = Refusal),
+        AdminGuard,
+        (status = 404, description = "No such store", body = Refusal),
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn orders(call: Call<'_>) -> Answer {
     let admin = &call.state.admin;
     let filter = order_filter(call.request.uri().query().unwrap_or_default())?;

@@ -6,14 +6,22 @@ use hyper::StatusCode;
 
 use super::call::{Answer, Call};
 use super::openapi;
+use super::openapi::{Refusal, TextAnswer};
 use super::response::{self, ApiError};
 
-/// `GET /healthz`: the process is alive; never touches the database.
+/// Liveness: the process is alive; never touches the database.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = TextAnswer)))]
 pub async fn healthz(_: Call<'_>) -> Answer {
     Ok(response::json(StatusCode::OK, "OK", Some("healthy")))
 }
 
-/// `GET /readyz`: the stores are loaded and the database answered lately.
+/// Readiness: the stores are loaded and the database answered lately.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Stores loaded and the database answered lately", body = TextAnswer),
+        (status = 503, description = "The database has not answered for a few seconds", body = Refusal),
+    ))]
 pub async fn readyz(call: Call<'_>) -> Answer {
     match call.state.readiness.ready() {
         true => Ok(response::json(StatusCode::OK, "OK", Some("ready"))),
@@ -21,7 +29,12 @@ pub async fn readyz(call: Call<'_>) -> Answer {
     }
 }
 
-/// `GET /metrics`: the Prometheus text format, with the depths read now.
+/// Prometheus metrics, with the queue depths read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"),
+        (status = 404, description = "Metrics are turned off (KITARA_METRICS=false)", body = Refusal),
+    ))]
 pub async fn metrics(call: Call<'_>) -> Answer {
     let state = call.state;
     if !state.metrics.enabled {
@@ -44,7 +57,9 @@ pub async fn metrics(call: Call<'_>) -> Answer {
     ))
 }
 
-/// `GET /api/v1/openapi.json`: the document itself, not in an envelope.
+/// This document, not in an envelope.
+#[utoipa::path(operation_id = "openapi_json", get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", body = Object)))]
 pub async fn openapi(_: Call<'_>) -> Answer {
     Ok(response::raw(
         StatusCode::OK,

@@ -21,6 +21,10 @@ use hyper::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::call::{Answer, Call};
+use super::openapi::{
+    self, BodyRefusals, Buyer, EndRefusals, KeyHeader, LockAnswer, OrderAnswer, ProductsAnswer,
+    Refusal,
+};
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
 use super::views;
@@ -35,7 +39,9 @@ use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError};
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
 
-/// `GET /api/v1/products`: from the catalog's snapshot, never waiting for an actor.
+/// Every orderable product and its stock, from the catalog (never waits for a store).
+#[utoipa::path(get, path = "/api/v1/products", tag = "orders",
+    responses((status = 200, description = "Every orderable product, ascending id", body = ProductsAnswer)))]
 pub async fn products(call: Call<'_>) -> Answer {
     let catalog = call.state.catalog.snapshot();
     let products: Vec<views::ProductView<'_>> = catalog
@@ -46,7 +52,18 @@ pub async fn products(call: Call<'_>) -> Answer {
     Ok(response::json(StatusCode::OK, "OK", Some(products)))
 }
 
-/// `POST /api/v1/order/lock`; its outcome is counted in the metrics.
+/// Lock an order's products, all or nothing, as a hold.
+#[utoipa::path(post, path = "/api/v1/order/lock", tag = "orders",
+    params(KeyHeader),
+    request_body = openapi::LockBody,
+    responses(
+        (status = 200, description = "Locked: a hold on every line", body = LockAnswer),
+        (status = 400, description = "A field breaks a rule, the user is unknown, the products are in several stores, a limit is exceeded, or the stock is short", body = Refusal),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Refusal),
+        BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
+        (status = 503, description = "Busy, the database unavailable, or the outcome unknown: retry with the same key", body = Refusal),
+    ))]
 pub async fn lock(call: Call<'_>) -> Answer {
     let state = call.state;
     let result = judge_lock(call).await;
@@ -142,7 +159,14 @@ enum ReplayAs {
     End,
 }
 
-/// `GET /api/v1/order/{id}`
+/// An order as stored.
+#[utoipa::path(operation_id = "get_order", get, path = "/api/v1/order/{id}", tag = "orders",
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "The order as stored", body = OrderAnswer),
+        (status = 404, description = "No such order", body = Refusal),
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn get(call: Call<'_>) -> Answer {
     let orders = &call.state.orders;
     let id = call.id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
@@ -156,12 +180,28 @@ pub async fn get(call: Call<'_>) -> Answer {
     }
 }
 
-/// `POST /api/v1/order/{id}/confirm`
+/// Confirm a hold: its units are sold.
+#[utoipa::path(post, path = "/api/v1/order/{id}/confirm", tag = "orders",
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
+    request_body = Buyer,
+    responses(
+        (status = 200, description = "Confirmed (or already confirmed)", body = OrderAnswer),
+        EndRefusals,
+        BodyRefusals,
+    ))]
 pub async fn confirm(call: Call<'_>) -> Answer {
     end(call, Resolution::Confirm).await
 }
 
-/// `POST /api/v1/order/{id}/cancel`
+/// Cancel a hold: its units go back to stock.
+#[utoipa::path(post, path = "/api/v1/order/{id}/cancel", tag = "orders",
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
+    request_body = Buyer,
+    responses(
+        (status = 200, description = "Cancelled (or already cancelled): the units are back", body = OrderAnswer),
+        EndRefusals,
+        BodyRefusals,
+    ))]
 pub async fn cancel(call: Call<'_>) -> Answer {
     end(call, Resolution::Cancel).await
 }

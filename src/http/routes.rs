@@ -13,7 +13,9 @@ use hyper::Method;
 use hyper::header::HeaderValue;
 
 use super::call::{Answer, Call, Handler};
-use super::{admin, openapi, operations, orders};
+#[cfg(test)]
+use super::openapi;
+use super::{admin, operations, orders};
 
 /// One method of a route, and who answers it.
 pub struct Operation {
@@ -43,11 +45,11 @@ macro_rules! handler {
 }
 
 /// Declares the table: `ROUTES`, and `Documented`, the OpenAPI operations of its
-/// methods (each handler's description is the function of the same name in `openapi`).
+/// methods (each handler carries its own `#[utoipa::path]`).
 macro_rules! routes {
     ($(
         $path:literal, $label:literal, admin: $admin:literal,
-        [$($method:ident => $handler:path, $doc:ident);+ $(;)?]
+        [$($method:ident => $handler:path);+ $(;)?]
     ),* $(,)?) => {
         /// Every route. A fixed segment wins over a parameter, so `/api/v1/order/lock` is
         /// the lock endpoint, never the order `lock`.
@@ -65,36 +67,36 @@ macro_rules! routes {
 
         /// The document's paths: the operation of every method of every route.
         #[derive(utoipa::OpenApi)]
-        #[openapi(paths($($(openapi::$doc),+),*))]
+        #[openapi(paths($($($handler),+),*))]
         pub struct Documented;
     };
 }
 
 routes![
-    "/healthz", "healthz", admin: false, [GET => operations::healthz, healthz],
-    "/readyz", "readyz", admin: false, [GET => operations::readyz, readyz],
-    "/metrics", "metrics", admin: false, [GET => operations::metrics, metrics],
-    "/api/v1/openapi.json", "openapi", admin: false, [GET => operations::openapi, openapi_json],
-    "/api/v1/products", "products", admin: false, [GET => orders::products, products],
-    "/api/v1/order/lock", "lock", admin: false, [POST => orders::lock, lock],
-    "/api/v1/order/{id}", "order", admin: false, [GET => orders::get, get_order],
-    "/api/v1/order/{id}/confirm", "confirm", admin: false, [POST => orders::confirm, confirm],
-    "/api/v1/order/{id}/cancel", "cancel", admin: false, [POST => orders::cancel, cancel],
-    "/admin", "admin_page", admin: false, [GET => admin::page, admin_page],
+    "/healthz", "healthz", admin: false, [GET => operations::healthz],
+    "/readyz", "readyz", admin: false, [GET => operations::readyz],
+    "/metrics", "metrics", admin: false, [GET => operations::metrics],
+    "/api/v1/openapi.json", "openapi", admin: false, [GET => operations::openapi],
+    "/api/v1/products", "products", admin: false, [GET => orders::products],
+    "/api/v1/order/lock", "lock", admin: false, [POST => orders::lock],
+    "/api/v1/order/{id}", "order", admin: false, [GET => orders::get],
+    "/api/v1/order/{id}/confirm", "confirm", admin: false, [POST => orders::confirm],
+    "/api/v1/order/{id}/cancel", "cancel", admin: false, [POST => orders::cancel],
+    "/admin", "admin_page", admin: false, [GET => admin::page],
     "/api/v1/admin/users", "admin_users", admin: true,
-        [POST => admin::new_user, admin_new_user],
+        [POST => admin::new_user],
     "/api/v1/admin/stores", "admin_stores", admin: true,
-        [GET => admin::stores, admin_stores; POST => admin::new_store, admin_new_store],
+        [GET => admin::stores; POST => admin::new_store],
     "/api/v1/admin/products", "admin_products", admin: true,
-        [GET => admin::products, admin_products; POST => admin::new_product, admin_new_product],
+        [GET => admin::products; POST => admin::new_product],
     "/api/v1/admin/products/{id}", "admin_product", admin: true,
-        [PATCH => admin::edit_product, admin_edit_product;
-         DELETE => admin::delete_product, admin_delete_product],
+        [PATCH => admin::edit_product;
+         DELETE => admin::delete_product],
     "/api/v1/admin/products/{id}/stock", "admin_stock", admin: true,
-        [POST => admin::stock, admin_stock],
+        [POST => admin::stock],
     "/api/v1/admin/products/{id}/movements", "admin_movements", admin: true,
-        [GET => admin::movements, admin_movements],
-    "/api/v1/admin/orders", "admin_orders", admin: true, [GET => admin::orders, admin_orders],
+        [GET => admin::movements],
+    "/api/v1/admin/orders", "admin_orders", admin: true, [GET => admin::orders],
 ];
 
 /// The label of a request whose path names no route.
