@@ -60,15 +60,11 @@ pub struct DatabaseArgs {
     /// How long a request waits for the database (a pooled connection, then its answer)
     /// before it is answered 503; a COMMIT already in flight may also take the outcome
     /// deadline
-    #[arg(long, env = "KITARA_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
-    pub db_acquire_timeout_ms: u64,
+    #[arg(long = "db-acquire-timeout-ms", env = "KITARA_DB_ACQUIRE_TIMEOUT_MS", default_value = "3000", value_parser = millis)]
+    pub acquire_timeout: Duration,
 }
 
 impl DatabaseArgs {
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
-    }
-
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
@@ -139,18 +135,18 @@ pub struct Settings {
     /// How long a client may take to send its request: a body late by then gets 408,
     /// headers late by then end the connection without an answer; a keep-alive
     /// connection idle this long is closed
-    #[arg(long, env = "KITARA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    #[arg(long = "request-timeout-ms", env = "KITARA_REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
+    pub request_timeout: Duration,
 
     /// How long Kitara keeps trying to learn whether a COMMIT whose connection died
     /// went through, before it answers 503 `order outcome unknown`
-    #[arg(long, env = "KITARA_OUTCOME_DEADLINE_MS", default_value_t = 10_000)]
-    pub outcome_deadline_ms: u64,
+    #[arg(long = "outcome-deadline-ms", env = "KITARA_OUTCOME_DEADLINE_MS", default_value = "10000", value_parser = millis)]
+    pub outcome_deadline: Duration,
 
     /// How long shutdown waits for requests in flight, and then for database
     /// connections to close
-    #[arg(long, env = "KITARA_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub shutdown_timeout_ms: u64,
+    #[arg(long = "shutdown-timeout-ms", env = "KITARA_SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
+    pub shutdown_timeout: Duration,
 
     /// The bearer token of the admin API (`/api/v1/admin/`, and the page `/admin`):
     /// at least 16 visible ASCII characters. Unset or empty disables the admin API
@@ -194,18 +190,6 @@ impl Settings {
         ])
     }
 
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    pub fn outcome_deadline(&self) -> Duration {
-        Duration::from_millis(self.outcome_deadline_ms)
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
-    }
-
     pub fn idempotency_keep(&self) -> Duration {
         Duration::from_secs(u64::from(self.idempotency_hours) * 3_600)
     }
@@ -215,4 +199,11 @@ impl Settings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The value of a `KITARA_*_MS` key (or its flag): whole milliseconds.
+fn millis(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))
 }

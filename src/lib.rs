@@ -3,30 +3,40 @@
 //!
 //! # Layout
 //!
-//! - [`http`]: the hyper front end: routing, the edge checks (content type, size, JSON,
-//!   types, ranges), the JSON envelope, and the mapping of errors to statuses.
-//! - [`admin`]: the store owner's desk: the admin token, and how an admin change
-//!   reaches a store's actor (or, for users and stores, the writer).
-//! - [`app`]: the order desk shared by connections: the known-user check, routing an
-//!   order to its store's actor through a concurrent index, the sold-out fast path.
+//! An order runs down the first five, `http` → `app` → `store` → `writer` → `db`, and
+//! its answer comes back up; none of them names one before it. `domain` is plain data
+//! under all of them.
+//!
+//! - [`http`]: the hyper front end: the route table, the edge checks (content type,
+//!   size, JSON, types, ranges), the JSON envelope, the OpenAPI document, and the one
+//!   mapping of errors to statuses.
+//! - [`app`]: what a validated request does next: the order desk (known user, one store,
+//!   the sold-out fast path), the admin desk, the idempotency keys in flight, the users.
 //! - [`store`]: one single-owner actor per store, the only code that decides a change
-//!   of its store's stock; it checks and reserves in memory, then hands orders to the
+//!   of its store's stock; it checks and reserves in memory, then hands decisions to the
 //!   writer and answers only after they committed.
-//! - [`writer`]: persists what actors decided, many orders per transaction (group
-//!   commit), and resolves a COMMIT whose connection died.
-//! - [`domain`]: identifiers, the validated order, the pure stock rules, the life of a
-//!   hold, per-customer limits, and idempotency keys.
+//! - [`writer`]: persists what actors decided, many decisions per transaction (group
+//!   commit), takes back exactly what a failed transaction carried, and resolves a
+//!   COMMIT whose connection died.
+//! - [`db`]: connecting (and watching that the pool never misreads), the schema and its
+//!   check, demo data, the ledger check, and every SQL statement.
+//! - [`domain`]: plain data and rules: identifiers, the validated order, stock, holds,
+//!   per-customer limits, product changes, idempotency keys.
+//! - [`catalog`]: what the front end knows about products without asking an actor.
 //! - [`clock`]: the time holds are judged by (the wall clock, or a manual one in tests).
-//! - [`idempotency`]: which keys have a request in progress, and their purge.
-//! - [`db`]: connecting, the schema check, demo data, and every SQL statement.
-//! - [`catalog`], [`users`]: what the front end knows without asking an actor.
+//! - [`backoff`]: how long to wait before trying the database again.
 //! - [`health`]: readiness, from a prober that pings the database.
+//! - [`metrics`]: the Prometheus registry and its typed labels.
 //! - [`logs`]: quiet logs under a flood: repeated warnings summarised once a second.
 //! - [`simulate`]: `kitara simulate`, a flash-sale rehearsal against a running Kitara.
-//! - [`config`], [`telemetry`], [`startup`]: the command line, logging, and wiring.
+//! - [`config`]: the command line, the environment and `.env`, checked at start.
+//! - [`telemetry`]: the tracing subscriber (text or JSON).
 //! - [`console`]: what the command-line tools print, quietly cut short by a closed pipe.
+//! - [`startup`]: wiring: opens the database, spawns the writer and the actors, serves,
+//!   and shuts down gracefully.
 
 pub mod app;
+pub mod backoff;
 pub mod catalog;
 pub mod clock;
 pub mod config;

@@ -105,9 +105,9 @@ impl Application {
             WriterConfig {
                 batch_size: settings.batch_size as usize,
                 queue: settings.writer_queue as usize,
-                answer_within: settings.database.acquire_timeout(),
+                answer_within: settings.database.acquire_timeout,
                 stock_guard: settings.database_guard,
-                outcome_deadline: settings.outcome_deadline(),
+                outcome_deadline: settings.outcome_deadline,
                 writers,
                 metrics: metrics.clone(),
             },
@@ -181,7 +181,7 @@ impl Application {
                 .saturating_sub(2 * writers + 2)
                 .max(2),
         );
-        let answer_within = settings.database.acquire_timeout();
+        let answer_within = settings.database.acquire_timeout;
         let state = Arc::new(AppState {
             orders: Orders {
                 catalog: catalog.clone(),
@@ -231,8 +231,8 @@ impl Application {
             actors,
             server: ServerConfig {
                 max_connections: settings.max_connections.max(1) as usize,
-                request_timeout: settings.request_timeout(),
-                shutdown_timeout: settings.shutdown_timeout(),
+                request_timeout: settings.request_timeout,
+                shutdown_timeout: settings.shutdown_timeout,
             },
         })
     }

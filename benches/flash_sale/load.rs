@@ -97,14 +97,14 @@ impl Load {
     }
 }
 
-/// The `q` quantile of latencies in microseconds, in milliseconds (NaN if there are none).
+/// The `q`th quantile (0 to 1) of the latencies, in milliseconds: `kitara simulate`'s
+/// percentile, over the latencies sorted.
 pub(crate) fn percentile(latencies_us: &mut [u32], q: f64) -> f64 {
     if latencies_us.is_empty() {
         return f64::NAN;
     }
     latencies_us.sort_unstable();
-    let i = ((latencies_us.len() as f64 * q) as usize).min(latencies_us.len() - 1);
-    latencies_us[i] as f64 / 1000.0
+    kitara::simulate::percentile_ms(latencies_us, q * 100.0)
 }
 
 /// Runs `CONNECTIONS` closed-loop connections for `duration`.

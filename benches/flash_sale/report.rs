@@ -2,9 +2,27 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use crate::TABLE_ORDER;
 use crate::cpu::PerAnswer;
-use crate::workloads::{WAVE, Wave};
+
+/// Holds that expire together, on product 2 of the hot store.
+pub(crate) const WAVE: i64 = 100_000;
+
+/// What the expiry wave measured.
+pub(crate) struct Wave {
+    /// From the holds' common deadline until the last of their units was listed again.
+    pub(crate) back_after: Option<Duration>,
+    /// Hot's p99 while the wave is being expired (deadline to deadline + 2 s), and
+    /// outside that window.
+    pub(crate) p99_during: f64,
+    pub(crate) p99_outside: f64,
+    /// RSS growth of the process when a server loads the wave's holds, against a
+    /// server of the same store with none.
+    pub(crate) rss_per_wave: Option<f64>,
+    pub(crate) rss_empty: Option<f64>,
+}
 
 /// A latency in milliseconds, or a dash where nothing was timed.
 pub(crate) fn ms(value: f64) -> String {

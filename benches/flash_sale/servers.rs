@@ -19,7 +19,15 @@ use tokio::sync::oneshot;
 
 use crate::db::BenchDb;
 use crate::server_runtime;
-use crate::workloads::Server;
+
+/// What serves a workload: Kitara as shipped, or a baseline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    Kitara,
+    /// Kitara with `KITARA_METRICS=false`: what recording metrics costs.
+    KitaraWithoutMetrics,
+    RowLock,
+}
 
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,

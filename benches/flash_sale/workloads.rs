@@ -13,17 +13,9 @@ use sea_orm::TransactionTrait;
 use crate::cpu::{CpuClock, live_rss_mib, rss_mib};
 use crate::db::BenchDb;
 use crate::load::{Load, MakeRequest, Rng, drive, drive_count, drive_until_refused, percentile};
-use crate::report::Row;
-use crate::servers::Running;
+use crate::report::{Row, WAVE, Wave};
+use crate::servers::{Running, Server};
 use crate::{Bench, CONNECTIONS, HUGE_STOCK, SELL_OUT_STOCK, USERS};
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Server {
-    Kitara,
-    /// Kitara with `KITARA_METRICS=false`: what recording metrics costs.
-    KitaraWithoutMetrics,
-    RowLock,
-}
 
 /// The workloads that the ratios compare, measured in alternating slices: every round
 /// gives each of them a slice (hot, spread and the baselines two units, storm and
@@ -399,23 +391,6 @@ fn confirm_request(order: i64) -> Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(br#"{"user_id":1}"#)))
         .unwrap()
-}
-
-/// Holds that expire together, on product 2 of the hot store.
-pub(crate) const WAVE: i64 = 100_000;
-
-/// What the expiry wave measured.
-pub(crate) struct Wave {
-    /// From the holds' common deadline until the last of their units was listed again.
-    pub(crate) back_after: Option<Duration>,
-    /// Hot's p99 while the wave is being expired (deadline to deadline + 2 s), and
-    /// outside that window.
-    pub(crate) p99_during: f64,
-    pub(crate) p99_outside: f64,
-    /// RSS growth of the process when a server loads the wave's holds, against a
-    /// server of the same store with none.
-    pub(crate) rss_per_wave: Option<f64>,
-    pub(crate) rss_empty: Option<f64>,
 }
 
 /// 100,000 holds on product 2 expire within the same second while hot traffic runs on

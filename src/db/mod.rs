@@ -59,8 +59,8 @@ pub async fn connect_watched(
     options
         .max_connections(args.db_pool_size.max(2))
         .min_connections(1)
-        .acquire_timeout(args.acquire_timeout())
-        .connect_timeout(args.acquire_timeout())
+        .acquire_timeout(args.acquire_timeout)
+        .connect_timeout(args.acquire_timeout)
         // A ping on every checkout would add a round trip to every batch; ping only a
         // connection that sat idle long enough to have been dropped. A connection that
         // died while busy fails its statement, and the order path retries once.

@@ -1,6 +1,6 @@
 //! When the database does not commit what a store decided: memory takes the decision
 //! back (or, after a refusal or an unknown outcome, reloads the store from the database),
-//! the request is judged once more if it can still be answered in time, or it is
+//! the request is decided once more if it can still be answered in time, or it is
 //! answered 503.
 
 use sea_orm::DbErr;
@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::Failure;
 use super::actor::{RELOAD_INTERVAL, RELOAD_RETRY, StoreActor};
 use super::attempt::{Asked, Attempt, Cause, EndRequest, LockAttempt};
+use crate::backoff::Backoff;
 use crate::catalog::Product;
 use crate::db::call;
 use crate::db::load::{self, StoreState};
@@ -18,11 +19,11 @@ use crate::metrics::DbError;
 
 impl StoreActor {
     /// A write that did not commit because the database could not be reached (or did
-    /// not answer in time): memory takes it back, and it is judged once more if its
+    /// not answer in time): memory takes it back, and it is decided once more if its
     /// request still has time, or answered 503.
     pub(super) fn retry_or_answer_lost(&mut self, attempt: Attempt, again: &mut Vec<Asked>) {
         let failure = Cause::Write(PersistError::Unavailable);
-        self.judge_waiters_again(&attempt, again);
+        self.decide_waiters_again(&attempt, again);
         let in_time = Instant::now() < attempt.answer_by();
         self.take_back(&attempt, failure);
         match attempt {
@@ -44,7 +45,7 @@ impl StoreActor {
         }
     }
 
-    /// After the store reloaded (or failed to): judges a failed write once more against
+    /// After the store reloaded (or failed to): decides a failed write once more against
     /// the truth, or answers it.
     pub(super) fn retry_or_answer(
         &mut self,
@@ -53,8 +54,8 @@ impl StoreActor {
         reloaded: bool,
         again: &mut Vec<Asked>,
     ) {
-        // A reload replaced the holds: what waited for this end is judged against them.
-        self.judge_waiters_again(&attempt, again);
+        // A reload replaced the holds: what waited for this end is decided against them.
+        self.decide_waiters_again(&attempt, again);
         let nothing_committed = matches!(error, PersistError::Refused | PersistError::Unavailable);
         match attempt {
             // Asked it once more against the truth.
@@ -83,8 +84,8 @@ impl StoreActor {
         }
     }
 
-    /// An end that did not commit: the requests that waited for it are judged again.
-    pub(super) fn judge_waiters_again(&mut self, attempt: &Attempt, again: &mut Vec<Asked>) {
+    /// An end that did not commit: the requests that waited for it are decided again.
+    pub(super) fn decide_waiters_again(&mut self, attempt: &Attempt, again: &mut Vec<Asked>) {
         if let Attempt::End { request, .. } = attempt
             && let Some(waiters) = self.waiting.remove(&request.order)
         {
@@ -126,7 +127,7 @@ impl StoreActor {
 
     /// Answers a decision that was not persisted. A refusal is a `Conflict` only where
     /// it is final: an order refused again after the store reloaded, or a product change
-    /// (a confirm or cancel, or an order refused once, was judged again instead).
+    /// (a confirm or cancel, or an order refused once, was decided again instead).
     pub(super) fn answer_failed(attempt: Attempt, cause: Cause) {
         let failure = |refused_is_final: bool| match cause {
             Cause::KeyTaken => Failure::KeyTaken,
@@ -157,6 +158,7 @@ impl StoreActor {
     /// truth when it comes: a store that could not reload decides nothing (it answers
     /// 503, and its timer is off), so nothing of it is written meanwhile.
     pub(super) async fn reload(&mut self, deadline: Instant) -> bool {
+        let mut backoff = Backoff::new(1, RELOAD_RETRY, RELOAD_INTERVAL);
         loop {
             let read = self.reloading.get_or_insert_with(|| {
                 let (db, store) = (self.db.clone(), self.store);
@@ -180,7 +182,7 @@ impl StoreActor {
                 // A connection that died with the batch may still sit in the pool; a
                 // failed read discards it, so another try soon reaches a live one.
                 Err(_) if self.reloading.is_none() && Instant::now() < deadline => {
-                    tokio::time::sleep(RELOAD_RETRY.min(deadline - Instant::now())).await;
+                    backoff.wait(deadline).await;
                 }
                 Err(e) => {
                     self.metrics.db_error(DbError::ReloadFailed);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Writer;
+use crate::backoff::Backoff;
 use crate::db::write::PersistError;
 use crate::db::{call, load, persist};
 
@@ -20,10 +21,9 @@ impl Writer {
         token: &persist::Token,
         deadline: Instant,
     ) -> Result<(), PersistError> {
-        let mut pause = Duration::from_millis(20);
-        // The pool may hold other connections that died with this one; each failed
-        // attempt discards one, so the first few retries go without a pause.
-        let mut quick_retries = 4;
+        // The pool may hold other connections that died with this one: the first few
+        // retries go without a pause.
+        let mut backoff = Backoff::new(4, Duration::from_millis(20), Duration::from_millis(500));
         loop {
             let db = self.db.clone();
             let text = token.as_str().to_owned();
@@ -52,15 +52,7 @@ impl Writer {
                         token,
                         "cannot look the outcome up yet"
                     );
-                    if quick_retries > 0 {
-                        quick_retries -= 1;
-                        continue;
-                    }
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    backoff.wait(deadline).await;
                 }
             }
         }

@@ -513,7 +513,10 @@ async fn a_request_that_breaks_two_rules_gets_the_earlier_one(backend: Backend) 
 
 async fn raw_tcp_abuse_is_answered_and_changes_nothing(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
-    let app = spawn_app_with(&db, |s| s.request_timeout_ms = 1_000).await;
+    let app = spawn_app_with(&db, |s| {
+        s.request_timeout = std::time::Duration::from_secs(1)
+    })
+    .await;
     let before = db.snapshot().await;
     let head =
         "POST /api/v1/order/lock HTTP/1.1\r\nHost: kitara\r\nContent-Type: application/json\r\n";

@@ -361,12 +361,12 @@ async fn through_proxy_after(
     let url = format!("{credentials}@127.0.0.1:{}/{name}", proxy.port);
     let app = spawn_app_with(&db, |s| {
         s.database.database_url = url;
-        s.outcome_deadline_ms = deadline_ms;
-        s.database.db_acquire_timeout_ms = acquire_ms;
+        s.outcome_deadline = Duration::from_millis(deadline_ms);
+        s.database.acquire_timeout = Duration::from_millis(acquire_ms);
         s.admin_token = Some(crate::helpers::ADMIN_TOKEN.into());
         // A connection left open to the unreachable database must not hold up the
         // test's shutdown for long.
-        s.shutdown_timeout_ms = 2_000;
+        s.shutdown_timeout = Duration::from_secs(2);
     })
     .await;
     (db, proxy, app)
