@@ -1,3 +1,6 @@
+//! The `kitara` binary: parses the command line, sets up logging, and runs one of
+//! `serve`, `migrate`, `check` or `simulate`; the work lives in the library.
+
 use std::process::ExitCode;
 
 use clap::Parser;

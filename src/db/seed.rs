@@ -1,3 +1,6 @@
+//! The Go version's demo data, written by `kitara migrate` (and `serve` on SQLite) into
+//! a database that has no stores yet, unless `--no-demo` says otherwise.
+
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait};
 
 /// The demo data of the Go version, plus a second store to show the one-store rule.

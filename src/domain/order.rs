@@ -1,3 +1,6 @@
+//! A validated order: its lines merged by product and every number within the Go
+//! version's 32-bit columns; what the edge hands to a store's actor.
+
 use std::collections::BTreeMap;
 
 use super::{ProductId, UserId};

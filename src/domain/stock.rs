@@ -1,3 +1,6 @@
+//! Availability (bad-input rules 6 and 7) as plain data: whether a store's stock can
+//! serve an order, all or nothing, and what reserving or returning it does to the stock.
+
 use std::collections::HashMap;
 
 use super::{OrderLine, ProductId};

@@ -1,3 +1,8 @@
+//! The store actor's task: the single owner of a store's stock, holds and purchases.
+//! It takes one command at a time, decides it in memory, hands the decision to the
+//! writer, and answers only when the writer says it committed; it also times holds'
+//! expiry and reloads its state when the database could not say what it is.
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -139,7 +144,7 @@ pub(super) struct StoreActor {
     pub(super) reloading:
         Option<tokio::task::JoinHandle<Result<HashMap<StoreId, StoreState>, DbErr>>>,
     /// Confirms and cancels of holds whose end is already on its way, answered when it
-    /// has committed (or judged again if it failed).
+    /// has committed (or decided again if it failed).
     pub(super) waiting: HashMap<OrderId, Vec<EndRequest>>,
     /// One timer for the store: it fires at the earliest deadline of its holds.
     pub(super) timer: Pin<Box<tokio::time::Sleep>>,
@@ -149,7 +154,7 @@ pub(super) struct StoreActor {
     /// expiries takes turns with orders at the writer instead of queueing ahead of them.
     pub(super) expiring: bool,
     /// A limit was set on a product that had none: what buyers hold of it is read from
-    /// the database before anything else is judged.
+    /// the database before anything else is decided.
     pub(super) reload_after: bool,
     /// The owner's changes of the store's products that the writer has not answered.
     pub(super) changes: Changes,
@@ -199,7 +204,7 @@ impl StoreActor {
                                 asked.push(Asked::Change(ChangeAttempt { change, answer_by, respond_to }))
                             }
                             Command::SettleDue { respond_to } => {
-                                // What came before it is judged first.
+                                // What came before it is decided first.
                                 self.decide(std::mem::take(&mut asked)).await;
                                 self.settle_due().await;
                                 let _ = respond_to.send(());
@@ -452,7 +457,7 @@ impl StoreActor {
         self.apply(attempts, outcome, &mut failed, &mut again);
         self.publish_holds();
         // Nothing of a write that failed as `Unavailable` committed: memory takes it back
-        // exactly, and it is judged once more if its request can still be answered in
+        // exactly, and it is decided once more if its request can still be answered in
         // time. Only a refusal (or an unknown outcome) can leave memory and database
         // apart, and only that costs a reload.
         let (lost, mut failed): (Vec<_>, Vec<_>) = failed
@@ -491,7 +496,7 @@ impl StoreActor {
     }
 
     /// Applies what committed and answers it; collects the writes that failed, and the
-    /// requests to judge again.
+    /// requests to decide again.
     fn apply(
         &mut self,
         attempts: Vec<Attempt>,
@@ -551,7 +556,7 @@ impl StoreActor {
                 }
                 // Nothing of it was written: the key belongs to an earlier request.
                 (attempt, Err(PersistError::KeyTaken)) => {
-                    self.judge_waiters_again(&attempt, again);
+                    self.decide_waiters_again(&attempt, again);
                     self.undo(attempt, Cause::KeyTaken);
                 }
                 (Attempt::Change(attempt), Ok(Written::Admin(created))) => {

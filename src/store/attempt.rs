@@ -18,7 +18,7 @@ pub(super) struct LockAttempt {
     pub(super) answer_by: Instant,
     pub(super) respond_to: oneshot::Sender<LockResult>,
     /// Set when its first write failed (refused, or the connection was lost before
-    /// COMMIT) and it is being judged again against the reloaded stock; a second failure
+    /// COMMIT) and it is being decided again against the reloaded stock; a second failure
     /// is answered 503.
     pub(super) retried: bool,
 }
