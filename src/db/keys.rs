@@ -6,7 +6,7 @@
 //! its original book once.
 
 use chrono::NaiveDateTime;
-use sea_orm::{ConnectionTrait, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbErr, Value};
 
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId};
 
@@ -23,8 +23,8 @@ pub async fn stored(
 ) -> Result<Option<StoredKey>, DbErr> {
     let sql = "SELECT fingerprint, order_id FROM idempotency_keys WHERE idempotency_key = ?";
     let Some(row) = db
-        .query_one_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
+        .query_one_raw(super::prepared(
+            db,
             sql,
             [Value::from(key.as_bytes().to_vec())],
         ))
@@ -48,7 +48,6 @@ const TAKEN_CHUNK: usize = 32;
 
 /// Which of these keys are already stored.
 pub async fn taken(db: &impl ConnectionTrait, keys: &[&[u8]]) -> Result<Vec<Vec<u8>>, DbErr> {
-    let backend = db.get_database_backend();
     let placeholders = vec!["?"; TAKEN_CHUNK].join(", ");
     let sql = format!(
         "SELECT idempotency_key FROM idempotency_keys WHERE idempotency_key IN ({placeholders})"
@@ -58,10 +57,7 @@ pub async fn taken(db: &impl ConnectionTrait, keys: &[&[u8]]) -> Result<Vec<Vec<
         let values: Vec<Value> = (0..TAKEN_CHUNK)
             .map(|i| Value::from(chunk.get(i).unwrap_or(&chunk[0]).to_vec()))
             .collect();
-        for row in db
-            .query_all_raw(Statement::from_sql_and_values(backend, &sql, values))
-            .await?
-        {
+        for row in db.query_all_raw(super::prepared(db, &sql, values)).await? {
             found.push(row.try_get_by_index::<Vec<u8>>(0)?);
         }
     }
@@ -78,12 +74,11 @@ pub async fn purge_step(
     after: Option<&[u8]>,
     limit: u32,
 ) -> Result<(u64, Option<Vec<u8>>), DbErr> {
-    let backend = db.get_database_backend();
     let after = after.unwrap_or_default().to_vec();
     // The last key of this step's range, if the range is full.
     let end: Option<Vec<u8>> = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
+        .query_one_raw(super::prepared(
+            db,
             "SELECT idempotency_key FROM idempotency_keys WHERE idempotency_key > ? \
              ORDER BY idempotency_key LIMIT 1 OFFSET ?",
             [
@@ -96,8 +91,8 @@ pub async fn purge_step(
         .transpose()?;
     let deleted = match &end {
         Some(end) => {
-            db.execute_raw(Statement::from_sql_and_values(
-                backend,
+            db.execute_raw(super::prepared(
+                db,
                 "DELETE FROM idempotency_keys WHERE idempotency_key > ? \
                  AND idempotency_key <= ? AND created_at < ?",
                 [
@@ -109,8 +104,8 @@ pub async fn purge_step(
             .await?
         }
         None => {
-            db.execute_raw(Statement::from_sql_and_values(
-                backend,
+            db.execute_raw(super::prepared(
+                db,
                 "DELETE FROM idempotency_keys WHERE idempotency_key > ? AND created_at < ?",
                 [Value::from(after), Value::from(before)],
             ))

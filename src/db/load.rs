@@ -205,11 +205,7 @@ pub async fn user_ids(db: &impl ConnectionTrait) -> Result<Vec<UserId>, DbErr> {
 pub async fn user_exists(db: &impl ConnectionTrait, user: UserId) -> Result<bool, DbErr> {
     let sql = "SELECT id FROM users WHERE id = ? AND deleted_at IS NULL";
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [Value::from(user.0)],
-        ))
+        .query_one_raw(super::prepared(db, sql, [Value::from(user.0)]))
         .await?;
     Ok(row.is_some())
 }
@@ -246,11 +242,7 @@ pub async fn order(db: &impl ConnectionTrait, id: OrderId) -> Result<Option<Orde
         "{ORDER_COLUMNS} WHERE o.id = ? AND o.deleted_at IS NULL ORDER BY d.product_id, d.id"
     );
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            sql,
-            [Value::from(id.0)],
-        ))
+        .query_all_raw(super::prepared(db, sql, [Value::from(id.0)]))
         .await?;
     Ok(orders_of(&rows)?.pop())
 }
@@ -273,7 +265,6 @@ pub async fn orders(
     db: &impl ConnectionTrait,
     filter: OrderFilter,
 ) -> Result<Vec<OrderRow>, DbErr> {
-    let backend = db.get_database_backend();
     let mut sql = String::from("SELECT id FROM orders WHERE deleted_at IS NULL AND id > ?");
     let mut values = vec![Value::from(filter.after)];
     if let Some(store) = filter.store {
@@ -292,7 +283,7 @@ pub async fn orders(
     }
     values.push(i64::from(filter.limit).into());
     let mut ids: Vec<i64> = db
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .query_all_raw(super::prepared(db, sql, values))
         .await?
         .iter()
         .map(|row| row.try_get_by_index(0))
@@ -305,9 +296,7 @@ pub async fn orders(
     let sql =
         format!("{ORDER_COLUMNS} WHERE o.id IN ({placeholders}) ORDER BY o.id, d.product_id, d.id");
     let values: Vec<Value> = ids.into_iter().map(Value::from).collect();
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?;
+    let rows = db.query_all_raw(super::prepared(db, sql, values)).await?;
     orders_of(&rows)
 }
 
@@ -377,10 +366,9 @@ pub async fn movements(
     db: &impl ConnectionTrait,
     product: ProductId,
 ) -> Result<Option<Vec<MovementRow>>, DbErr> {
-    let backend = db.get_database_backend();
     let exists = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
+        .query_one_raw(super::prepared(
+            db,
             "SELECT id FROM products WHERE id = ?",
             [Value::from(product.0)],
         ))
@@ -390,14 +378,10 @@ pub async fn movements(
         return Ok(None);
     }
     let sql = "SELECT id, delta, reason, created_at FROM stock_movements WHERE product_id = ? ORDER BY id";
-    MovementRow::find_by_statement(Statement::from_sql_and_values(
-        backend,
-        sql,
-        [Value::from(product.0)],
-    ))
-    .all(db)
-    .await
-    .map(Some)
+    MovementRow::find_by_statement(super::prepared(db, sql, [Value::from(product.0)]))
+        .all(db)
+        .await
+        .map(Some)
 }
 
 /// The largest `orders.id` and `order_details.id`: Kitara numbers new rows itself, so
@@ -424,11 +408,7 @@ pub async fn token_committed(db: &impl ConnectionTrait, token: &str) -> Result<b
         _ => "SELECT token FROM kitara_commits WHERE token = ?",
     };
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [Value::from(token)],
-        ))
+        .query_one_raw(super::prepared(db, sql, [Value::from(token)]))
         .await?;
     Ok(row.is_some())
 }

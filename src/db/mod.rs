@@ -19,8 +19,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::mysql::MySqlConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    SqliteTransactionMode, TransactionOptions,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    SqliteTransactionMode, Statement, TransactionOptions, Value,
 };
 
 use crate::config::DatabaseArgs;
@@ -180,6 +180,16 @@ pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(),
         tracing::info!("loaded the demo stores, products and users");
     }
     Ok(())
+}
+
+/// `sql` with its `?` values bound, for the connection's backend: how every read and
+/// every statement that carries the owner's text is sent.
+fn prepared(
+    db: &impl ConnectionTrait,
+    sql: impl Into<String>,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
+    Statement::from_sql_and_values(db.get_database_backend(), sql, values)
 }
 
 /// Before serving: SQLite databases are migrated (and seeded when empty) in place; a
