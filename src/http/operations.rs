@@ -1,11 +1,10 @@
-//! The endpoints that operate Kitara rather than sell: liveness, readiness, metrics and
-//! the OpenAPI document.
+//! The endpoints that operate Kitara rather than sell: liveness, readiness and metrics.
+//! (The OpenAPI document is served by `routes`, which it is derived from.)
 
 use bytes::Bytes;
 use hyper::StatusCode;
 
 use super::call::{Answer, Call};
-use super::openapi;
 use super::openapi::{Refusal, TextAnswer};
 use super::response::{self, ApiError};
 
@@ -54,16 +53,5 @@ pub async fn metrics(call: Call<'_>) -> Answer {
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         Bytes::from(text),
-    ))
-}
-
-/// This document, not in an envelope.
-#[utoipa::path(operation_id = "openapi_json", get, path = "/api/v1/openapi.json", tag = "operations",
-    responses((status = 200, description = "This document", body = Object)))]
-pub async fn openapi(_: Call<'_>) -> Answer {
-    Ok(response::raw(
-        StatusCode::OK,
-        "application/json",
-        Bytes::from_static(openapi::document().as_bytes()),
     ))
 }
