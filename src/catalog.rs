@@ -78,6 +78,26 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// The listing of products as the database has them (each store's name shared by
+    /// its products).
+    pub fn from_rows(rows: Vec<ProductRow>) -> Self {
+        let mut store_names: HashMap<i64, Arc<str>> = HashMap::new();
+        let products = rows
+            .into_iter()
+            .map(|row| {
+                let store_name = store_names
+                    .entry(row.store_id)
+                    .or_insert_with(|| row.store_name.as_str().into())
+                    .clone();
+                Arc::new(Product {
+                    store_name,
+                    ..Product::from(row)
+                })
+            })
+            .collect();
+        Self::new(products)
+    }
+
     fn new(mut products: Vec<Arc<Product>>) -> Self {
         products.sort_by_key(|p| p.id);
         let by_id = products.iter().map(|p| (p.id, p.clone())).collect();
@@ -113,23 +133,14 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(rows: Vec<ProductRow>) -> Self {
-        let mut store_names: HashMap<i64, Arc<str>> = HashMap::new();
-        let products = rows
-            .into_iter()
-            .map(|row| {
-                let store_name = store_names
-                    .entry(row.store_id)
-                    .or_insert_with(|| row.store_name.as_str().into())
-                    .clone();
-                Arc::new(Product {
-                    store_name,
-                    ..Product::from(row)
-                })
-            })
-            .collect();
         Self {
-            current: ArcSwap::from_pointee(Listing::new(products)),
+            current: ArcSwap::from_pointee(Listing::from_rows(rows)),
         }
+    }
+
+    /// The listing as it is now, to keep past an `.await`.
+    pub fn listing(&self) -> Arc<Listing> {
+        self.current.load_full()
     }
 
     /// The listing as it is now; later changes make new listings and leave this one be.

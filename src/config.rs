@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::MAX_HOLD_SECONDS;
+use crate::domain::{MAX_HOLD_SECONDS, NodeId};
 
 /// The database Kitara uses when `DATABASE_URL` is not set: an embedded SQLite file in
 /// the working directory, so a fresh machine needs nothing else.
@@ -163,6 +163,21 @@ pub struct Settings {
     #[arg(long, env = "KITARA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// This node's name in the cluster (MySQL): letters, digits and `._:-`; default the
+    /// host name and the port. A node started with the id of a live node refuses to
+    /// start
+    #[arg(long, env = "KITARA_NODE_ID", value_parser = node_id)]
+    pub node_id: Option<NodeId>,
+
+    /// The address other nodes reach this one at; default `http://HOST:PORT`
+    #[arg(long, env = "KITARA_ADVERTISE_URL", value_parser = advertise_url)]
+    pub advertise_url: Option<String>,
+
+    /// How long a node's ownership of its stores lasts unless renewed (every third of
+    /// it); a store whose owner stopped renewing is taken by another node after this
+    #[arg(long = "lease-ms", env = "KITARA_LEASE_MS", default_value = "5000", value_parser = lease)]
+    pub lease: Duration,
+
     /// Check orders against the store's in-memory stock (layer 3). Only tests turn this
     /// off, to show that the database guard alone still stops oversell.
     #[arg(skip = true)]
@@ -199,6 +214,32 @@ impl Settings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+fn node_id(text: &str) -> Result<NodeId, String> {
+    NodeId::parse(text).map_err(|e| e.to_string())
+}
+
+/// `http://host:port` (or `https`), with no path: where other nodes send requests.
+fn advertise_url(text: &str) -> Result<String, String> {
+    let url = text.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!("{text:?} must be http://host:port, without a path"));
+    }
+    Ok(url.to_owned())
+}
+
+/// A lease of 0.5 s to 10 minutes.
+fn lease(text: &str) -> Result<Duration, String> {
+    let lease = millis(text)?;
+    if !(Duration::from_millis(500)..=Duration::from_secs(600)).contains(&lease) {
+        return Err(format!("{text} ms is not between 500 and 600000"));
+    }
+    Ok(lease)
 }
 
 /// The value of a `KITARA_*_MS` key (or its flag): whole milliseconds.

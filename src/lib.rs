@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //!
-//! An order runs down the first five, `http` → `app` → `store` → `writer` → `db`, and
-//! its answer comes back up; none of them names one before it. `domain` is plain data
+//! An order runs down the first six, `http` → `app` → `cluster` → `store` → `writer` →
+//! `db`, and its answer comes back up; none of them names one before it. `domain` is plain data
 //! under all of them.
 //!
 //! - [`http`]: the hyper front end: the route table, the edge checks (content type,
@@ -12,6 +12,9 @@
 //!   mapping of errors to statuses.
 //! - [`app`]: what a validated request does next: the order desk (known user, one store,
 //!   the sold-out fast path), the admin desk, the idempotency keys in flight, the users.
+//! - [`cluster`]: which stores this node serves (one owner per store, an epoch fence on
+//!   every write, leases), starting and stopping their actors, and where the requests
+//!   of the others go.
 //! - [`store`]: one single-owner actor per store, the only code that decides a change
 //!   of its store's stock; it checks and reserves in memory, then hands decisions to the
 //!   writer and answers only after they committed.
@@ -39,6 +42,7 @@ pub mod app;
 pub mod backoff;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod db;

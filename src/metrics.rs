@@ -62,6 +62,11 @@ labels!(
         Conflict = "conflict",
         OutcomeUnknown = "outcome_unknown",
         ShuttingDown = "shutting_down",
+        /// Its store is moving between nodes, has no owner yet, or its owner could not
+        /// be reached: 503.
+        Moved = "moved",
+        /// Sent to the node that owns its store, which counts what it ended as.
+        Forwarded = "forwarded",
     }
 );
 
@@ -111,6 +116,10 @@ pub struct Metrics {
     pub expiries: Counter,
     pub mailbox_depth: Gauge,
     pub writer_queue: Gauge,
+    pub stores_owned: Gauge,
+    pub takeovers: Counter,
+    pub fence_refusals: Counter,
+    pub forwarded_seconds: Arc<Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +192,30 @@ impl Metrics {
             "Submissions waiting for the database writer",
             writer_queue.clone(),
         );
+        let stores_owned = Gauge::default();
+        registry.register(
+            "stores_owned",
+            "Stores this node owns and serves",
+            stores_owned.clone(),
+        );
+        let takeovers = Counter::default();
+        registry.register(
+            "takeovers",
+            "Stores this node took (each raised the store's epoch)",
+            takeovers.clone(),
+        );
+        let fence_refusals = Counter::default();
+        registry.register(
+            "fence_refusals",
+            "Stores whose writes the fence refused: another node had taken them",
+            fence_refusals.clone(),
+        );
+        let forwarded_seconds = Arc::new(Histogram::new(COMMIT_US, 1e-6));
+        registry.register(
+            "forwarded_request_duration_seconds",
+            "Requests forwarded to the node that owns their store, and the time their answer took",
+            Exported(forwarded_seconds.clone()),
+        );
         Self {
             enabled,
             registry,
@@ -196,6 +229,10 @@ impl Metrics {
             expiries,
             mailbox_depth,
             writer_queue,
+            stores_owned,
+            takeovers,
+            fence_refusals,
+            forwarded_seconds,
         }
     }
 
@@ -229,6 +266,13 @@ impl Metrics {
             if orders > 0 {
                 self.orders_per_commit.observe(orders as u64);
             }
+        }
+    }
+
+    /// A request forwarded to its store's owner, answered (or not) after `took`.
+    pub fn forwarded(&self, took: Duration) {
+        if self.enabled {
+            self.forwarded_seconds.observe(took.as_micros() as u64);
         }
     }
 
@@ -467,7 +511,7 @@ mod tests {
         metrics.lock_outcome(LockOutcome::NoneAvailable);
         assert_eq!(
             LockOutcome::LABELS.len(),
-            LockOutcome::ShuttingDown as usize + 1
+            LockOutcome::Forwarded as usize + 1
         );
         assert_eq!(LockOutcome::KeyReused.label(), "key_reused");
         assert_eq!(DbError::OutOfStep.label(), "out_of_step");

@@ -5,28 +5,32 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
-use crate::app::admin::{Admin, AdminParts, AdminToken, Spawner};
+use crate::app::admin::{Admin, AdminParts, AdminToken};
 use crate::app::keys::{self, InFlightKeys};
 use crate::app::orders::Orders;
 use crate::app::users::KnownUsers;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
+use crate::cluster::{Cluster, JoinError, Manager, Node, Peers, Spawner};
 use crate::config::Settings;
 use crate::db::call::Reads;
 use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::db::{self, load};
+use crate::domain::NodeId;
 use crate::domain::StoreId;
 use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::logs;
 use crate::metrics::{DbError, Metrics};
-use crate::store::{self, ActorConfig, Registry, Shared};
+use crate::store::{ActorConfig, Registry, Shared};
 use crate::writer::WriterHandle;
 use crate::writer::{self, WriterConfig};
 
@@ -57,6 +61,17 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot join the cluster: {0}")]
+    Join(#[from] JoinError),
+    #[error(
+        "another kitara serves {path} already; on SQLite one process serves the database (run several nodes on MySQL)"
+    )]
+    SqliteInUse { path: String },
+    #[error("cannot lock {path}: {source}")]
+    SqliteLock {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A Kitara ready to serve: everything loaded, the port bound.
@@ -66,7 +81,10 @@ pub struct Application {
     state: Arc<AppState>,
     db: DatabaseConnection,
     writers: Vec<JoinHandle<()>>,
-    actors: Vec<JoinHandle<()>>,
+    /// MySQL: the task that keeps this node's share of the stores, and its stop.
+    manager: Option<(JoinHandle<()>, Arc<Notify>)>,
+    /// SQLite: the lock that keeps a second `serve` off the file, held until exit.
+    sqlite_lock: Option<std::fs::File>,
     purger: JoinHandle<()>,
     prober: JoinHandle<()>,
     summariser: JoinHandle<()>,
@@ -87,19 +105,45 @@ impl Application {
             Arc::new(move || counted.db_error(DbError::OutOfStep)),
         )
         .await?;
+        let mysql = db.get_database_backend() == DbBackend::MySql;
+        // On SQLite one process serves every store: a second one is refused here.
+        let sqlite_lock = if mysql {
+            None
+        } else {
+            lock_sqlite(&settings.database.database_url)?
+        };
         db::prepare_for_serve(&db).await?;
-        if db.get_database_backend() == DbBackend::MySql {
+        if mysql {
             enough_connections(settings.database.db_pool_size, settings.writers)?;
         }
+        let listener = bind(&settings.host, settings.port)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: format!("{}:{}", settings.host, settings.port),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: format!("{}:{}", settings.host, settings.port),
+            source,
+        })?;
 
+        let answer_within = settings.database.acquire_timeout;
+        let node = Node {
+            id: settings
+                .node_id
+                .clone()
+                .unwrap_or_else(|| default_node_id(addr.port())),
+            advertise_url: settings
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}:{}", settings.host, addr.port())),
+            incarnation: incarnation(),
+        };
         let admin_token =
             AdminToken::new(settings.admin_token.as_deref()).map_err(StartupError::AdminToken)?;
         let catalog = Arc::new(Catalog::new(load::products(&db).await?));
         let users = Arc::new(KnownUsers::new(load::user_ids(&db).await?, db.clone()));
-        let writers = match db.get_database_backend() {
-            DbBackend::Sqlite => 1,
-            _ => settings.writers as usize,
-        };
+        let writers = if mysql { settings.writers as usize } else { 1 };
         let (writer, writer_tasks) = writer::spawn(
             db.clone(),
             WriterConfig {
@@ -110,6 +154,7 @@ impl Application {
                 outcome_deadline: settings.outcome_deadline,
                 writers,
                 metrics: metrics.clone(),
+                node: mysql.then(|| node.id.clone()),
             },
             load::max_ids(&db).await?,
         );
@@ -120,6 +165,7 @@ impl Application {
             writer,
             db: db.clone(),
             clock: clock.clone(),
+            registry: Arc::new(Registry::default()),
         };
         let adopted = adopt(&shared.writer).await.map_err(StartupError::Adopt)?;
         if adopted > 0 {
@@ -135,44 +181,43 @@ impl Application {
             memory_check: settings.memory_check,
         };
         let store_rows = load::store_rows(&db).await?;
-        let mut states = load::stores(&db, None).await?;
-        let mut products = catalog.snapshot().by_store();
-        let stores = Arc::new(Registry::default());
-        let mut actors = Vec::new();
-        let mut holds = 0;
-        // Every live store gets an actor, with products or not: the admin API may add
-        // some.
-        for row in &store_rows {
-            let store = StoreId(row.id);
-            let state = states.remove(&store).unwrap_or_default();
-            holds += state.holds.len();
-            let (handle, task) = store::spawn(
-                store,
-                products.remove(&store).unwrap_or_default(),
-                state,
-                shared.clone(),
-                &actor_config,
-            );
-            stores.insert(store, handle);
-            actors.push(task);
-        }
+
+        let peers = Peers::new(answer_within + settings.outcome_deadline + FORWARD_MARGIN);
+        let cluster = Arc::new(Cluster::new(
+            node,
+            settings.lease,
+            !mysql,
+            Spawner {
+                shared,
+                config: actor_config,
+            },
+            peers,
+            metrics.clone(),
+        ));
+        let manager = if mysql {
+            let manager = Manager::join(db.clone(), cluster.clone())
+                .await
+                .map_err(StartupError::Join)?;
+            Some(manager)
+        } else {
+            // One process serves every store; every live store gets an actor, with
+            // products or not: the admin API may add some.
+            let mut states = load::stores(&db, None).await?;
+            for row in &store_rows {
+                let store = StoreId(row.id);
+                let state = states.remove(&store).unwrap_or_default();
+                if let Some(handle) = cluster.start(store, None, state) {
+                    cluster.serve(store, handle);
+                }
+            }
+            None
+        };
         tracing::info!(
-            stores = stores.len(),
+            node = %cluster.node.id,
+            stores = cluster.stores().len(),
             products = catalog.snapshot().products().len(),
-            holds,
             "loaded stock and holds"
         );
-
-        let listener = bind(&settings.host, settings.port)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: format!("{}:{}", settings.host, settings.port),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: format!("{}:{}", settings.host, settings.port),
-            source,
-        })?;
 
         // What the writers leave of the pool (see `enough_connections`).
         let reads = Reads::new(
@@ -181,11 +226,10 @@ impl Application {
                 .saturating_sub(2 * writers + 2)
                 .max(2),
         );
-        let answer_within = settings.database.acquire_timeout;
         let state = Arc::new(AppState {
             orders: Orders {
                 catalog: catalog.clone(),
-                stores: stores.clone(),
+                cluster: cluster.clone(),
                 users: users.clone(),
                 memory_check: settings.memory_check,
                 clock: clock.clone(),
@@ -197,25 +241,22 @@ impl Application {
             admin: Admin::new(AdminParts {
                 token: admin_token,
                 store_rows,
-                spawner: Spawner {
-                    shared,
-                    config: actor_config,
-                    actors: Vec::new(),
-                },
                 catalog: catalog.clone(),
-                stores,
+                cluster: cluster.clone(),
                 users,
                 reads,
                 answer_within,
             }),
             catalog,
+            cluster,
             clock,
             readiness: Arc::new(Readiness::default()),
             metrics,
         });
         // Holds that fell due while Kitara was down expire before any store serves; the
-        // others keep their deadline.
+        // others keep their deadline. (On MySQL each store's taker did this.)
         state.settle_due().await;
+        let manager = manager.map(Manager::spawn);
         let prober = health::spawn_prober(db.clone(), state.readiness.clone());
         let summariser = logs::spawn_summariser();
 
@@ -228,7 +269,8 @@ impl Application {
             summariser,
             db,
             writers: writer_tasks,
-            actors,
+            manager,
+            sqlite_lock,
             server: ServerConfig {
                 max_connections: settings.max_connections.max(1) as usize,
                 request_timeout: settings.request_timeout,
@@ -253,20 +295,34 @@ impl Application {
     /// Serves until `shutdown` resolves; then drains requests in flight, lets every
     /// actor settle its orders and the writer commit what it holds, and closes the pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        tracing::info!(address = %self.addr, "listening");
+        tracing::info!(address = %self.addr, node = %self.state.cluster.node.id, "listening");
         let shutdown_timeout = self.server.shutdown_timeout;
+        let cluster = self.state.cluster.clone();
+        // A node whose id another start took stops as if told to.
+        let shutdown = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = cluster.evicted() => {}
+            }
+        };
         http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
         self.purger.abort();
         self.prober.abort();
+        if let Some((task, stop)) = self.manager {
+            stop.notify_one();
+            let _ = task.await;
+        }
         // Dropping the handles closes every mailbox: each actor settles what it holds
         // and stops, which drops the last writer handles, which stops the writer.
-        let started_later = self.state.admin.close();
-        self.state.orders.stores.clear();
-        for actor in self.actors.into_iter().chain(started_later) {
+        for actor in cluster.close() {
             let _ = actor.await;
         }
         for writer in self.writers {
             let _ = writer.await;
+        }
+        // Everything this node decided is committed: the others may take its stores.
+        if !cluster.is_solo() {
+            Manager::leave(&self.db, &cluster).await;
         }
         // Closing the pool waits for every connection to close gracefully; one left
         // talking to an unreachable database must not hold up the exit.
@@ -276,6 +332,7 @@ impl Application {
         {
             tracing::warn!("database connections still closing after the shutdown timeout");
         }
+        drop(self.sqlite_lock);
         self.summariser.abort();
         tracing::info!("stopped");
     }
@@ -288,6 +345,76 @@ async fn adopt(writer: &WriterHandle) -> Result<i64, PersistError> {
         Written::Admin(adopted) => Ok(adopted),
         _ => Err(PersistError::Unavailable),
     }
+}
+
+/// What a forwarded request may take beyond its owner's own bound (the acquire timeout
+/// plus the outcome deadline) before the forwarding node gives up on it.
+const FORWARD_MARGIN: Duration = Duration::from_secs(2);
+
+/// The lock that keeps a second `serve` off a SQLite file: an exclusive lock on the
+/// database file itself (`flock`, which SQLite's own locks do not touch), held until
+/// the process ends. `None` for an in-memory database.
+fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StartupError> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") || path.starts_with("file:") {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(|source| StartupError::SqliteLock {
+        path: path.to_owned(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError::SqliteInUse {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartupError::SqliteLock {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The default node id: this machine's host name and the port (SPEC.md).
+fn default_node_id(port: u16) -> NodeId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(240)
+        .collect();
+    let host = if host.is_empty() {
+        "kitara".to_owned()
+    } else {
+        host
+    };
+    NodeId::parse(&format!("{host}:{port}")).unwrap_or_else(|_| {
+        unreachable!("a host name cut to letters, digits, '.' and '-' is a node id")
+    })
+}
+
+/// A number for this start of the node, never 0 (0 marks a node that left).
+fn incarnation() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    (i64::try_from(nanos % (i64::MAX as u128)).unwrap_or(1) ^ i64::from(std::process::id())).max(1)
 }
 
 /// Connections a burst may open before Kitara accepts them (tokio's default is 1,024).

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_tables;
 mod m20261202_000001_add_holds_keys_limits;
 mod m20261203_000001_add_stock_movements;
+mod m20261206_000001_add_store_ownership;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261202_000001_add_holds_keys_limits::Migration),
             Box::new(m20261203_000001_add_stock_movements::Migration),
+            Box::new(m20261206_000001_add_store_ownership::Migration),
         ]
     }
 }

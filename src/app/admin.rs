@@ -6,23 +6,23 @@
 //! are written by the writer directly. A new store gets its own actor and index entry
 //! before it is answered, so it takes orders at once.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::users::KnownUsers;
 use crate::catalog::{Catalog, Product};
+use crate::cluster::{Cluster, Peer, Route};
 use crate::db::call::Reads;
 use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
 use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::domain::{ProductId, StoreId, UserId};
-use crate::store::{self, ActorConfig, ChangeError, Failure, ProductChange, Registry, Shared};
+use crate::store::{ChangeError, Failure, ProductChange};
 
 /// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -64,14 +64,6 @@ impl AdminToken {
     }
 }
 
-/// What starts the actor of a store created while Kitara serves. Taken at shutdown, so
-/// that the writer's last handle goes with the actors'.
-pub struct Spawner {
-    pub shared: Shared,
-    pub config: ActorConfig,
-    pub actors: Vec<JoinHandle<()>>,
-}
-
 /// The store owner's side of Kitara: the token, the live stores, and what each change
 /// does.
 pub struct Admin {
@@ -79,10 +71,9 @@ pub struct Admin {
     token: Option<AdminToken>,
     /// The live stores: read at start, added to by the admin API.
     store_rows: DashMap<StoreId, StoreRow>,
-    spawner: Mutex<Option<Spawner>>,
     catalog: Arc<Catalog>,
-    /// Where a new store's actor is registered.
-    stores: Arc<Registry>,
+    /// Starts a new store's actor, and routes a change to its store's.
+    cluster: Arc<Cluster>,
     users: Arc<KnownUsers>,
     reads: Reads,
     /// See `Orders::answer_within`.
@@ -93,12 +84,21 @@ pub struct Admin {
 pub struct AdminParts {
     pub token: Option<AdminToken>,
     pub store_rows: Vec<StoreRow>,
-    pub spawner: Spawner,
     pub catalog: Arc<Catalog>,
-    pub stores: Arc<Registry>,
+    pub cluster: Arc<Cluster>,
     pub users: Arc<KnownUsers>,
     pub reads: Reads,
     pub answer_within: Duration,
+}
+
+/// Where a change of a product ended up.
+#[derive(Debug)]
+pub enum Changed {
+    /// Made here: the product as the committed change left it (for a deletion, as it
+    /// was).
+    Here(Product),
+    /// Its store is another node's: the request goes there, as it came.
+    There(Arc<Peer>),
 }
 
 /// Why an admin request was not done. `http::response` maps each to a status.
@@ -137,9 +137,8 @@ impl Admin {
                 .into_iter()
                 .map(|s| (StoreId(s.id), s))
                 .collect(),
-            spawner: Mutex::new(Some(parts.spawner)),
             catalog: parts.catalog,
-            stores: parts.stores,
+            cluster: parts.cluster,
             users: parts.users,
             reads: parts.reads,
             answer_within: parts.answer_within,
@@ -155,34 +154,28 @@ impl Admin {
         Instant::now() + self.answer_within
     }
 
-    /// Stops starting actors, and hands over the ones started since start-up.
-    pub fn close(&self) -> Vec<JoinHandle<()>> {
-        self.spawner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .map(|s| s.actors)
-            .unwrap_or_default()
-    }
-
     /// Every live store, ascending id.
-    pub fn stores(&self) -> Vec<StoreRow> {
+    pub async fn stores(&self) -> Result<Vec<StoreRow>, AdminError> {
+        if !self.cluster.everything_here() {
+            // Stores made on other nodes are only in the database.
+            let read = move |db: DatabaseConnection| async move { load::store_rows(&db).await };
+            return Ok(self.reads.run(self.answer_by(), read).await?);
+        }
         let mut stores: Vec<StoreRow> = self.store_rows.iter().map(|s| s.value().clone()).collect();
         stores.sort_by_key(|s| s.id);
-        stores
+        Ok(stores)
     }
 
-    /// Submissions waiting for the writer (0 once shutdown began).
-    pub fn writer_depth(&self) -> usize {
-        self.spawner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, |s| s.shared.writer.depth())
-    }
-
-    pub fn has_store(&self, store: StoreId) -> bool {
-        self.store_rows.contains_key(&store)
+    /// Whether `store` is a live store (made here, or, on a node that does not serve
+    /// every store, anywhere).
+    pub async fn has_store(&self, store: StoreId) -> Result<bool, AdminError> {
+        if self.store_rows.contains_key(&store) {
+            return Ok(true);
+        }
+        if self.cluster.everything_here() {
+            return Ok(false);
+        }
+        Ok(self.store_row(store).await?.is_some())
     }
 
     pub async fn create_user(&self, name: String) -> Result<UserId, AdminError> {
@@ -192,23 +185,23 @@ impl Admin {
         Ok(user)
     }
 
-    /// Creates a store and starts its actor; it takes orders once this returns.
+    /// Creates a store and starts its actor; it takes orders once this returns. On
+    /// MySQL this node owns it at epoch 1 from its first transaction; if another node
+    /// should own it, it is handed over there soon after.
     pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
         if !self.users.exists(owner, self.answer_by()).await? {
             return Err(AdminError::UserNotFound(owner));
         }
         // Not once shutdown began: the store would be written but get no actor.
-        if self
-            .spawner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
-        {
+        if self.cluster.writer().is_none() {
             return Err(AdminError::ShuttingDown);
         }
+        let served_by =
+            (!self.cluster.is_solo()).then(|| (self.cluster.node.id.clone(), self.cluster.lease));
         let write = AdminWrite::NewStore {
             name: name.clone(),
             owner,
+            served_by,
         };
         let id = match self.admin_write(write).await {
             Err(AdminError::Change(ChangeError::Failed(Failure::Conflict))) => {
@@ -222,68 +215,94 @@ impl Admin {
             user_id: owner.0,
         };
         let store = StoreId(id);
-        {
-            let mut spawner = self.spawner.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(spawner) = spawner.as_mut() else {
-                return Err(AdminError::ShuttingDown);
-            };
-            let (handle, task) = store::spawn(
-                store,
-                Vec::new(),
-                load::StoreState::default(),
-                spawner.shared.clone(),
-                &spawner.config,
-            );
-            spawner.actors.push(task);
-            self.stores.insert(store, handle);
-        }
+        let epoch = (!self.cluster.is_solo()).then_some(1);
+        let handle = self
+            .cluster
+            .start(store, epoch, load::StoreState::default())
+            .ok_or(AdminError::ShuttingDown)?;
+        self.cluster.serve(store, handle);
         self.store_rows.insert(store, row.clone());
         Ok(row)
     }
 
+    /// Adds a product to `store`: decided by the store's actor, here or on the node
+    /// that owns it.
     pub async fn create_product(
         &self,
         store: StoreId,
         name: String,
         stock: i64,
         limit: Option<i64>,
-    ) -> Result<Product, AdminError> {
-        let (Some(row), Some(handle)) = (
-            self.store_rows.get(&store).map(|s| s.value().clone()),
-            self.stores.get(store),
-        ) else {
-            return Err(AdminError::StoreNotFound(store));
+    ) -> Result<Changed, AdminError> {
+        let store_name = match self.store_rows.get(&store).map(|s| s.store_name.clone()) {
+            Some(name) => name,
+            None if !self.cluster.everything_here() => {
+                self.store_row(store)
+                    .await?
+                    .ok_or(AdminError::StoreNotFound(store))?
+                    .store_name
+            }
+            None => return Err(AdminError::StoreNotFound(store)),
+        };
+        let handle = match self.cluster.route(store) {
+            Route::Here(handle) => handle,
+            Route::There(peer) => return Ok(Changed::There(peer)),
+            Route::Nowhere => {
+                return Err(AdminError::Change(ChangeError::Failed(Failure::Unowned)));
+            }
         };
         let change = ProductChange::Add {
             name,
             stock,
             limit,
-            store_name: row.store_name.as_str().into(),
+            store_name: store_name.as_str().into(),
         };
         match handle.change(change, self.answer_by()).await {
             Err(ChangeError::Failed(Failure::Conflict)) => Err(AdminError::StoreNotFound(store)),
-            other => other.map_err(AdminError::Change),
+            other => other.map(Changed::Here).map_err(AdminError::Change),
         }
     }
 
-    /// Sends a change of the orderable `product` to its store's actor.
+    /// Sends a change of the orderable `product` to its store's actor, here or on the
+    /// node that owns it.
     pub async fn change_product(
         &self,
         product: ProductId,
         change: ProductChange,
-    ) -> Result<Product, AdminError> {
+    ) -> Result<Changed, AdminError> {
         let not_found = AdminError::ProductNotFound(product);
-        let store = self
-            .catalog
-            .snapshot()
-            .get(product)
-            .map(|p| p.store)
-            .ok_or(not_found)?;
-        let handle = self.stores.get(store).ok_or(not_found)?;
+        let known = self.catalog.snapshot().get(product).map(|p| p.store);
+        let store = match known {
+            Some(store) => store,
+            // Made on another node: the database knows it.
+            None if !self.cluster.everything_here() => {
+                let read =
+                    move |db: DatabaseConnection| async move { load::store_of(&db, product).await };
+                self.reads
+                    .run(self.answer_by(), read)
+                    .await?
+                    .ok_or(not_found)?
+            }
+            None => return Err(not_found),
+        };
+        let handle = match self.cluster.route(store) {
+            Route::Here(handle) => handle,
+            Route::There(peer) => return Ok(Changed::There(peer)),
+            Route::Nowhere => {
+                return Err(AdminError::Change(ChangeError::Failed(Failure::Unowned)));
+            }
+        };
         match handle.change(change, self.answer_by()).await {
             Err(ChangeError::NotFound) => Err(not_found),
-            other => other.map_err(AdminError::Change),
+            other => other.map(Changed::Here).map_err(AdminError::Change),
         }
+    }
+
+    /// A store's row as the database has it (a store made on another node).
+    async fn store_row(&self, store: StoreId) -> Result<Option<StoreRow>, AdminError> {
+        let read = move |db: DatabaseConnection| async move { load::store_rows(&db).await };
+        let rows = self.reads.run(self.answer_by(), read).await?;
+        Ok(rows.into_iter().find(|r| r.id == store.0))
     }
 
     pub async fn orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
@@ -301,13 +320,7 @@ impl Admin {
 
     /// A write that belongs to no store: through the writer, on its own.
     async fn admin_write(&self, write: AdminWrite) -> Result<i64, AdminError> {
-        let writer = self
-            .spawner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|s| s.shared.writer.clone())
-            .ok_or(AdminError::ShuttingDown)?;
+        let writer = self.cluster.writer().ok_or(AdminError::ShuttingDown)?;
         match writer.write(Write::Admin(write)).await {
             Ok(Written::Admin(created)) => Ok(created),
             Ok(_) => Err(AdminError::Unavailable),
@@ -317,7 +330,9 @@ impl Admin {
             Err(PersistError::OutcomeUnknown) => Err(AdminError::Change(ChangeError::Failed(
                 Failure::OutcomeUnknown,
             ))),
-            Err(PersistError::Unavailable | PersistError::KeyTaken) => Err(AdminError::Unavailable),
+            Err(PersistError::Unavailable | PersistError::KeyTaken | PersistError::Fenced) => {
+                Err(AdminError::Unavailable)
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub orders: orders::Orders,
     pub admin: admin::Admin,
     pub catalog: Arc<Catalog>,
+    /// Which stores this node serves, and the other nodes.
+    pub cluster: Arc<Cluster>,
     /// What holds are timed by (tests move a manual one).
     pub clock: Clock,
     /// Whether the database answered lately (`GET /readyz`).

@@ -10,21 +10,21 @@ use tokio::time::Instant;
 
 use super::keys::InFlightKeys;
 use super::users::KnownUsers;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Listing};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, Peer, Route};
 use crate::db::call::Reads;
 use crate::db::load::{self, OrderRow};
 use crate::db::write::KeyRecord;
 use crate::domain::{Deadline, OrderId, OrderStatus, Resolution, Transition, UserId, transition};
-use crate::store::{
-    Failure, LockError, LockRequest, LockResult, Registry, ResolveError, StoreHandle,
-};
+use crate::domain::{ProductId, StoreId};
+use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError, StoreHandle};
 
 /// The order desk: rules 4 to 7 of a lock, and the buyer check of a confirm or cancel.
 pub struct Orders {
     pub catalog: Arc<Catalog>,
-    /// The concurrent index from a store to its actor.
-    pub stores: Arc<Registry>,
+    /// Which stores this node serves, and who serves the others.
+    pub cluster: Arc<Cluster>,
     pub users: Arc<KnownUsers>,
     /// Off only in tests that show the database guard alone stops oversell; it also
     /// turns off the sold-out fast path, which reads the same memory.
@@ -45,9 +45,20 @@ pub struct Orders {
     pub answer_within: Duration,
 }
 
+/// Where a lock ended up.
+#[derive(Debug)]
+pub enum Locked {
+    /// Placed here.
+    Here(Placed),
+    /// Its store is another node's: the request goes there, as it came.
+    There(Arc<Peer>),
+}
+
 /// Where a confirm or cancel leaves the order.
 #[derive(Debug)]
 pub enum Ended {
+    /// Its store is another node's: the request goes there, as it came.
+    There(Arc<Peer>),
     /// The order as it is now: this request's change, or a harmless repeat.
     Order(OrderRow),
     /// The order ended otherwise and cannot change again.
@@ -70,7 +81,7 @@ impl Orders {
         }
     }
 
-    pub async fn lock(&self, request: LockRequest) -> LockResult {
+    pub async fn lock(&self, request: LockRequest) -> Result<Locked, LockError> {
         let order = &request.order;
         // Rule 4: the buyer must be a known user.
         match self.users.exists(order.buyer(), request.answer_by).await {
@@ -84,17 +95,17 @@ impl Orders {
 
         // Rule 5: the known products must all belong to one store. Unknown products
         // are simply lines that cannot be served (rule 6).
-        let mut store = None;
+        let mut stores: Vec<StoreId> = Vec::with_capacity(1);
+        let mut unknown = false;
         let mut sold_out = true;
         let catalog = self.catalog.snapshot();
         for line in order.lines() {
             let Some(product) = catalog.get(line.product) else {
+                unknown = true;
                 continue;
             };
-            match store {
-                None => store = Some(product.store),
-                Some(s) if s != product.store => return Err(LockError::MixedStores),
-                Some(_) => {}
+            if !stores.contains(&product.store) {
+                stores.push(product.store);
             }
             // A limit is judged before availability, by the actor.
             if product.stock() >= line.quantity || product.max_per_customer.is_some() {
@@ -102,21 +113,55 @@ impl Orders {
             }
         }
         drop(catalog);
-        let Some(store) = store else {
-            return Err(LockError::NoneAvailable);
+        if (unknown || stores.len() > 1) && !self.cluster.everything_here() {
+            // A node that does not serve every store may not know a product made on
+            // another node, or still know one deleted there: the database says.
+            let products: Vec<ProductId> = order.lines().iter().map(|l| l.product).collect();
+            stores = self.stores_of(products, request.answer_by).await?;
+        }
+        let store = match stores[..] {
+            [] => return Err(LockError::NoneAvailable),
+            [store] => store,
+            _ => return Err(LockError::MixedStores),
+        };
+        let handle = match self.cluster.route(store) {
+            Route::Here(handle) => handle,
+            Route::There(peer) => return Ok(Locked::There(peer)),
+            Route::Nowhere => return Err(LockError::Failed(Failure::Unowned)),
         };
 
         // Sold-out fast path: the actor publishes its stock after every change, so when
         // no line fits the published stock the actor would refuse the order too; the
-        // refusal is answered without queueing behind the store's other orders.
+        // refusal is answered without queueing behind the store's other orders. Only for
+        // a store served here: another node's stock is published there.
         if self.memory_check && sold_out {
             return Err(LockError::NoneAvailable);
         }
         // Limits, availability and the write belong to the store's actor.
-        let Some(handle) = self.stores.get(store) else {
-            return Err(LockError::Failed(Failure::ShuttingDown));
+        handle.lock(request).await.map(Locked::Here)
+    }
+
+    /// The stores of the live ones of `products`, as the database has them.
+    async fn stores_of(
+        &self,
+        products: Vec<ProductId>,
+        answer_by: Instant,
+    ) -> Result<Vec<StoreId>, LockError> {
+        let read = move |db| async move {
+            let mut stores = Vec::new();
+            for product in products {
+                if let Some(store) = load::store_of(&db, product).await?
+                    && !stores.contains(&store)
+                {
+                    stores.push(store);
+                }
+            }
+            Ok(stores)
         };
-        handle.lock(request).await
+        self.reads.run(answer_by, read).await.map_err(|e| {
+            crate::warn_summarised!("product lookup failed", error = %e, "product lookup failed");
+            LockError::Failed(Failure::Unavailable)
+        })
     }
 
     /// Confirms or cancels an order of `buyer`; a keyed request stores `key` with the
@@ -143,8 +188,10 @@ impl Orders {
                 Transition::Conflict(status) => return Ok(Ended::Conflict(status)),
                 Transition::Apply => {}
             }
-            let Some(handle) = self.stores.get(order.store) else {
-                return Err(ResolveError::NotHeld);
+            let handle = match self.cluster.route(order.store) {
+                Route::Here(handle) => handle,
+                Route::There(peer) => return Ok(Ended::There(peer)),
+                Route::Nowhere => return Err(ResolveError::Failed(Failure::Unowned)),
             };
             match handle
                 .resolve(id, buyer, resolution, key.clone(), answer_by)
@@ -167,8 +214,22 @@ impl Orders {
     /// Expires every hold that is due by the clock, in every store, and returns once
     /// those expiries committed (start-up, and tests that move a manual clock).
     pub async fn settle_due(&self) {
-        let handles = self.stores.handles();
+        let handles = self.cluster.handles();
         futures_util::future::join_all(handles.iter().map(StoreHandle::settle_due)).await;
+    }
+
+    /// Every orderable product with its stock, reflecting every change answered by any
+    /// node: from memory when this node serves every store (its actors publish every
+    /// change), else from the database, where every answered change has committed.
+    pub async fn listing(&self, answer_by: Instant) -> Result<Arc<Listing>, DbErr> {
+        if self.cluster.everything_here() {
+            return Ok(self.catalog.listing());
+        }
+        let rows = self
+            .reads
+            .run(answer_by, |db| async move { load::products(&db).await })
+            .await?;
+        Ok(Arc::new(Listing::from_rows(rows)))
     }
 
     /// The order as the database has it: every change answered so far is there.

@@ -210,6 +210,20 @@ pub async fn user_exists(db: &impl ConnectionTrait, user: UserId) -> Result<bool
     Ok(row.is_some())
 }
 
+/// The store of a product, if the product and its store are live.
+pub async fn store_of(
+    db: &impl ConnectionTrait,
+    product: ProductId,
+) -> Result<Option<StoreId>, DbErr> {
+    let sql = "SELECT p.store_id FROM products p JOIN stores s ON s.id = p.store_id \
+               WHERE p.id = ? AND p.deleted_at IS NULL AND s.deleted_at IS NULL";
+    let row = db
+        .query_one_raw(super::prepared(db, sql, [Value::from(product.0)]))
+        .await?;
+    row.map(|row| row.try_get_by_index(0).map(StoreId))
+        .transpose()
+}
+
 /// An order as `GET /api/v1/order/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {

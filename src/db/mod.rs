@@ -7,6 +7,7 @@ pub mod call;
 pub mod check;
 pub mod keys;
 pub mod load;
+pub mod owners;
 pub mod persist;
 mod seed;
 pub mod write;

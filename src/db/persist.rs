@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, Statement, Value};
 
-use super::write::AdminWrite;
-use crate::domain::{Deadline, OrderLine, OrderStatus, ProductId};
+use super::write::{AdminWrite, Fence};
+use crate::domain::{Deadline, NodeId, OrderLine, OrderStatus, ProductId};
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]
@@ -65,6 +65,9 @@ pub struct Batch<'a> {
     /// they carry the owner's text (names, reasons), which only travels as a bound
     /// value.
     pub admin: Vec<&'a AdminWrite>,
+    /// The stores whose writes these are, each with the epoch its node owns it at: the
+    /// transaction commits only if every one of them is still owned at that epoch.
+    pub fences: Vec<Fence>,
 }
 
 /// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
@@ -113,6 +116,12 @@ impl Sql {
 
     pub(crate) fn int(&mut self, value: i64) -> &mut Self {
         let _ = write!(self.0, "{value}");
+        self
+    }
+
+    /// A node id, quoted: `NodeId` admits only letters, digits and `._:-`.
+    pub(crate) fn node(&mut self, node: &NodeId) -> &mut Self {
+        let _ = write!(self.0, "'{}'", node.as_str());
         self
     }
 
@@ -277,6 +286,11 @@ impl Plan {
         let mut sql = Sql::new("");
         let mut guarded = 0u64;
         let mut inserted = 1u64; // the token row
+        if !batch.fences.is_empty() {
+            fence(&mut sql, &batch.fences);
+            sql.text("; ");
+            guarded += batch.fences.len() as u64;
+        }
         if !stock.is_empty() {
             change_stock(&mut sql, &stock, stock_guard);
             sql.text("; ");
@@ -356,6 +370,26 @@ impl Plan {
     }
 }
 
+/// The fence: one row per store, matched on the store and the epoch its node loaded it
+/// at, and changed (a read, or an update that leaves the row as it was, is no fence:
+/// Galera certifies only the rows a transaction changes, and MariaDB skips rows an
+/// update leaves unchanged). First in the transaction, in store order, so that every
+/// transaction locks ownership rows before product rows, in one order.
+fn fence(sql: &mut Sql, fences: &[Fence]) {
+    sql.text("UPDATE kitara_store_owners SET fenced = fenced + 1 WHERE ");
+    for (i, f) in fences.iter().enumerate() {
+        sql.text(if i == 0 {
+            "(store_id = "
+        } else {
+            " OR (store_id = "
+        })
+        .int(f.store.0)
+        .text(" AND epoch = ")
+        .int(f.epoch)
+        .text(")");
+    }
+}
+
 /// The SQL of one admin write. A change of a product that is gone (deleted behind
 /// Kitara's back), or a delta that would take its stock below 0, trips a guard.
 async fn write_admin(txn: &DatabaseTransaction, change: &AdminWrite) -> Result<i64, WriteError> {
@@ -382,10 +416,29 @@ async fn write_admin(txn: &DatabaseTransaction, change: &AdminWrite) -> Result<i
             let result = run("INSERT INTO users (name) VALUES (?)", vec![name.into()]).await?;
             created(result)
         }
-        AdminWrite::NewStore { name, owner } => {
+        AdminWrite::NewStore {
+            name,
+            owner,
+            served_by,
+        } => {
             let sql = "INSERT INTO stores (store_name, user_id) \
                        SELECT ?, id FROM users WHERE id = ? AND deleted_at IS NULL";
-            created(guarded(run(sql, vec![name.into(), owner.0.into()]).await?)?)
+            let id = created(guarded(run(sql, vec![name.into(), owner.0.into()]).await?)?)?;
+            // Its row in the ownership table: owned at once by the node that made it.
+            match served_by {
+                Some((node, lease)) => {
+                    let sql = "INSERT INTO kitara_store_owners \
+                               (store_id, owner, epoch, lease_expires_at, fenced) \
+                               VALUES (?, ?, 1, NOW(3) + INTERVAL ? MICROSECOND, 1)";
+                    let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+                    run(sql, vec![id.into(), node.as_str().into(), lease.into()]).await?;
+                }
+                None => {
+                    let sql = "INSERT INTO kitara_store_owners (store_id) VALUES (?)";
+                    run(sql, vec![id.into()]).await?;
+                }
+            }
+            Ok(id)
         }
         AdminWrite::NewProduct {
             store,

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::domain::{
-    Deadline, Fingerprint, IdempotencyKey, LockOrder, OrderDetailId, OrderId, ProductChange,
-    ProductId, Resolution, StoreId, UserId,
+    Deadline, Fingerprint, IdempotencyKey, LockOrder, NodeId, OrderDetailId, OrderId,
+    ProductChange, ProductId, Resolution, StoreId, UserId,
 };
 
 /// Why a submission was not persisted. The cause is logged by the writer.
@@ -28,6 +28,18 @@ pub enum PersistError {
     /// committed, or a key reused with another request. Nothing of it was written.
     #[error("the idempotency key is already stored")]
     KeyTaken,
+    /// Another node took the write's store: its fence failed and nothing of it was
+    /// written. The store's actor must stop.
+    #[error("another node owns the store now")]
+    Fenced,
+}
+
+/// What a write of a store proves in its transaction: that its node still owns the
+/// store at the epoch it loaded it at (SPEC.md, "the fence"). MySQL only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence {
+    pub store: StoreId,
+    pub epoch: i64,
 }
 
 /// The ids a committed order got, its details in the order of its lines.
@@ -65,10 +77,12 @@ pub enum AdminWrite {
     NewUser {
         name: String,
     },
-    /// Refused if the owner is gone.
+    /// Refused if the owner is gone. With its row of the ownership table: owned at
+    /// epoch 1 by `served_by` (a node, and its lease) on MySQL, unowned on SQLite.
     NewStore {
         name: String,
         owner: UserId,
+        served_by: Option<(NodeId, std::time::Duration)>,
     },
     /// With its `created` ledger row; refused if the store is gone.
     NewProduct {

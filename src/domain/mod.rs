@@ -1,6 +1,6 @@
 //! Kitara's domain: identifiers, a validated order, the pure stock rules, the life of a
-//! hold, per-customer limits, the rules of the owner's product changes, and idempotency
-//! keys.
+//! hold, per-customer limits, the rules of the owner's product changes, idempotency
+//! keys, and which node should own a store.
 //!
 //! Nothing here does I/O or awaits, so the rules can be checked by the thousand against
 //! a simple model (see the unit tests in `stock`).
@@ -10,6 +10,7 @@ mod hold;
 mod key;
 mod limits;
 mod order;
+mod ownership;
 mod stock;
 
 pub use change::{ChangeRefusal, Changes, ProductChange};
@@ -17,6 +18,9 @@ pub use hold::{Deadline, Ending, Hold, HoldBook, OrderStatus, Resolution, Transi
 pub use key::{Fingerprint, IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use limits::Purchases;
 pub use order::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, OrderError, OrderLine};
+pub use ownership::{
+    NodeId, NodeIdError, Plan as OwnershipPlan, Seen, plan as plan_ownership, rightful,
+};
 pub use stock::{Reservation, StockBook};
 
 macro_rules! id_type {

@@ -9,10 +9,12 @@ use std::ops::RangeInclusive;
 
 use bytes::Bytes;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{HeaderMap, StatusCode};
 use serde_json::value::RawValue;
 
 use super::call::{Answer, Call};
+use super::forward::forward;
 use super::openapi::{
     AdminGuard, AdminProductsAnswer, BodyRefusals, EditProduct, MovementsAnswer, NewProduct,
     NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer, StoresAnswer,
@@ -22,10 +24,11 @@ use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError};
 use super::views;
 use crate::app::AppState;
-use crate::app::admin::AdminError;
+use crate::app::admin::{AdminError, Changed};
+use crate::cluster::Peer;
 use crate::db::load::OrderFilter;
 use crate::domain::{MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId};
-use crate::store::ProductChange;
+use crate::store::{ChangeError, ProductChange};
 
 /// The owner's page: plain HTML, CSS and JavaScript, embedded; it works only through
 /// the admin API, with the token the owner types.
@@ -136,7 +139,7 @@ pub async fn new_user(call: Call<'_>) -> Answer {
         AdminGuard,
     ))]
 pub async fn stores(call: Call<'_>) -> Answer {
-    let stores = call.state.admin.stores();
+    let stores = call.state.admin.stores().await?;
     let views: Vec<views::AdminStoreView<'_>> = stores.iter().map(Into::into).collect();
     Ok(response::json(StatusCode::OK, "OK", Some(views)))
 }
@@ -169,7 +172,11 @@ pub async fn new_store(call: Call<'_>) -> Answer {
         AdminGuard,
     ))]
 pub async fn products(call: Call<'_>) -> Answer {
-    let catalog = call.state.catalog.snapshot();
+    let orders = &call.state.orders;
+    let catalog = orders
+        .listing(orders.answer_by())
+        .await
+        .map_err(AdminError::from)?;
     let views: Vec<views::AdminProductView<'_>> = catalog
         .products()
         .iter()
@@ -191,17 +198,20 @@ pub async fn products(call: Call<'_>) -> Answer {
     ))]
 pub async fn new_product(call: Call<'_>) -> Answer {
     let state = call.state;
-    let (_, body) = call.json_body().await?;
+    let (parts, body) = call.json_body().await?;
     let object = object(&body, &["product_name"])?;
     let product_name = name(&object, "product_name")?;
     let store = StoreId(id_field(&object, "store_id")?);
     let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
     let limit = limit(&object)?.flatten();
-    let product = state
+    let changed = state
         .admin
         .create_product(store, product_name, stock, limit)
         .await?;
-    Ok(response::created(views::AdminProductView::from(&product)))
+    match changed {
+        Changed::Here(product) => Ok(response::created(views::AdminProductView::from(&product))),
+        Changed::There(peer) => forward_change(state, &peer, &parts, body).await,
+    }
 }
 
 /// Rename a product, or set or clear its per-customer limit.
@@ -219,7 +229,7 @@ pub async fn new_product(call: Call<'_>) -> Answer {
     ))]
 pub async fn edit_product(call: Call<'_>) -> Answer {
     let (state, product) = (call.state, product(call.id)?);
-    let (_, body) = call.json_body().await?;
+    let (parts, body) = call.json_body().await?;
     let object = object(&body, &["product_name"])?;
     let name = match object.get("product_name") {
         Some(_) => Some(name(&object, "product_name")?),
@@ -229,15 +239,12 @@ pub async fn edit_product(call: Call<'_>) -> Answer {
     if name.is_none() && limit.is_none() {
         return Err(bad("send product_name or max_per_customer (or both)"));
     }
-    change(
-        state,
-        ProductChange::Edit {
-            product,
-            name,
-            limit,
-        },
-    )
-    .await
+    let edit = ProductChange::Edit {
+        product,
+        name,
+        limit,
+    };
+    change(state, edit, &parts, body).await
 }
 
 /// Delete a product (softly); its holds still end normally.
@@ -252,7 +259,9 @@ pub async fn edit_product(call: Call<'_>) -> Answer {
     ))]
 pub async fn delete_product(call: Call<'_>) -> Answer {
     let product = product(call.id)?;
-    change(call.state, ProductChange::Delete { product }).await
+    let (parts, _) = call.request.into_parts();
+    let delete = ProductChange::Delete { product };
+    change(call.state, delete, &parts, Bytes::new()).await
 }
 
 /// Restock a product, or take back unheld units, with a reason in its ledger.
@@ -270,19 +279,16 @@ pub async fn delete_product(call: Call<'_>) -> Answer {
     ))]
 pub async fn stock(call: Call<'_>) -> Answer {
     let (state, product) = (call.state, product(call.id)?);
-    let (_, body) = call.json_body().await?;
+    let (parts, body) = call.json_body().await?;
     let object = object(&body, &["reason"])?;
     let delta = delta(required(&object, "delta")?)?;
     let reason = name(&object, "reason")?;
-    change(
-        state,
-        ProductChange::Restock {
-            product,
-            delta,
-            reason,
-        },
-    )
-    .await
+    let restock = ProductChange::Restock {
+        product,
+        delta,
+        reason,
+    };
+    change(state, restock, &parts, body).await
 }
 
 /// A product's ledger.
@@ -320,7 +326,7 @@ pub async fn orders(call: Call<'_>) -> Answer {
     let admin = &call.state.admin;
     let filter = order_filter(call.request.uri().query().unwrap_or_default())?;
     if let Some(store) = filter.store
-        && !admin.has_store(store)
+        && !admin.has_store(store).await?
     {
         return Err(AdminError::StoreNotFound(store).into());
     }
@@ -333,15 +339,24 @@ fn product(id: Option<i64>) -> Result<ProductId, ApiError> {
     Ok(id.map(ProductId).ok_or(AdminError::UnknownProduct)?)
 }
 
-/// Makes a change of an existing product; answers with the product it left.
-async fn change(state: &AppState, change: ProductChange) -> Answer {
+/// Makes a change of an existing product, here or on the node that owns its store;
+/// answers with the product it left.
+async fn change(state: &AppState, change: ProductChange, parts: &Parts, body: Bytes) -> Answer {
     let product = change.product().ok_or(AdminError::UnknownProduct)?;
-    let changed = state.admin.change_product(product, change).await?;
-    Ok(response::json(
-        StatusCode::OK,
-        "OK",
-        Some(views::AdminProductView::from(&changed)),
-    ))
+    match state.admin.change_product(product, change).await? {
+        Changed::Here(changed) => Ok(response::json(
+            StatusCode::OK,
+            "OK",
+            Some(views::AdminProductView::from(&changed)),
+        )),
+        Changed::There(peer) => forward_change(state, &peer, parts, body).await,
+    }
+}
+
+async fn forward_change(state: &AppState, peer: &Peer, parts: &Parts, body: Bytes) -> Answer {
+    forward(state, peer, parts, body)
+        .await
+        .map_err(|f| AdminError::Change(ChangeError::Failed(f)).into())
 }
 
 /// The body as one JSON object. A body that is not UTF-8 is refused naming the text

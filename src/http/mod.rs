@@ -5,6 +5,7 @@
 
 mod admin;
 mod call;
+mod forward;
 mod openapi;
 mod operations;
 mod orders;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -32,6 +34,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::cluster::NODE_HEADER;
 use response::{ApiError, Body};
 
 pub struct ServerConfig {
@@ -56,6 +59,8 @@ pub async fn serve(
         .header_read_timeout(config.request_timeout)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
+    let node = HeaderValue::from_str(state.cluster.node.id.as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("kitara"));
 
     loop {
         let permit = tokio::select! {
@@ -82,9 +87,15 @@ pub async fn serve(
         }
         let state = state.clone();
         let request_timeout = config.request_timeout;
-        let service = service_fn(move |request: Request<Incoming>| {
+        let node = node.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
             let state = state.clone();
+            let node = node.clone();
             let id = request_id::of(request.headers());
+            // A request forwarded to its store's owner carries the id there.
+            request
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID, id.clone());
             let span =
                 tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
             async move {
@@ -100,7 +111,10 @@ pub async fn serve(
                     state.metrics.request(route, status, started.elapsed());
                 }
                 tracing::debug!(%method, path = path.as_deref(), status, "answered");
-                response.headers_mut().insert(request_id::X_REQUEST_ID, id);
+                let headers = response.headers_mut();
+                headers.insert(request_id::X_REQUEST_ID, id);
+                // A forwarded answer names the owner that decided it; any other, this node.
+                headers.entry(NODE_HEADER).or_insert(node);
                 Ok::<_, Infallible>(response)
             }
             .instrument(span)

@@ -22,7 +22,7 @@ pub async fn healthz(_: Call<'_>) -> Answer {
         (status = 503, description = "The database has not answered for a few seconds", body = Refusal),
     ))]
 pub async fn readyz(call: Call<'_>) -> Answer {
-    match call.state.readiness.ready() {
+    match call.state.readiness.ready() && call.state.cluster.loaded() {
         true => Ok(response::json(StatusCode::OK, "OK", Some("ready"))),
         false => Err(ApiError::NotReady),
     }
@@ -39,12 +39,12 @@ pub async fn metrics(call: Call<'_>) -> Answer {
     if !state.metrics.enabled {
         return Err(ApiError::NotFound);
     }
-    let deepest = state.orders.stores.deepest_mailbox();
+    let deepest = state.cluster.deepest_mailbox();
     state.metrics.mailbox_depth.set(deepest as i64);
     state
         .metrics
         .writer_queue
-        .set(state.admin.writer_depth() as i64);
+        .set(state.cluster.writer_depth() as i64);
     let text = state.metrics.render().map_err(|e| {
         tracing::error!(error = %e, "cannot render the metrics");
         ApiError::Internal

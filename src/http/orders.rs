@@ -16,11 +16,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::header::HeaderValue;
+use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::call::{Answer, Call};
+use super::forward::{Forwarded, forward};
 use super::openapi::{
     self, BodyRefusals, Buyer, EndRefusals, KeyHeader, LockAnswer, OrderAnswer, ProductsAnswer,
     Refusal,
@@ -30,7 +33,8 @@ use super::response::{self, ApiError, Body};
 use super::views;
 use crate::app::AppState;
 use crate::app::keys::{self, Replay};
-use crate::app::orders::Ended;
+use crate::app::orders::{Ended, Locked};
+use crate::cluster::Peer;
 use crate::db::write::KeyRecord;
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
 use crate::metrics::LockOutcome;
@@ -43,7 +47,11 @@ const REPLAYED: &str = "idempotent-replayed";
 #[utoipa::path(get, path = "/api/v1/products", tag = "orders",
     responses((status = 200, description = "Every orderable product, ascending id", body = ProductsAnswer)))]
 pub async fn products(call: Call<'_>) -> Answer {
-    let catalog = call.state.catalog.snapshot();
+    let orders = &call.state.orders;
+    let catalog = orders.listing(orders.answer_by()).await.map_err(|e| {
+        crate::warn_summarised!("the listing's read failed", error = %e, "the listing's read failed");
+        ApiError::Lock(LockError::Failed(Failure::Unavailable))
+    })?;
     let products: Vec<views::ProductView<'_>> = catalog
         .products()
         .iter()
@@ -85,7 +93,7 @@ async fn judge_lock(call: Call<'_>) -> Answer {
     let expires_at = orders.deadline_for(hold_seconds);
     let answer_by = orders.answer_by();
     let Some(key) = key else {
-        let placed = orders
+        let locked = orders
             .lock(LockRequest {
                 order,
                 expires_at,
@@ -93,7 +101,10 @@ async fn judge_lock(call: Call<'_>) -> Answer {
                 answer_by,
             })
             .await?;
-        return Ok(lock_answer(state, &placed));
+        return match locked {
+            Locked::Here(placed) => Ok(lock_answer(state, &placed)),
+            Locked::There(peer) => forward_lock(state, &peer, &parts, body).await,
+        };
     };
 
     let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
@@ -111,7 +122,9 @@ async fn judge_lock(call: Call<'_>) -> Answer {
         })
         .await;
     match result {
-        Ok(placed) => Ok(lock_answer(state, &placed)),
+        Ok(Locked::Here(placed)) => Ok(lock_answer(state, &placed)),
+        // The owner claims the key too, and stores it with the order.
+        Ok(Locked::There(peer)) => forward_lock(state, &peer, &parts, body).await,
         Err(error) => {
             let error = ApiError::from(error);
             if error.is_refusal() {
@@ -123,6 +136,12 @@ async fn judge_lock(call: Call<'_>) -> Answer {
     }
 }
 
+async fn forward_lock(state: &AppState, peer: &Peer, parts: &Parts, body: Bytes) -> Answer {
+    forward(state, peer, parts, body)
+        .await
+        .map_err(|f| ApiError::Lock(LockError::Failed(f)))
+}
+
 fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
     response::json_data(&views::placed(&state.catalog.snapshot(), placed))
 }
@@ -131,6 +150,10 @@ fn lock_answer(state: &AppState, placed: &Placed) -> Response<Body> {
 fn lock_outcome(result: &Answer) -> LockOutcome {
     match result {
         Ok(response) if response.headers().contains_key(REPLAYED) => LockOutcome::Replayed,
+        // Counted by the node that decided it.
+        Ok(response) if response.extensions().get::<Forwarded>().is_some() => {
+            LockOutcome::Forwarded
+        }
         Ok(_) => LockOutcome::Placed,
         Err(ApiError::Lock(e)) => match e {
             LockError::UserNotFound => LockOutcome::UserNotFound,
@@ -145,6 +168,9 @@ fn lock_outcome(result: &Answer) -> LockOutcome {
             LockError::Failed(Failure::Conflict) => LockOutcome::Conflict,
             LockError::Failed(Failure::OutcomeUnknown) => LockOutcome::OutcomeUnknown,
             LockError::Failed(Failure::ShuttingDown) => LockOutcome::ShuttingDown,
+            LockError::Failed(Failure::Moved | Failure::Unowned | Failure::OwnerUnreachable) => {
+                LockOutcome::Moved
+            }
         },
         Err(ApiError::KeyInProgress) => LockOutcome::KeyInProgress,
         Err(ApiError::KeyReused) => LockOutcome::KeyReused,
@@ -233,6 +259,9 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
         .map(|key| Arc::new(KeyRecord { key, fingerprint }));
     match orders.end(id, buyer, resolution, record, answer_by).await {
         Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
+        Ok(Ended::There(peer)) => forward(state, &peer, &parts, body)
+            .await
+            .map_err(|f| ApiError::Resolve(ResolveError::Failed(f))),
         Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
         Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
         Err(ResolveError::Failed(Failure::KeyTaken)) => match &key {

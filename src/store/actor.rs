@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Asked, Attempt, Cause, ChangeAttempt, EndRequest, LockAttempt};
-use super::{ChangeError, Command, Failure, LockError, Placed, ResolveError, StoreHandle};
+use super::{Command, Failure, LockError, Placed, Registry, ResolveError, StoreHandle};
 use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
 use crate::db::load::StoreState;
-use crate::db::write::{Outcome, PersistError, Write, Written};
+use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
 use crate::domain::{
     Changes, Deadline, Ending, HoldBook, OrderId, ProductId, Purchases, Reservation, Resolution,
     StockBook, StoreId,
@@ -55,12 +55,18 @@ pub struct Shared {
     pub writer: WriterHandle,
     pub db: DatabaseConnection,
     pub clock: Clock,
+    /// Where the store's handle is found; an actor whose store another node took
+    /// removes its own handle from it.
+    pub registry: Arc<Registry>,
 }
 
-/// Starts the actor of one store with the state start-up read (a new store's is
-/// empty).
+/// Starts the actor of one store with the state read from the database (a new store's
+/// is empty). `epoch`: the epoch this node owns the store at (MySQL), proven by every
+/// transaction of the store's writes; `None` on SQLite, where one process serves every
+/// store.
 pub fn spawn(
     store: StoreId,
+    epoch: Option<i64>,
     products: Vec<Arc<Product>>,
     state: StoreState,
     shared: Shared,
@@ -72,11 +78,15 @@ pub fn spawn(
         writer,
         db,
         clock,
+        registry,
     } = shared;
     let (sender, mailbox) = mpsc::channel(config.mailbox);
     let moved = clock.is_manual().then(|| clock.watch());
     let mut actor = StoreActor {
         store,
+        fence: epoch.map(|epoch| Fence { store, epoch }),
+        lost: false,
+        registry,
         book: StockBook::default(),
         holds: HoldBook::default(),
         purchases: Purchases::default(),
@@ -105,13 +115,20 @@ pub fn spawn(
         changes: Changes::default(),
     };
     actor.replace_state(state);
-    (StoreHandle { sender }, tokio::spawn(actor.run()))
+    let handle = StoreHandle { sender, epoch };
+    (handle, tokio::spawn(actor.run()))
 }
 
 type InFlight = Pin<Box<dyn Future<Output = (Vec<Attempt>, Outcome)> + Send>>;
 
 pub(super) struct StoreActor {
     pub(super) store: StoreId,
+    /// What every transaction of this store's writes proves (MySQL).
+    pub(super) fence: Option<Fence>,
+    /// Another node took the store: everything still asked is answered `Moved`, and
+    /// the actor stops once what it handed to the writer has come back.
+    pub(super) lost: bool,
+    pub(super) registry: Arc<Registry>,
     /// The store's stock with every reservation in flight already taken off.
     pub(super) book: StockBook,
     /// The live holds: orders still locked, with their deadlines.
@@ -166,7 +183,8 @@ impl StoreActor {
         let mut open = true;
         loop {
             self.arm_timer();
-            let timer_on = self.armed.is_some() && self.stale_since.is_none() && !self.expiring;
+            let timer_on =
+                self.armed.is_some() && self.stale_since.is_none() && !self.expiring && !self.lost;
             tokio::select! {
                 // Answering committed writes comes first: it frees clients soonest.
                 biased;
@@ -228,7 +246,7 @@ impl StoreActor {
                 // ready again soon after the database is, even before the next order. Not
                 // once the mailbox is closed: a store that is shutting down has nothing to
                 // serve, and must not wait for the database to come back.
-                () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() && open => {
+                () = tokio::time::sleep(RELOAD_INTERVAL), if self.stale_since.is_some() && open && !self.lost => {
                     // Nobody waits for this one: it holds the store up for at most an
                     // interval, and a read still under way is waited for again next time.
                     self.reload_if_due(Instant::now() + RELOAD_INTERVAL).await;
@@ -317,6 +335,12 @@ impl StoreActor {
         if requests.is_empty() {
             return;
         }
+        if self.lost {
+            for request in requests {
+                request.refuse(Failure::Moved);
+            }
+            return;
+        }
         let answer_by = requests
             .iter()
             .map(|r| match r {
@@ -331,17 +355,7 @@ impl StoreActor {
                 .await
         {
             for request in requests {
-                match request {
-                    Asked::Lock(attempt) => {
-                        attempt.answer(Err(LockError::Failed(Failure::Unavailable)))
-                    }
-                    Asked::End(mut request) => {
-                        request.answer(Err(ResolveError::Failed(Failure::Unavailable)))
-                    }
-                    Asked::Change(attempt) => {
-                        attempt.answer(Err(ChangeError::Failed(Failure::Unavailable)))
-                    }
-                }
+                request.refuse(Failure::Unavailable);
             }
             return;
         }
@@ -433,7 +447,7 @@ impl StoreActor {
         let Some(answer_by) = attempts.iter().map(Attempt::answer_by).min() else {
             return;
         };
-        match self.writer.submit(writes, answer_by).await {
+        match self.writer.submit(writes, self.fence, answer_by).await {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
                 let outcome = outcome
                     .await
@@ -554,6 +568,12 @@ impl StoreActor {
                         waiter.answer(Ok(status));
                     }
                 }
+                // Nothing of it was written: another node owns the store now.
+                (attempt, Err(PersistError::Fenced)) => {
+                    self.lose();
+                    self.decide_waiters_again(&attempt, again);
+                    self.undo(attempt, Cause::Write(PersistError::Fenced));
+                }
                 // Nothing of it was written: the key belongs to an earlier request.
                 (attempt, Err(PersistError::KeyTaken)) => {
                     self.decide_waiters_again(&attempt, again);
@@ -570,6 +590,20 @@ impl StoreActor {
                 }
             }
         }
+    }
+
+    /// Another node took the store (a fence failed): no more requests reach this
+    /// actor, and those already queued are answered `Moved`.
+    fn lose(&mut self) {
+        if self.lost {
+            return;
+        }
+        self.lost = true;
+        tracing::warn!(store = %self.store, "another node owns the store now; this node stops serving it");
+        if let Some(fence) = self.fence {
+            self.registry.remove_at(self.store, fence.epoch);
+        }
+        self.mailbox.close();
     }
 
     /// Counts this store's live holds into the gauge of all stores' holds.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{ChangeResult, LockResult, ProductChange, ResolveResult};
+use super::{ChangeResult, Failure, LockResult, ProductChange, ResolveResult};
 use crate::db::write::{KeyRecord, PersistError};
 use crate::domain::{Deadline, LockOrder, OrderId, Resolution, UserId};
 
@@ -93,6 +93,17 @@ pub(super) enum Asked {
     Lock(LockAttempt),
     End(EndRequest),
     Change(ChangeAttempt),
+}
+
+impl Asked {
+    /// Answers it with `failure`, undecided.
+    pub(super) fn refuse(self, failure: Failure) {
+        match self {
+            Asked::Lock(attempt) => attempt.answer(Err(failure.into())),
+            Asked::End(mut request) => request.answer(Err(failure.into())),
+            Asked::Change(attempt) => attempt.answer(Err(failure.into())),
+        }
+    }
 }
 
 impl LockAttempt {

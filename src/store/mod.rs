@@ -39,6 +39,23 @@ impl Registry {
         self.handles.insert(store, handle);
     }
 
+    /// Removes the store's handle if it is the one of `epoch` (not a newer actor's).
+    pub fn remove_at(&self, store: StoreId, epoch: i64) -> Option<StoreHandle> {
+        self.handles
+            .remove_if(&store, |_, h| h.epoch == Some(epoch))
+            .map(|(_, h)| h)
+    }
+
+    /// Removes the store's handle: no new request reaches its actor.
+    pub fn remove(&self, store: StoreId) -> Option<StoreHandle> {
+        self.handles.remove(&store).map(|(_, h)| h)
+    }
+
+    /// The stores served here.
+    pub fn stores(&self) -> Vec<StoreId> {
+        self.handles.iter().map(|h| *h.key()).collect()
+    }
+
     /// Every store's handle (start-up settles each store's holds through them).
     pub fn handles(&self) -> Vec<StoreHandle> {
         self.handles.iter().map(|e| e.value().clone()).collect()
@@ -98,6 +115,18 @@ pub enum Failure {
     /// Kitara is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// The store is moving to another node (this one lost it, or is handing it over,
+    /// or does not own it): nothing of the request was written; a retry finds its new
+    /// owner.
+    #[error("store is moving to another node")]
+    Moved,
+    /// No node owns the store yet (its owner's lease lapsed and nobody has taken it).
+    #[error("store has no owner yet")]
+    Unowned,
+    /// The request was forwarded to the store's owner, which could not be reached;
+    /// nothing was sent to it.
+    #[error("the node that owns the store cannot be reached")]
+    OwnerUnreachable,
 }
 
 /// Why an order was not placed. `http::response` maps each to a status and message.
@@ -217,6 +246,8 @@ enum Command {
 #[derive(Clone)]
 pub struct StoreHandle {
     sender: mpsc::Sender<Command>,
+    /// The epoch its actor owns the store at (MySQL).
+    epoch: Option<i64>,
 }
 
 impl StoreHandle {

@@ -133,6 +133,7 @@ impl StoreActor {
             Cause::KeyTaken => Failure::KeyTaken,
             Cause::ShuttingDown => Failure::ShuttingDown,
             Cause::Write(PersistError::OutcomeUnknown) => Failure::OutcomeUnknown,
+            Cause::Write(PersistError::Fenced) => Failure::Moved,
             Cause::Write(PersistError::Refused) if refused_is_final => Failure::Conflict,
             Cause::Write(_) => Failure::Unavailable,
         };

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::Writer;
 use crate::db::persist;
-use crate::db::write::{Committed, PersistError, Write, Written};
+use crate::db::write::{Committed, Fence, PersistError, Write, Written};
 use crate::domain::{OrderDetailId, OrderId};
 
 /// Kitara numbers order and detail rows itself (it owns the database while it runs),
@@ -25,6 +25,7 @@ impl Writer {
     pub(super) async fn write(
         &mut self,
         writes: &[&Write],
+        fences: &[Option<Fence>],
         answer_by: Instant,
     ) -> Result<Vec<Written>, PersistError> {
         let locks = writes.iter().filter_map(|w| match w {
@@ -34,7 +35,13 @@ impl Writer {
         let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
         let mut order_id = self.ids.order.fetch_add(count, Ordering::Relaxed);
         let mut detail_id = self.ids.detail.fetch_add(lines, Ordering::Relaxed);
-        let mut batch = persist::Batch::default();
+        let mut fences: Vec<Fence> = fences.iter().flatten().copied().collect();
+        fences.sort_unstable();
+        fences.dedup();
+        let mut batch = persist::Batch {
+            fences,
+            ..Default::default()
+        };
         let mut written = Vec::with_capacity(writes.len());
         for &w in writes {
             let (done, key_order) = match w {

@@ -42,7 +42,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::db::write::{Outcome, PersistError, Write, Written};
+use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
+use crate::domain::NodeId;
 use crate::metrics::Metrics;
 use batch::Ids;
 use transaction::{Opening, Reach};
@@ -50,6 +51,9 @@ use transaction::{Opening, Reach};
 /// Writes one actor decided together, answered together.
 struct Submission {
     writes: Vec<Write>,
+    /// The store the writes belong to and its epoch (MySQL), proven in their
+    /// transaction; `None` for writes of no store (users, stores) and on SQLite.
+    fence: Option<Fence>,
     /// When the first of its requests must be answered: a transaction holding it that
     /// has not sent its COMMIT by then is given up (nothing of it commits), and one
     /// whose COMMIT is in flight is waited for until the outcome deadline after it.
@@ -76,12 +80,14 @@ impl WriterHandle {
     pub async fn submit(
         &self,
         writes: Vec<Write>,
+        fence: Option<Fence>,
         answer_by: Instant,
     ) -> Result<oneshot::Receiver<Outcome>, WriterClosed> {
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Submission {
                 writes,
+                fence,
                 answer_by,
                 done,
             })
@@ -105,7 +111,7 @@ impl WriterHandle {
     /// and stores, and start-up's adoption.
     pub async fn write(&self, write: Write) -> Result<Written, PersistError> {
         let outcome = self
-            .submit(vec![write], Instant::now() + self.answer_within)
+            .submit(vec![write], None, Instant::now() + self.answer_within)
             .await
             .map_err(|_| PersistError::Unavailable)?;
         outcome
@@ -129,6 +135,9 @@ pub struct WriterConfig {
     /// next batch is already on its way to the database.
     pub writers: usize,
     pub metrics: Arc<Metrics>,
+    /// This node (MySQL): after a fence failed, which stores it still owns tells which
+    /// writes to set aside.
+    pub node: Option<NodeId>,
 }
 
 /// Starts the writer tasks. `last_ids` are the largest order and detail ids in the
@@ -160,6 +169,7 @@ pub fn spawn(
                 ids: ids.clone(),
                 reach: reach.clone(),
                 metrics: config.metrics.clone(),
+                node: config.node.clone(),
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
                 opening: None,
@@ -177,6 +187,7 @@ pub fn spawn(
 struct Writer {
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
+    node: Option<NodeId>,
     reach: Arc<Reach>,
     /// Shared by the writers: whoever holds it gathers the next batch.
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
@@ -237,7 +248,11 @@ impl Writer {
             .min()
             .unwrap_or_else(Instant::now);
         let writes: Vec<&Write> = batch.iter().flat_map(|s| s.writes.iter()).collect();
-        let outcomes = self.write_all(&writes, answer_by).await;
+        let fences: Vec<Option<Fence>> = batch
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.fence, s.writes.len()))
+            .collect();
+        let outcomes = self.write_all(&writes, &fences, answer_by).await;
         drop(writes);
         let mut outcomes = outcomes.into_iter();
         for submission in batch {

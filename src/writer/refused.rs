@@ -1,33 +1,45 @@
 //! A batch the database refused: which of its writes does it really refuse? A key stored
-//! before refuses the whole batch, so those writes are set aside and the rest written
-//! again; what is still refused is written one write per transaction, so that only the
-//! refused writes fail, unless the database turns out to be unreachable, which fails
-//! the rest at once.
+//! before refuses the whole batch, and so does the fence of a store another node took:
+//! those writes are set aside (`KeyTaken`, `Fenced`) and the rest written again; what
+//! is still refused is written one write per transaction, so that only the refused
+//! writes fail, unless the database turns out to be unreachable, which fails the rest
+//! at once.
 
 use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
 use super::Writer;
-use crate::db::write::{Outcome, PersistError, Write, Written};
-use crate::db::{call, keys, load};
+use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
+use crate::db::{call, keys, load, owners};
 use crate::metrics::DbError;
 
 impl Writer {
     /// Writes everything in one transaction; if the database refuses it, finds out
     /// which writes it refuses (see the module's doc).
-    pub(super) async fn write_all(&mut self, writes: &[&Write], answer_by: Instant) -> Outcome {
-        match self.write(writes, answer_by).await {
+    pub(super) async fn write_all(
+        &mut self,
+        writes: &[&Write],
+        fences: &[Option<Fence>],
+        answer_by: Instant,
+    ) -> Outcome {
+        match self.write(writes, fences, answer_by).await {
             Ok(written) => return written.into_iter().map(Ok).collect(),
             Err(PersistError::Refused) => {}
             Err(error) => return vec![Err(error); writes.len()],
         }
         let mut outcomes: Vec<Option<Result<Written, PersistError>>> = vec![None; writes.len()];
-        // A key stored before refuses the whole batch: set its writes aside (nothing of
-        // them was written) and write the others together again.
+        // A fence that failed, or a key stored before, refuses the whole batch: set
+        // those writes aside (nothing of them was written) and write the others
+        // together again.
+        let lost = self.lost_stores(fences, answer_by).await;
         let taken = self.taken_keys(writes, answer_by).await;
         let mut rest = Vec::with_capacity(writes.len());
         for (i, &write) in writes.iter().enumerate() {
+            if fences[i].is_some_and(|f| lost.contains(&f)) {
+                outcomes[i] = Some(Err(PersistError::Fenced));
+                continue;
+            }
             match write.key() {
                 Some(record) if taken.iter().any(|k| k == record.key.as_bytes()) => {
                     outcomes[i] = Some(Err(PersistError::KeyTaken));
@@ -36,9 +48,10 @@ impl Writer {
             }
         }
         let mut tried_alone = writes.len() == 1;
-        if !taken.is_empty() && !rest.is_empty() {
+        if (!taken.is_empty() || !lost.is_empty()) && !rest.is_empty() {
             let subset: Vec<&Write> = rest.iter().map(|&i| writes[i]).collect();
-            match self.write(&subset, answer_by).await {
+            let subset_fences: Vec<Option<Fence>> = rest.iter().map(|&i| fences[i]).collect();
+            match self.write(&subset, &subset_fences, answer_by).await {
                 Ok(written) => {
                     for (&i, w) in rest.iter().zip(written) {
                         outcomes[i] = Some(Ok(w));
@@ -71,7 +84,7 @@ impl Writer {
             } else if tried_alone {
                 Err(PersistError::Refused)
             } else {
-                self.write(std::slice::from_ref(&writes[i]), answer_by)
+                self.write(std::slice::from_ref(&writes[i]), &fences[i..=i], answer_by)
                     .await
                     .map(|mut w| w.remove(0))
             };
@@ -116,6 +129,40 @@ impl Writer {
             .into_iter()
             .map(|o| o.unwrap_or(Err(PersistError::Unavailable)))
             .collect()
+    }
+
+    /// The fences of this batch that fail now: their store has another epoch (another
+    /// node took it). None if the lookup fails or outlasts `answer_by` (writing the
+    /// writes one by one then tells).
+    async fn lost_stores(&self, fences: &[Option<Fence>], answer_by: Instant) -> Vec<Fence> {
+        let mut mine: Vec<Fence> = fences.iter().flatten().copied().collect();
+        mine.sort_unstable();
+        mine.dedup();
+        let Some(node) = self.node.clone().filter(|_| !mine.is_empty()) else {
+            return Vec::new();
+        };
+        let db = self.db.clone();
+        let lookup = async move { owners::owned(&db, &node).await };
+        let owned = match call::within(answer_by, lookup).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up which stores this node still owns");
+                return Vec::new();
+            }
+        };
+        let lost: Vec<Fence> = mine
+            .into_iter()
+            .filter(|f| !owned.contains(&(f.store, f.epoch)))
+            .collect();
+        for fence in &lost {
+            tracing::warn!(
+                store = %fence.store,
+                epoch = fence.epoch,
+                "another node took the store: its writes were refused by the fence"
+            );
+            self.metrics.fence_refusals.inc();
+        }
+        lost
     }
 
     /// The keys of these writes that are already stored; none if the lookup fails or

@@ -454,8 +454,14 @@ pub fn database_args(url: &str) -> kitara::config::DatabaseArgs {
 pub fn settings(url: &str) -> Settings {
     let mut settings = Settings::local(url);
     settings.database.db_pool_size = 8;
+    // One id for every start in a test: a restart takes over its predecessor's stores
+    // at once, as a node restarted with its id does.
+    settings.node_id = Some(kitara::domain::NodeId::parse(TEST_NODE).expect("a node id"));
     settings
 }
+
+/// The node id of every Kitara a test starts, unless it says otherwise.
+pub const TEST_NODE: &str = "test-node";
 
 /// An HTTP client for one Kitara, in-process or not.
 pub struct Api {
@@ -826,6 +832,7 @@ pub async fn start_kitara(
         .env("DATABASE_URL", url)
         .env("KITARA_LOG", "info")
         .env("KITARA_LOG_FORMAT", "text")
+        .env("KITARA_NODE_ID", TEST_NODE)
         .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())

@@ -6,7 +6,7 @@
 //! the lines below it up to the next `$`. `curl` is sent over HTTP, `sleep` sleeps,
 //! `kitara check` runs the binary on the test's database. What must vary is masked:
 //! `server_time`, `created_at` and `expires_at` (only whether it is null is compared),
-//! the `date` and `x-request-id` headers. Everything else is compared: the status line,
+//! the `date`, `x-request-id` and `kitara-node` headers. Everything else is compared: the status line,
 //! the other headers, `code`, `message` and `data` in full. An example the test cannot
 //! run (a restart, the database down, another tool) says so on its command line, with
 //! a comment that starts `# not run by the README test:`; any other command fails the
@@ -278,7 +278,11 @@ fn differs(shown: &[String], got: &[String]) -> Option<String> {
 
 fn same_header(shown: &str, got: &str) -> bool {
     match (shown.split_once(": "), got.split_once(": ")) {
-        (Some((a, _)), Some((b, _))) if a == b && (a == "date" || a == "x-request-id") => true,
+        (Some((a, _)), Some((b, _)))
+            if a == b && (a == "date" || a == "x-request-id" || a == "kitara-node") =>
+        {
+            true
+        }
         _ => shown == got,
     }
 }
