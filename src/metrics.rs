@@ -172,43 +172,47 @@ impl Metrics {
             "New orders in one committed transaction (group commit)",
             Exported(orders_per_commit.clone()),
         );
-        let holds_active = Gauge::default();
-        registry.register(
+        let holds_active = registered(
+            &mut registry,
             "holds_active",
             "Orders locked and not yet confirmed, cancelled or expired",
-            holds_active.clone(),
+            Gauge::default(),
         );
-        let expiries = Counter::default();
-        registry.register("expiries", "Holds that expired", expiries.clone());
-        let mailbox_depth = Gauge::default();
-        registry.register(
+        let expiries = registered(
+            &mut registry,
+            "expiries",
+            "Holds that expired",
+            Counter::default(),
+        );
+        let mailbox_depth = registered(
+            &mut registry,
             "mailbox_depth_max",
             "Commands waiting in the fullest store mailbox",
-            mailbox_depth.clone(),
+            Gauge::default(),
         );
-        let writer_queue = Gauge::default();
-        registry.register(
+        let writer_queue = registered(
+            &mut registry,
             "writer_queue_depth",
             "Submissions waiting for the database writer",
-            writer_queue.clone(),
+            Gauge::default(),
         );
-        let stores_owned = Gauge::default();
-        registry.register(
+        let stores_owned = registered(
+            &mut registry,
             "stores_owned",
             "Stores this node owns and serves",
-            stores_owned.clone(),
+            Gauge::default(),
         );
-        let takeovers = Counter::default();
-        registry.register(
+        let takeovers = registered(
+            &mut registry,
             "takeovers",
             "Stores this node took (each raised the store's epoch)",
-            takeovers.clone(),
+            Counter::default(),
         );
-        let fence_refusals = Counter::default();
-        registry.register(
+        let fence_refusals = registered(
+            &mut registry,
             "fence_refusals",
             "Stores whose writes the fence refused: another node had taken them",
-            fence_refusals.clone(),
+            Counter::default(),
         );
         let forwarded_seconds = Arc::new(Histogram::new(COMMIT_US, 1e-6));
         registry.register(
@@ -496,6 +500,17 @@ impl Series for ByRoute {
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
     }
+}
+
+/// Registers `metric` under `name` and answers it, so the caller keeps a handle.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]

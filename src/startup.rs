@@ -52,6 +52,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     AdminToken(#[from] crate::app::admin::TokenError),
+    #[error("cannot reserve order ids: {0}")]
+    Ids(crate::db::write::PersistError),
     #[error("cannot adopt the products made by SQL into the ledger: {0}")]
     Adopt(crate::db::write::PersistError),
     #[error("cannot start the async runtime: {0}")]
@@ -156,8 +158,9 @@ impl Application {
                 metrics: metrics.clone(),
                 node: mysql.then(|| node.id.clone()),
             },
-            load::max_ids(&db).await?,
-        );
+        )
+        .await
+        .map_err(StartupError::Ids)?;
 
         let shared = Shared {
             catalog: catalog.clone(),
@@ -195,7 +198,15 @@ impl Application {
             metrics.clone(),
         ));
         let manager = if mysql {
-            let manager = Manager::join(db.clone(), cluster.clone())
+            // The heartbeat and the looks have connections of their own: a pool busy
+            // with orders must never cost a node its leases.
+            let mut own = settings.database.clone();
+            own.db_pool_size = 2;
+            let counted = metrics.clone();
+            let cluster_db =
+                db::connect_watched(&own, Arc::new(move || counted.db_error(DbError::OutOfStep)))
+                    .await?;
+            let manager = Manager::join(cluster_db, cluster.clone())
                 .await
                 .map_err(StartupError::Join)?;
             Some(manager)

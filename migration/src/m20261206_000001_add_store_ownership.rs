@@ -5,6 +5,9 @@
 //! its row's `fenced` counter where `store_id` and `epoch` still match: a node that lost
 //! the store can no longer commit for it.
 //!
+//! `kitara_id_blocks` hands out blocks of order and detail ids, so that nodes that
+//! number their rows themselves never hand out one id twice.
+//!
 //! Times are the database's own (`NOW(3)`), so that nodes compare leases on one clock.
 //! A release-2 database gets a row, with no owner, for every store it holds. No foreign
 //! key ties a row to its store: the rows are Kitara's bookkeeping, and a tool that
@@ -24,6 +27,13 @@ enum KitaraNodes {
     AdvertiseUrl,
     Incarnation,
     LastSeen,
+}
+
+#[derive(DeriveIden)]
+enum KitaraIdBlocks {
+    Table,
+    Name,
+    NextId,
 }
 
 #[derive(DeriveIden)]
@@ -125,11 +135,36 @@ impl MigrationTrait for Migration {
                  WHERE id NOT IN (SELECT store_id FROM kitara_store_owners)",
             )
             .await?;
+
+        let mut blocks = Table::create();
+        blocks
+            .table(KitaraIdBlocks::Table)
+            .if_not_exists()
+            .col(
+                ColumnDef::new(KitaraIdBlocks::Name)
+                    .string_len(32)
+                    .not_null()
+                    .primary_key(),
+            )
+            .col(
+                ColumnDef::new(KitaraIdBlocks::NextId)
+                    .big_integer()
+                    .not_null(),
+            );
+        for_mysql(&mut blocks, backend);
+        manager.create_table(blocks).await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "INSERT INTO kitara_id_blocks (name, next_id) VALUES ('orders', 1), ('order_details', 1)",
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
+            KitaraIdBlocks::Table.into_iden(),
             KitaraStoreOwners::Table.into_iden(),
             KitaraNodes::Table.into_iden(),
         ] {

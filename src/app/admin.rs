@@ -17,12 +17,13 @@ use tokio::time::Instant;
 
 use super::users::KnownUsers;
 use crate::catalog::{Catalog, Product};
-use crate::cluster::{Cluster, Peer, Route};
+use crate::cluster::{Cluster, Manager, Peer, Route};
 use crate::db::call::Reads;
 use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
+use crate::db::owners::{self, NodeRow, OwnerRow};
 use crate::db::write::{AdminWrite, PersistError, Write, Written};
 use crate::domain::{ProductId, StoreId, UserId};
-use crate::store::{ChangeError, Failure, ProductChange};
+use crate::store::{ChangeError, Failure, ProductChange, StoreHandle};
 
 /// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -222,6 +223,14 @@ impl Admin {
             .ok_or(AdminError::ShuttingDown)?;
         self.cluster.serve(store, handle);
         self.store_rows.insert(store, row.clone());
+        if !self.cluster.is_solo() {
+            let cluster = self.cluster.clone();
+            let deadline = self.answer_by() + cluster.lease;
+            let place = move |db: DatabaseConnection| async move {
+                Manager::place_new(&db, &cluster, store, deadline).await
+            };
+            self.reads.run(deadline, place).await?;
+        }
         Ok(row)
     }
 
@@ -244,12 +253,9 @@ impl Admin {
             }
             None => return Err(AdminError::StoreNotFound(store)),
         };
-        let handle = match self.cluster.route(store) {
-            Route::Here(handle) => handle,
-            Route::There(peer) => return Ok(Changed::There(peer)),
-            Route::Nowhere => {
-                return Err(AdminError::Change(ChangeError::Failed(Failure::Unowned)));
-            }
+        let handle = match self.route(store).await? {
+            Ok(handle) => handle,
+            Err(peer) => return Ok(Changed::There(peer)),
         };
         let change = ProductChange::Add {
             name,
@@ -285,12 +291,9 @@ impl Admin {
             }
             None => return Err(not_found),
         };
-        let handle = match self.cluster.route(store) {
-            Route::Here(handle) => handle,
-            Route::There(peer) => return Ok(Changed::There(peer)),
-            Route::Nowhere => {
-                return Err(AdminError::Change(ChangeError::Failed(Failure::Unowned)));
-            }
+        let handle = match self.route(store).await? {
+            Ok(handle) => handle,
+            Err(peer) => return Ok(Changed::There(peer)),
         };
         match handle.change(change, self.answer_by()).await {
             Err(ChangeError::NotFound) => Err(not_found),
@@ -298,7 +301,54 @@ impl Admin {
         }
     }
 
+    /// The nodes and who owns which store, as the ownership table has them. On SQLite,
+    /// this process alone, owning every store (at epoch 0: there is no fence).
+    pub async fn cluster(&self) -> Result<(Vec<NodeRow>, Vec<OwnerRow>), AdminError> {
+        if self.cluster.is_solo() {
+            let node = &self.cluster.node;
+            let me = NodeRow {
+                node_id: node.id.to_string(),
+                advertise_url: node.advertise_url.clone(),
+                incarnation: node.incarnation,
+                last_seen: chrono::Utc::now().naive_utc(),
+                live: true,
+            };
+            let mut stores = self.cluster.stores();
+            stores.sort();
+            let owners = stores
+                .into_iter()
+                .map(|store| OwnerRow {
+                    store,
+                    owner: Some(node.id.to_string()),
+                    epoch: 0,
+                    lease_expires_at: None,
+                    lapsed: false,
+                })
+                .collect();
+            return Ok((vec![me], owners));
+        }
+        let lease = self.cluster.lease;
+        let read = move |db: DatabaseConnection| async move {
+            Ok((owners::nodes(&db, lease).await?, owners::owners(&db).await?))
+        };
+        Ok(self.reads.run(self.answer_by(), read).await?)
+    }
+
     /// A store's row as the database has it (a store made on another node).
+    /// The actor of `store` if this node owns it, else the node that does; no owner
+    /// yet is a 503.
+    async fn route(&self, store: StoreId) -> Result<Result<StoreHandle, Arc<Peer>>, AdminError> {
+        match self
+            .cluster
+            .route_now(store, &self.reads, self.answer_by())
+            .await
+        {
+            Route::Here(handle) => Ok(Ok(handle)),
+            Route::There(peer) => Ok(Err(peer)),
+            Route::Nowhere => Err(AdminError::Change(ChangeError::Failed(Failure::Unowned))),
+        }
+    }
+
     async fn store_row(&self, store: StoreId) -> Result<Option<StoreRow>, AdminError> {
         let read = move |db: DatabaseConnection| async move { load::store_rows(&db).await };
         let rows = self.reads.run(self.answer_by(), read).await?;

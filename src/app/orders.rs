@@ -124,7 +124,11 @@ impl Orders {
             [store] => store,
             _ => return Err(LockError::MixedStores),
         };
-        let handle = match self.cluster.route(store) {
+        let handle = match self
+            .cluster
+            .route_now(store, &self.reads, request.answer_by)
+            .await
+        {
             Route::Here(handle) => handle,
             Route::There(peer) => return Ok(Locked::There(peer)),
             Route::Nowhere => return Err(LockError::Failed(Failure::Unowned)),
@@ -188,7 +192,11 @@ impl Orders {
                 Transition::Conflict(status) => return Ok(Ended::Conflict(status)),
                 Transition::Apply => {}
             }
-            let handle = match self.cluster.route(order.store) {
+            let handle = match self
+                .cluster
+                .route_now(order.store, &self.reads, answer_by)
+                .await
+            {
                 Route::Here(handle) => handle,
                 Route::There(peer) => return Ok(Ended::There(peer)),
                 Route::Nowhere => return Err(ResolveError::Failed(Failure::Unowned)),

@@ -129,7 +129,9 @@ impl Manager {
             cluster.lease,
         );
         let beat = async move { owners::heartbeat(&db, &node, incarnation, lease).await };
-        match call::within(started + self.look_every(), beat).await? {
+        // A heartbeat may take a while under load; until the next one is due, it still
+        // renews in time.
+        match call::within(started + cluster.lease / 3, beat).await? {
             Some(_) => cluster.renewed(started),
             None => {
                 tracing::error!(
@@ -162,10 +164,11 @@ impl Manager {
         let (nodes, rows) = call::within(deadline, read).await?;
         let me = self.cluster.node.id.clone();
 
-        // Where the front end sends the requests of stores owned elsewhere.
+        // Where the front end sends the requests of stores owned elsewhere: to any node
+        // whose lease on the store holds, even if its heartbeat is late.
         let peers: HashMap<&str, Arc<Peer>> = nodes
             .iter()
-            .filter(|n| n.live && n.node_id != me.as_str())
+            .filter(|n| n.incarnation != 0 && n.node_id != me.as_str())
             .filter_map(|n| {
                 let node = crate::domain::NodeId::parse(&n.node_id).ok()?;
                 let url = n.advertise_url.trim_end_matches('/').into();
@@ -186,6 +189,13 @@ impl Manager {
             }
         }
         self.cluster.elsewhere.store(Arc::new(elsewhere));
+        let mut live_peers: Vec<Arc<Peer>> = nodes
+            .iter()
+            .filter(|n| n.live)
+            .filter_map(|n| peers.get(n.node_id.as_str()).cloned())
+            .collect();
+        live_peers.sort_by(|a, b| a.node.cmp(&b.node));
+        self.cluster.live.store(Arc::new(live_peers));
         self.cluster
             .everything_here
             .store(everything_here, std::sync::atomic::Ordering::Relaxed);
@@ -301,6 +311,35 @@ impl Manager {
             .loading
             .store(0, std::sync::atomic::Ordering::Relaxed);
         result
+    }
+
+    /// A store this node just made, served here at epoch 1: if another node should own
+    /// it, hands it over at once (nothing of it is in flight yet), and returns once that
+    /// node owns it and has loaded it, or at `deadline`. So a store answered 201 takes
+    /// orders at once, on the node it belongs to.
+    pub async fn place_new(
+        db: &DatabaseConnection,
+        cluster: &Cluster,
+        store: StoreId,
+        deadline: Instant,
+    ) -> Result<(), DbErr> {
+        let rightful = cluster.rightful(store);
+        if rightful.node == cluster.node.id {
+            return Ok(());
+        }
+        futures_util::future::join_all(cluster.stop(store)).await;
+        owners::release(db, &cluster.node.id, &[(store, 1)]).await?;
+        while Instant::now() < deadline {
+            let owned = owners::owner_of(db, store).await?;
+            if owned.as_deref() == Some(rightful.node.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while Instant::now() < deadline && !cluster.peers.is_ready(&rightful.url).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Leaves the cluster at shutdown, once every actor has settled what it holds:

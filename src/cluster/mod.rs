@@ -28,7 +28,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::db::call::Reads;
 use crate::db::load::StoreState;
+use crate::db::owners;
 use crate::domain::{NodeId, StoreId};
 use crate::metrics::Metrics;
 use crate::store::{self, ActorConfig, Registry, Shared, StoreHandle};
@@ -85,6 +87,8 @@ pub struct Cluster {
     /// clock (the start of its last heartbeat that got through, plus the lease).
     serving_until: AtomicU64,
     started: Instant,
+    /// The live nodes at the last look (this one included), and where they are.
+    live: ArcSwap<Vec<Arc<Peer>>>,
     /// Stores this node owns by the table but has not loaded yet (`/readyz`).
     loading: AtomicU64,
     /// Another start of this node took its id: this one must stop.
@@ -112,6 +116,7 @@ impl Cluster {
                 tasks: Vec::new(),
             })),
             elsewhere: ArcSwap::default(),
+            live: ArcSwap::default(),
             everything_here: AtomicBool::new(true),
             serving_until: AtomicU64::new(0),
             started: Instant::now(),
@@ -142,6 +147,28 @@ impl Cluster {
         }
     }
 
+    /// `route`, except that a store this node knows no owner for is looked up in the
+    /// table: another node may have taken it since this node last looked.
+    pub async fn route_now(&self, store: StoreId, reads: &Reads, answer_by: Instant) -> Route {
+        let route = self.route(store);
+        if self.solo || !matches!(route, Route::Nowhere) || self.registry.get(store).is_some() {
+            return route;
+        }
+        let read = move |db| async move { owners::holder(&db, store).await };
+        match reads.run(answer_by, read).await {
+            Ok(Some((owner, url))) if owner != self.node.id.as_str() => {
+                match NodeId::parse(&owner) {
+                    Ok(node) => Route::There(Arc::new(Peer {
+                        node,
+                        url: url.trim_end_matches('/').into(),
+                    })),
+                    Err(_) => Route::Nowhere,
+                }
+            }
+            _ => Route::Nowhere,
+        }
+    }
+
     /// Whether this node serves every store there is (alone, or on SQLite): then what
     /// its memory shows of the stores is the whole truth, and listings need not read
     /// the database.
@@ -166,6 +193,29 @@ impl Cluster {
         let until = at.saturating_duration_since(self.started) + self.lease;
         let until = u64::try_from(until.as_millis()).unwrap_or(u64::MAX);
         self.serving_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// The node that should own `store` among the live nodes at the last look (this one
+    /// if it saw none).
+    pub fn rightful(&self, store: StoreId) -> Arc<Peer> {
+        let live = self.live.load();
+        let me = self.node.id.as_str();
+        let ids = live.iter().map(|p| p.node.as_str()).chain([me]);
+        match crate::domain::rightful(store, ids) {
+            Some(id) if id != me => live
+                .iter()
+                .find(|p| p.node.as_str() == id)
+                .cloned()
+                .unwrap_or_else(|| self.me()),
+            _ => self.me(),
+        }
+    }
+
+    fn me(&self) -> Arc<Peer> {
+        Arc::new(Peer {
+            node: self.node.id.clone(),
+            url: self.node.advertise_url.as_str().into(),
+        })
     }
 
     /// Whether every store this node owns is loaded (`/readyz`).

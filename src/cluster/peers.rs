@@ -75,6 +75,20 @@ impl Peers {
             .unwrap_or(Err(PeerError::Lost))
     }
 
+    /// Whether the node at `url` answers `/readyz` with 200 (everything it owns is
+    /// loaded), within a second.
+    pub async fn is_ready(&self, url: &str) -> bool {
+        let Ok(request) = Request::get(format!("{url}/readyz")).body(Full::new(Bytes::new()))
+        else {
+            return false;
+        };
+        let probe = self.client.request(request);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), probe).await,
+            Ok(Ok(response)) if response.status() == hyper::StatusCode::OK
+        )
+    }
+
     /// Whether the node at `url` answers `/healthz` as `node`, within a second: how a
     /// starting node tells a live holder of its id from one that died.
     pub async fn answers_as(&self, url: &str, node: &NodeId) -> bool {

@@ -398,18 +398,6 @@ pub async fn movements(
         .map(Some)
 }
 
-/// The largest `orders.id` and `order_details.id`: Kitara numbers new rows itself, so
-/// one multi-row INSERT can write a whole batch and still answer every id.
-pub async fn max_ids(db: &impl ConnectionTrait) -> Result<(i64, i64), DbErr> {
-    let sql = "SELECT (SELECT COALESCE(MAX(id), 0) FROM orders), \
-               (SELECT COALESCE(MAX(id), 0) FROM order_details)";
-    let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await?
-        .ok_or_else(|| DbErr::Custom("no row for MAX(id)".into()))?;
-    Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
-}
-
 /// Whether the transaction with this token committed (its `kitara_commits` row exists).
 ///
 /// On MySQL the read is a locking read: if the server is still finishing that

@@ -5,6 +5,7 @@
 
 pub mod call;
 pub mod check;
+pub mod ids;
 pub mod keys;
 pub mod load;
 pub mod owners;

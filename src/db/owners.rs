@@ -169,6 +169,33 @@ pub async fn owners(db: &impl ConnectionTrait) -> Result<Vec<OwnerRow>, DbErr> {
         .collect()
 }
 
+/// The node that owns `store` under a lease that holds, and where it is.
+pub async fn holder(
+    db: &impl ConnectionTrait,
+    store: StoreId,
+) -> Result<Option<(String, String)>, DbErr> {
+    let sql = "SELECT o.owner, n.advertise_url FROM kitara_store_owners o \
+               JOIN kitara_nodes n ON n.node_id = o.owner \
+               WHERE o.store_id = ? AND o.lease_expires_at > NOW(3) AND n.incarnation <> 0";
+    let row = db
+        .query_one_raw(super::prepared(db, sql, [Value::from(store.0)]))
+        .await?;
+    row.map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+        .transpose()
+}
+
+/// The owner of `store` now, if it has one.
+pub async fn owner_of(db: &impl ConnectionTrait, store: StoreId) -> Result<Option<String>, DbErr> {
+    let sql = "SELECT owner FROM kitara_store_owners WHERE store_id = ?";
+    let row = db
+        .query_one_raw(super::prepared(db, sql, [Value::from(store.0)]))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get_by_index::<Option<String>>(0))
+        .transpose()?
+        .flatten())
+}
+
 /// Takes the stores that are still free, lapsed, or owned under `node`'s id (by an
 /// earlier start of it), each at its epoch + 1, and answers which it got with their new
 /// epochs. One statement for them all: a node that starts alone takes every store.

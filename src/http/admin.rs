@@ -16,9 +16,9 @@ use serde_json::value::RawValue;
 use super::call::{Answer, Call};
 use super::forward::forward;
 use super::openapi::{
-    AdminGuard, AdminProductsAnswer, BodyRefusals, EditProduct, MovementsAnswer, NewProduct,
-    NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer, StoresAnswer,
-    UserAnswer,
+    AdminGuard, AdminProductsAnswer, BodyRefusals, ClusterAnswer, EditProduct, MovementsAnswer,
+    NewProduct, NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer,
+    StoresAnswer, UserAnswer,
 };
 use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError};
@@ -332,6 +332,22 @@ pub async fn orders(call: Call<'_>) -> Answer {
     }
     let orders = admin.orders(filter).await?;
     Ok(response::json_data(&views::orders(&orders)))
+}
+
+/// The nodes of the cluster, and who owns which store.
+#[utoipa::path(operation_id = "admin_cluster", get, path = "/api/v1/admin/cluster", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every node (live or not) and every live store's owner, epoch and lease", body = ClusterAnswer),
+        AdminGuard,
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
+pub async fn cluster(call: Call<'_>) -> Answer {
+    let (nodes, stores) = call.state.admin.cluster().await?;
+    Ok(response::json(
+        StatusCode::OK,
+        "OK",
+        Some(views::ClusterView::new(&nodes, &stores)),
+    ))
 }
 
 /// The product a path names; a malformed id names none.

@@ -16,7 +16,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::views::{
-    AdminProductView, AdminStoreView, LockView, MovementView, OrderView, ProductView, UserView,
+    AdminProductView, AdminStoreView, ClusterView, LockView, MovementView, OrderView, ProductView,
+    UserView,
 };
 
 /// The whole document: the operations of the route table (`paths`, each described on
@@ -163,6 +164,7 @@ envelope!(StoresAnswer, Vec<AdminStoreView<'static>>);
 envelope!(ProductAnswer, AdminProductView<'static>);
 envelope!(AdminProductsAnswer, Vec<AdminProductView<'static>>);
 envelope!(MovementsAnswer, Vec<MovementView<'static>>);
+envelope!(ClusterAnswer, ClusterView<'static>);
 
 /// A lock order. Lines of the same product are merged; each merged quantity, and the
 /// order's total, must not exceed 2147483647 (400). Unknown fields are ignored.

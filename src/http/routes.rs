@@ -97,6 +97,7 @@ routes![
     "/api/v1/admin/products/{id}/movements", "admin_movements", admin: true,
         [GET => admin::movements],
     "/api/v1/admin/orders", "admin_orders", admin: true, [GET => admin::orders],
+    "/api/v1/admin/cluster", "admin_cluster", admin: true, [GET => admin::cluster],
 ];
 
 /// The OpenAPI document of this table, rendered once.

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use crate::catalog::{Listing, Product};
 use crate::clock::rfc3339;
 use crate::db::load::{MovementRow, OrderRow, StoreRow};
+use crate::db::owners::{NodeRow, OwnerRow};
 use crate::domain::{OrderStatus, UserId};
 
 /// An order's status, as the document describes it (the answers write
@@ -211,6 +212,75 @@ impl<'a> From<&'a MovementRow> for MovementView<'a> {
             delta: m.delta,
             reason: &m.reason,
             created_at: rfc3339(m.created_at.and_utc().timestamp()),
+        }
+    }
+}
+
+/// `GET /api/v1/admin/cluster`: the nodes, and who owns which store.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterView<'a> {
+    nodes: Vec<NodeView<'a>>,
+    stores: Vec<OwnershipView<'a>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct NodeView<'a> {
+    node_id: &'a str,
+    advertise_url: &'a str,
+    /// Its last heartbeat, RFC 3339 UTC to the millisecond.
+    #[schema(format = DateTime)]
+    last_seen: String,
+    /// Its heartbeat is younger than the lease, and it has not left.
+    live: bool,
+    /// Stores it owns under a lease that has not run out.
+    stores_owned: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct OwnershipView<'a> {
+    store_id: i64,
+    /// Null while nobody owns it.
+    owner: Option<&'a str>,
+    /// Rises at every change of owner; 0 before the first (and on SQLite, which has
+    /// one process and no fence).
+    epoch: i64,
+    /// RFC 3339 UTC to the millisecond; null while nobody owns it (and on SQLite).
+    #[schema(format = DateTime)]
+    lease_expires_at: Option<String>,
+}
+
+impl<'a> ClusterView<'a> {
+    pub fn new(nodes: &'a [NodeRow], stores: &'a [OwnerRow]) -> Self {
+        let millis = |at: &chrono::NaiveDateTime| {
+            at.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let owned = |node: &str| {
+            stores
+                .iter()
+                .filter(|s| !s.lapsed && s.owner.as_deref() == Some(node))
+                .count()
+        };
+        ClusterView {
+            nodes: nodes
+                .iter()
+                .map(|n| NodeView {
+                    node_id: &n.node_id,
+                    advertise_url: &n.advertise_url,
+                    last_seen: millis(&n.last_seen),
+                    live: n.live,
+                    stores_owned: owned(&n.node_id),
+                })
+                .collect(),
+            stores: stores
+                .iter()
+                .map(|s| OwnershipView {
+                    store_id: s.store.0,
+                    owner: s.owner.as_deref(),
+                    epoch: s.epoch,
+                    lease_expires_at: s.lease_expires_at.as_ref().map(millis),
+                })
+                .collect(),
         }
     }
 }

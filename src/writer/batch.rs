@@ -1,23 +1,90 @@
 //! A batch as rows: Kitara numbers the new orders and their details itself, so that one
 //! multi-row insert writes a whole batch and every id can still be answered.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::ops::Range;
 
+use sea_orm::DatabaseConnection;
 use tokio::time::Instant;
 
 use super::Writer;
+use crate::db::ids::{self, Sequence};
 use crate::db::persist;
 use crate::db::write::{Committed, Fence, PersistError, Write, Written};
 use crate::domain::{OrderDetailId, OrderId};
 
-/// Kitara numbers order and detail rows itself (it owns the database while it runs),
-/// so one multi-row insert can write a batch and still answer every id. Ids of a failed
-/// batch are not reused.
+/// Kitara numbers order and detail rows itself, so one multi-row insert can write a
+/// batch and still answer every id. It numbers from blocks reserved in the database
+/// (`db::ids`), so that several nodes on one database never hand out one id; the
+/// writers of a node share its blocks. Ids of a failed batch are not reused.
+#[derive(Default)]
 pub(super) struct Ids {
-    /// The last order id handed out.
-    pub(super) order: AtomicI64,
-    /// The last detail id handed out.
-    pub(super) detail: AtomicI64,
+    blocks: tokio::sync::Mutex<Blocks>,
+}
+
+#[derive(Default)]
+struct Blocks {
+    order: Range<i64>,
+    detail: Range<i64>,
+}
+
+/// Ids reserved at a time: a reservation is a short transaction of its own, so one per
+/// this many orders (or lines) costs nothing noticeable.
+const BLOCK: i64 = 100_000;
+
+impl Ids {
+    /// The first of `count` consecutive ids of each kind, from this node's blocks
+    /// (reserving a new block when the one at hand is short).
+    async fn take(
+        &self,
+        db: &DatabaseConnection,
+        orders: i64,
+        lines: i64,
+    ) -> Result<(i64, i64), PersistError> {
+        let mut blocks = self.blocks.lock().await;
+        let order = Self::from(db, &mut blocks.order, Sequence::Orders, orders).await?;
+        let detail = Self::from(db, &mut blocks.detail, Sequence::Details, lines).await?;
+        Ok((order, detail))
+    }
+
+    async fn from(
+        db: &DatabaseConnection,
+        block: &mut Range<i64>,
+        sequence: Sequence,
+        count: i64,
+    ) -> Result<i64, PersistError> {
+        if block.end - block.start < count.max(1) {
+            let size = BLOCK.max(count);
+            let first = ids::reserve(db, sequence, size).await.map_err(|e| {
+                crate::warn_summarised!("an id block could not be reserved", error = %e, "an id block could not be reserved");
+                PersistError::Unavailable
+            })?;
+            *block = first..first + size;
+        }
+        let first = block.start;
+        block.start += count;
+        Ok(first)
+    }
+
+    /// Reserves the first blocks, so that the order path starts with ids at hand.
+    pub(super) async fn prefetch(&self, db: &DatabaseConnection) -> Result<(), PersistError> {
+        self.take(db, 0, 0).await.map(|_| ())
+    }
+
+    /// Gives back what is left of the blocks at hand (if no node reserved past them):
+    /// after a refused batch, which may have met rows inserted behind Kitara's back (the
+    /// next block starts past the largest id), and at shutdown.
+    pub(super) async fn renew(&self, db: &DatabaseConnection) {
+        let mut blocks = self.blocks.lock().await;
+        let Blocks { order, detail } = std::mem::take(&mut *blocks);
+        for (sequence, block) in [(Sequence::Orders, order), (Sequence::Details, detail)] {
+            if block.is_empty() {
+                continue;
+            }
+            if let Err(e) = ids::give_back(db, sequence, block.start, block.end).await {
+                tracing::debug!(error = %e, "cannot give back the rest of an id block");
+            }
+        }
+    }
 }
 
 impl Writer {
@@ -33,8 +100,10 @@ impl Writer {
             Write::End { .. } | Write::Admin(_) => None,
         });
         let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
-        let mut order_id = self.ids.order.fetch_add(count, Ordering::Relaxed);
-        let mut detail_id = self.ids.detail.fetch_add(lines, Ordering::Relaxed);
+        let (first_order, first_detail) = self.ids.take(&self.db, count, lines).await?;
+        // Each is the id before the next row's.
+        let mut order_id = first_order - 1;
+        let mut detail_id = first_detail - 1;
         let mut fences: Vec<Fence> = fences.iter().flatten().copied().collect();
         fences.sort_unstable();
         fences.dedup();
@@ -111,8 +180,8 @@ impl Writer {
         let outcome = self.transact(plan, token, writes, orders, answer_by).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
-            // refused: renumber from what the database has.
-            self.resync_ids(answer_by).await;
+            // refused: number from new blocks, past what the database has.
+            self.ids.renew(&self.db).await;
         }
         let mut answered = outcome?.into_iter();
         for w in &mut written {

@@ -34,7 +34,6 @@ mod refused;
 mod transaction;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sea_orm::DatabaseConnection;
@@ -140,19 +139,15 @@ pub struct WriterConfig {
     pub node: Option<NodeId>,
 }
 
-/// Starts the writer tasks. `last_ids` are the largest order and detail ids in the
-/// database.
-pub fn spawn(
+/// Starts the writer tasks, with their first blocks of ids reserved.
+pub async fn spawn(
     db: DatabaseConnection,
     config: WriterConfig,
-    last_ids: (i64, i64),
-) -> (WriterHandle, Vec<JoinHandle<()>>) {
+) -> Result<(WriterHandle, Vec<JoinHandle<()>>), PersistError> {
     let (sender, receiver) = mpsc::channel(config.queue);
     let receiver = Arc::new(Mutex::new(receiver));
-    let ids = Arc::new(Ids {
-        order: AtomicI64::new(last_ids.0),
-        detail: AtomicI64::new(last_ids.1),
-    });
+    let ids = Arc::new(Ids::default());
+    ids.prefetch(&db).await?;
     let reach = Arc::new(Reach::default());
     let boot = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -181,7 +176,7 @@ pub fn spawn(
         sender,
         answer_within: config.answer_within,
     };
-    (handle, tasks)
+    Ok((handle, tasks))
 }
 
 struct Writer {
@@ -211,6 +206,8 @@ impl Writer {
         while let Some(batch) = self.next_batch().await {
             self.persist(batch).await;
         }
+        // Ids left unused go back, so a restart continues where this one stopped.
+        self.ids.renew(&self.db).await;
         if let Some(opening) = self.opening.take() {
             // Rolls back on its own task, whatever the database's state.
             tokio::spawn(async move {

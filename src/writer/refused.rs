@@ -5,13 +5,11 @@
 //! writes fail, unless the database turns out to be unreachable, which fails the rest
 //! at once.
 
-use std::sync::atomic::Ordering;
-
 use tokio::time::Instant;
 
 use super::Writer;
 use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
-use crate::db::{call, keys, load, owners};
+use crate::db::{call, keys, owners};
 use crate::metrics::DbError;
 
 impl Writer {
@@ -184,17 +182,5 @@ impl Writer {
             tracing::warn!(error = %e, "cannot look up the idempotency keys of a refused batch");
             Vec::new()
         })
-    }
-
-    pub(super) async fn resync_ids(&self, answer_by: Instant) {
-        let db = self.db.clone();
-        let read = async move { load::max_ids(&db).await };
-        match call::within(answer_by, read).await {
-            Ok((orders, details)) => {
-                self.ids.order.fetch_max(orders, Ordering::Relaxed);
-                self.ids.detail.fetch_max(details, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read the largest ids"),
-        }
     }
 }

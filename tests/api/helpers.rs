@@ -630,6 +630,37 @@ impl Api {
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// A lock with `Idempotency-Key: key` (if given) whose connection may fail or hang (a
+    /// node killed or paused): `None` then, or after `within`. An answer that arrives
+    /// whole must be JSON.
+    pub async fn try_lock_keyed(
+        &self,
+        body: &Value,
+        key: Option<&str>,
+        within: std::time::Duration,
+    ) -> Option<(StatusCode, hyper::HeaderMap, Value)> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/api/v1/order/lock", self.addr))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let exchange = async {
+            let response = self.client.request(request).await.ok()?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.ok()?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+            Some((status, headers, value))
+        };
+        tokio::time::timeout(within, exchange).await.ok().flatten()
+    }
+
     /// Sends a request built by the test; the answer's status and JSON.
     pub async fn send_raw(&self, request: Request<Full<Bytes>>) -> (StatusCode, Value) {
         let (status, _, value) = self.send(request).await;

@@ -8,6 +8,7 @@ mod mariadb;
 mod admin;
 mod admin_page;
 mod burst;
+mod cluster;
 mod contract;
 mod durability;
 mod holds;

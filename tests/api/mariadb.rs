@@ -153,7 +153,8 @@ fn run(command: &mut Command) {
     );
 }
 
-fn signal(pid: u32, name: &str) {
+/// `kill -NAME pid`.
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
