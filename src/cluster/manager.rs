@@ -97,8 +97,13 @@ impl Manager {
             }
             let mut result = Ok(());
             if Instant::now() >= next_beat {
-                next_beat = Instant::now() + beat_every;
+                // A heartbeat that failed is tried again at the next look, so that a
+                // node whose leases ran out in an outage serves again soon after it.
+                let started = Instant::now();
                 result = self.heartbeat().await;
+                if result.is_ok() {
+                    next_beat = started + beat_every;
+                }
             }
             if result.is_ok() {
                 result = self.look().await;

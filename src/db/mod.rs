@@ -81,24 +81,55 @@ pub async fn connect_watched(
         })
         .map_sqlx_mysql_pool_opts(move |pool| {
             let out_of_step = out_of_step.clone();
-            pool.after_release(move |conn, _| {
-                let out_of_step = out_of_step.clone();
-                Box::pin(async move {
-                    match in_step(conn).await {
-                        Ok(()) => Ok(true),
-                        // sqlx closes it, quietly: the outage is logged elsewhere.
-                        Err(CanaryError::Broken(_)) => Ok(false),
-                        // sqlx drops it without a word to the server, which would read
-                        // the words out of step too.
-                        Err(e @ CanaryError::OutOfStep) => {
-                            out_of_step();
-                            Err(sea_orm::sqlx::Error::Protocol(e.to_string()))
+            pool.after_connect(|conn, _| Box::pin(async move { end_idle_writes(conn).await }))
+                .after_release(move |conn, _| {
+                    let out_of_step = out_of_step.clone();
+                    Box::pin(async move {
+                        match in_step(conn).await {
+                            Ok(()) => Ok(true),
+                            // sqlx closes it, quietly: the outage is logged elsewhere.
+                            Err(CanaryError::Broken(_)) => Ok(false),
+                            // sqlx drops it without a word to the server, which would read
+                            // the words out of step too.
+                            Err(e @ CanaryError::OutOfStep) => {
+                                out_of_step();
+                                Err(sea_orm::sqlx::Error::Protocol(e.to_string()))
+                            }
                         }
-                    }
+                    })
                 })
-            })
         });
     Database::connect(options).await
+}
+
+/// How long MariaDB lets a transaction that has written sit idle before it ends the
+/// connection (and so the transaction, and its row locks).
+const IDLE_WRITE_TIMEOUT_S: u32 = 1;
+
+/// A Kitara node paused, or cut off from the database, in the middle of a write keeps
+/// its transaction open on the server, and with it the locks on its stores' ownership
+/// and product rows: the node that takes such a store would wait for them, for as long
+/// as the pause. MariaDB's `idle_write_transaction_timeout` ends such a transaction
+/// after a second; a healthy writer is never idle mid-transaction for that long (it
+/// sends its statements back to back; a transaction begun ahead has not written yet,
+/// and is not ended). The fence keeps the stale writer out either way; this keeps the
+/// new owner from waiting. MySQL has no such setting: there, a takeover may wait.
+async fn end_idle_writes(
+    conn: &mut sea_orm::sqlx::MySqlConnection,
+) -> Result<(), sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Executor;
+    let sql = format!("SET SESSION idle_write_transaction_timeout = {IDLE_WRITE_TIMEOUT_S}");
+    match conn.execute(sea_orm::sqlx::AssertSqlSafe(sql)).await {
+        Ok(_) => Ok(()),
+        Err(sea_orm::sqlx::Error::Database(e)) => {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                tracing::warn!(error = %e, "the database cannot end idle write transactions (not MariaDB?): a node paused mid-write delays the takeover of its stores until its connection ends");
+            });
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a connection failed its release check; either way it is closed, not reused.

@@ -9,6 +9,7 @@ mod admin;
 mod admin_page;
 mod burst;
 mod cluster;
+mod cluster_steps;
 mod contract;
 mod durability;
 mod holds;
