@@ -21,6 +21,29 @@ pub(crate) struct BenchDb {
 }
 
 impl BenchDb {
+    /// How many nodes own stores, and how many stores have no owner.
+    pub(crate) async fn owners(&self) -> (usize, i64) {
+        let rows = self
+            .conn
+            .query_all_raw(Statement::from_string(
+                self.conn.get_database_backend(),
+                "SELECT owner, COUNT(*) FROM kitara_store_owners GROUP BY owner",
+            ))
+            .await
+            .expect("read the owners");
+        let mut owners = 0;
+        let mut unowned = 0;
+        for row in rows {
+            let owner: Option<String> = row.try_get_by_index(0).expect("owner");
+            let count: i64 = row.try_get_by_index(1).expect("count");
+            match owner {
+                Some(_) => owners += 1,
+                None => unowned += count,
+            }
+        }
+        (owners, unowned)
+    }
+
     /// A fresh database with `stores` stores of `products` products each (`stock` units
     /// apiece) and `USERS` users.
     pub(crate) async fn create(bench: &Bench, stores: i64, products: i64, stock: i64) -> Self {

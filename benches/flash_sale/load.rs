@@ -107,14 +107,16 @@ pub(crate) fn percentile(latencies_us: &mut [u32], q: f64) -> f64 {
     kitara::simulate::percentile_ms(latencies_us, q * 100.0)
 }
 
-/// Runs `CONNECTIONS` closed-loop connections for `duration`.
-pub(crate) async fn drive(addr: SocketAddr, duration: Duration, make: MakeRequest) -> Load {
+/// Runs `CONNECTIONS` closed-loop connections for `duration`, spread evenly over
+/// `addrs` (the nodes of a cluster, or one server).
+pub(crate) async fn drive(addrs: &[SocketAddr], duration: Duration, make: MakeRequest) -> Load {
     let clock = CpuClock::now();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|c| {
             let make = make.clone();
+            let addr = addrs[c % addrs.len()];
             tokio::spawn(connection(addr, start, c as u64, make, move |_, sent| {
                 sent < deadline
             }))

@@ -51,7 +51,7 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 12] = [
+pub(crate) const TABLE_ORDER: [&str; 13] = [
     "hot",
     "hot-no-metrics",
     "hot-holds",
@@ -59,6 +59,7 @@ pub(crate) const TABLE_ORDER: [&str; 12] = [
     "expiry-wave",
     "sell-out",
     "spread",
+    "spread-3-nodes",
     "storm",
     "ceiling",
     "database-alone",

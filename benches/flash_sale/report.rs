@@ -102,6 +102,13 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         "ratio spread kitara/row-lock: {:.2}",
         rate("spread") / rate("spread-row-lock")
     );
+    if rows.contains_key("spread-3-nodes") {
+        println!(
+            "ratio spread through 3 nodes/spread on 1 node (one machine: the cost of \
+             forwarding and ownership): {:.2}",
+            rate("spread-3-nodes") / rate("spread")
+        );
+    }
     println!(
         "ratio hot kitara/ceiling: {:.2}",
         rate("hot") / rate("ceiling")

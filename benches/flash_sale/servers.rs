@@ -27,18 +27,26 @@ pub(crate) enum Server {
     /// Kitara with `KITARA_METRICS=false`: what recording metrics costs.
     KitaraWithoutMetrics,
     RowLock,
+    /// Three Kitara nodes on one MySQL database, each owning its share of the stores;
+    /// the load goes to all three, so two requests in three are forwarded.
+    KitaraThreeNodes,
 }
 
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     pub(crate) stop: oneshot::Sender<()>,
     pub(crate) task: tokio::task::JoinHandle<()>,
+    /// The other nodes of a cluster.
+    others: Vec<Running>,
 }
 
 impl Running {
     /// Builds and starts the server on the server runtime, so that its listener, pool
     /// and tasks all belong to that runtime.
     pub(crate) async fn start(db: &BenchDb, server: Server) -> Self {
+        if server == Server::KitaraThreeNodes {
+            return Self::cluster(db, 3).await;
+        }
         let mut settings = Settings::local(&db.url);
         settings.metrics = server != Server::KitaraWithoutMetrics;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -48,7 +56,7 @@ impl Running {
         let (addr, task) = server_runtime()
             .spawn(async move {
                 match server {
-                    Server::Kitara | Server::KitaraWithoutMetrics => {
+                    Server::Kitara | Server::KitaraWithoutMetrics | Server::KitaraThreeNodes => {
                         let app = Application::build(settings).await.expect("build Kitara");
                         let addr = app.addr();
                         (addr, tokio::spawn(app.run_until(stopped)))
@@ -65,13 +73,71 @@ impl Running {
             })
             .await
             .expect("start the server");
-        Running { addr, stop, task }
+        Running {
+            addr,
+            stop,
+            task,
+            others: Vec::new(),
+        }
+    }
+
+    /// `nodes` Kitara nodes on `db` (each named by its port), started one after the
+    /// other; answers once every store is owned by one of them and each has loaded its
+    /// share, so that the load meets a settled cluster.
+    async fn cluster(db: &BenchDb, nodes: usize) -> Self {
+        assert!(db.mysql, "a cluster needs MySQL");
+        let mut first = Box::pin(Self::start(db, Server::Kitara)).await;
+        for _ in 1..nodes {
+            first
+                .others
+                .push(Box::pin(Self::start(db, Server::Kitara)).await);
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let (owners, unowned) = db.owners().await;
+            let mut ready = true;
+            for addr in first.addrs() {
+                ready &= readyz(addr).await;
+            }
+            if owners == nodes && unowned == 0 && ready {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the cluster did not settle: {owners} owners, {unowned} stores unowned"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        first
+    }
+
+    /// Every node's address: the load goes to all of them.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.others.iter().map(|o| o.addr))
+            .collect()
     }
 
     pub(crate) async fn stop(self) {
+        for other in self.others {
+            Box::pin(other.stop()).await;
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// Whether the node at `addr` answers `/readyz` with 200 (it has loaded what it owns).
+async fn readyz(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut answer = Vec::new();
+    stream.write_all(request).await.is_ok()
+        && stream.read_to_end(&mut answer).await.is_ok()
+        && answer.starts_with(b"HTTP/1.1 200")
 }
 
 /// The baseline: what a careful conventional service does. One transaction per order

@@ -99,6 +99,14 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             Expect::Commits,
         ),
         (
+            "spread-3-nodes",
+            "spread 1,000×10 through 3 nodes (kitara)",
+            Server::KitaraThreeNodes,
+            (1_000, 10, HUGE_STOCK),
+            Lock,
+            Expect::Commits,
+        ),
+        (
             "storm",
             "sold-out storm (kitara)",
             Server::Kitara,
@@ -131,7 +139,8 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             Expect::Commits,
         ),
     ] {
-        if !bench.selected(key) {
+        // Several nodes share a database only on MySQL.
+        if !bench.selected(key) || (server == Server::KitaraThreeNodes && bench.mysql.is_none()) {
             continue;
         }
         let db = BenchDb::create(bench, stores, products, stock).await;
@@ -170,7 +179,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
     for _ in 0..bench.rounds() {
         for workload in &mut workloads {
             let slice = drive(
-                workload.running.addr,
+                &workload.running.addrs(),
                 unit * workload.units,
                 workload.make.clone(),
             )
@@ -366,7 +375,7 @@ pub(crate) async fn lock_then_confirm(bench: &Bench) -> Row {
             None => lock_request(1, 1),
         })
     });
-    let load = drive(running.addr, bench.duration(), make).await;
+    let load = drive(&[running.addr], bench.duration(), make).await;
     running.stop().await;
     let confirmed = db.count_where("orders", "status = 'confirmed'").await;
     let stored = db.check_invariants().await;
@@ -435,7 +444,7 @@ pub(crate) async fn expiry_wave(bench: &Bench) -> (Row, Wave) {
     let hot: MakeRequest =
         Arc::new(|rng: &mut Rng, _: Option<&Bytes>| Some(lock_request(rng.below(USERS) + 1, 1)));
     let run_for = deadline_at - start + Duration::from_secs(if bench.quick { 3 } else { 5 });
-    let mut load = drive(addr, run_for, hot).await;
+    let mut load = drive(&[addr], run_for, hot).await;
     let back_at = tokio::time::timeout(Duration::from_secs(30), watcher)
         .await
         .ok()
