@@ -62,7 +62,9 @@ impl ProductChange {
         )
     }
 
-    /// The units a negative delta takes at once.
+    /// The units a negative delta takes at once. (`delta <= 0` would be the same: the
+    /// edge refuses a delta of 0, and taking 0 units changes nothing; mutation testing
+    /// lists that change as a survivor, an equivalent one.)
     fn taken(&self) -> Option<OrderLine> {
         match *self {
             ProductChange::Restock { product, delta, .. } if delta < 0 => Some(OrderLine {

@@ -138,6 +138,11 @@ mod tests {
                 NodeId::parse(good).map(|n| n.to_string()),
                 Ok(good.to_owned())
             );
+            assert_eq!(
+                NodeId::parse(good).map(|n| n.as_str().len()),
+                Ok(good.len())
+            );
+            assert_eq!(NodeId::parse(good).unwrap().as_str(), good);
         }
         for bad in ["", "a b", "o'brien", "n\u{e9}", "a;b", &"x".repeat(256)] {
             assert_eq!(NodeId::parse(bad), Err(NodeIdError), "{bad:?}");
@@ -204,10 +209,20 @@ mod tests {
             seen(3, Some("gone"), false),
             seen(4, Some("only"), false),
         ];
-        let plan = plan(me, &[me], &rows, &HashSet::new());
+        let planned = plan(me, &[me], &rows, &HashSet::new());
         // 3's owner holds a valid lease: it waits for it to lapse.
-        assert_eq!(plan.take, vec![StoreId(1), StoreId(2), StoreId(4)]);
-        assert!(plan.hand_over.is_empty() && plan.release.is_empty() && plan.lost.is_empty());
+        assert_eq!(planned.take, vec![StoreId(1), StoreId(2), StoreId(4)]);
+        assert!(
+            planned.hand_over.is_empty() && planned.release.is_empty() && planned.lost.is_empty()
+        );
+        // A running node counts itself live before the table shows its heartbeat (at
+        // its start, or with its heartbeat late), and shares with the nodes it sees.
+        assert_eq!(plan(me, &[], &rows, &HashSet::new()), planned);
+        let other = "other";
+        let shared = plan(me, &[other], &rows, &HashSet::new());
+        for store in &shared.take {
+            assert_eq!(rightful(*store, [me, other]), Some(me));
+        }
     }
 
     #[test]

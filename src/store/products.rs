@@ -89,6 +89,10 @@ impl StoreActor {
                 limit,
             } => {
                 if let Some(limit) = *limit {
+                    // Only a limit where there was none needs what buyers hold, which
+                    // memory does not keep for unlimited products. (Reloading more
+                    // often would change no answer, only cost a read: mutation testing
+                    // lists `&&` → `||` here as a survivor, an equivalent one.)
                     if limit.is_some() && self.purchases.limit(*product).is_none() {
                         self.reload_after = true;
                     }

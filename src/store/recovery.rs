@@ -237,6 +237,9 @@ impl StoreActor {
         self.publish(all.into_iter());
     }
 
+    /// Reloads a store that went stale, at most once per `RELOAD_INTERVAL`. (`<` or
+    /// `<=` at the interval's end is the same; mutation testing lists it as a survivor,
+    /// an equivalent one.)
     pub(super) async fn reload_if_due(&mut self, deadline: Instant) -> bool {
         match self.stale_since {
             Some(since) if since.elapsed() < RELOAD_INTERVAL => false,

@@ -221,6 +221,90 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
     db.drop_database().await;
 }
 
+/// A confirm that waits behind another end of the same order (here a second confirm)
+/// is decided again when the first fails to commit: it is answered within its bound,
+/// not left waiting for an end that will never come. The database is stopped while
+/// both are in flight, so the first is given up at its deadline, and stays stopped
+/// until the second has been answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_waiting_behind_one_that_failed_is_decided_again_mysql() {
+    if !Backend::Mysql.available() || !PrivateMariadb::available() {
+        return;
+    }
+    let server = PrivateMariadb::start().await;
+    let db = TestDb::on_server(&server.url()).await;
+    kitara::db::migrate_and_seed(&db.conn, true)
+        .await
+        .expect("seed");
+    let (mut child, api, _logs) = start_kitara(
+        &db.url,
+        &[
+            (
+                "KITARA_DB_ACQUIRE_TIMEOUT_MS",
+                &ACQUIRE_TIMEOUT.as_millis().to_string(),
+            ),
+            (
+                "KITARA_OUTCOME_DEADLINE_MS",
+                &OUTCOME_DEADLINE.as_millis().to_string(),
+            ),
+        ],
+    )
+    .await;
+    let api = Arc::new(api);
+    let body = serde_json::json!({"user_id": 2, "hold_seconds": 600, "products": [{"product_id": 1, "quantity": 1}]});
+    let (status, locked) = api.lock(&body).await;
+    assert_eq!(status, StatusCode::OK, "{locked}");
+    let id = locked["data"]["order_id"].as_i64().unwrap();
+
+    server.pause();
+    let first = tokio::spawn({
+        let api = api.clone();
+        async move { api.end(id, "confirm", 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let started = Instant::now();
+            let answer =
+                tokio::time::timeout(Kind::Confirm.bound() * 2, api.end(id, "confirm", 2)).await;
+            (answer, started.elapsed())
+        }
+    });
+    let (status, answer) = first.await.expect("the first confirm");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    // Still stopped: the second must be answered by its own deadline, not by a later
+    // end of the order.
+    let (answer, took) = second.await.expect("the second confirm");
+    server.resume();
+    let (status, answer) = answer.unwrap_or_else(|_| {
+        panic!("the confirm that waited behind the failed one was never answered")
+    });
+    println!(
+        "the waiting confirm answered {status} after {took:?}: {}",
+        answer["message"]
+    );
+    assert!(
+        matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE),
+        "{status}: {answer}"
+    );
+    assert!(
+        took <= Kind::Confirm.bound(),
+        "answered only after {took:?}"
+    );
+    // Whatever it answered, the order is confirmed now (a repeat confirm answers 200).
+    let (status, answer) = api.end(id, "confirm", 2).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        db.statuses().await.get(&id).map(String::as_str),
+        Some("confirmed")
+    );
+
+    child.start_kill().ok();
+    child.wait().await.ok();
+    db.drop_database().await;
+}
+
 /// Locks, reads the order back, then confirms or cancels it, until told to stop. A 503
 /// is taken as it comes; anything else is judged by the test.
 async fn client(api: Arc<Api>, c: i64, stop: Arc<AtomicBool>) -> Vec<Seen> {
