@@ -64,33 +64,15 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
-    if !Backend::Mysql.available() || !PrivateMariadb::available() {
+    let Some((server, db)) = private_server_with_demo_data().await else {
         return;
-    }
-    let server = PrivateMariadb::start().await;
-    let db = TestDb::on_server(&server.url()).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("seed");
+    };
     db.exec("UPDATE products SET current_stock = 1000000 WHERE id IN (1, 2)")
         .await;
     db.exec("INSERT INTO stock_movements (product_id, delta, reason) VALUES (1, 999990, 'test'), (2, 999995, 'test')")
         .await;
     let initial = db.stocks().await;
-    let (mut child, api, mut logs) = start_kitara(
-        &db.url,
-        &[
-            (
-                "KITARA_DB_ACQUIRE_TIMEOUT_MS",
-                &ACQUIRE_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "KITARA_OUTCOME_DEADLINE_MS",
-                &OUTCOME_DEADLINE.as_millis().to_string(),
-            ),
-        ],
-    )
-    .await;
+    let (mut child, api, mut logs) = start_with_short_bounds(&db).await;
     let api = Arc::new(api);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,28 +210,10 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
 /// until the second has been answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_waiting_behind_one_that_failed_is_decided_again_mysql() {
-    if !Backend::Mysql.available() || !PrivateMariadb::available() {
+    let Some((server, db)) = private_server_with_demo_data().await else {
         return;
-    }
-    let server = PrivateMariadb::start().await;
-    let db = TestDb::on_server(&server.url()).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("seed");
-    let (mut child, api, _logs) = start_kitara(
-        &db.url,
-        &[
-            (
-                "KITARA_DB_ACQUIRE_TIMEOUT_MS",
-                &ACQUIRE_TIMEOUT.as_millis().to_string(),
-            ),
-            (
-                "KITARA_OUTCOME_DEADLINE_MS",
-                &OUTCOME_DEADLINE.as_millis().to_string(),
-            ),
-        ],
-    )
-    .await;
+    };
+    let (mut child, api, _logs) = start_with_short_bounds(&db).await;
     let api = Arc::new(api);
     let body = serde_json::json!({"user_id": 2, "hold_seconds": 600, "products": [{"product_id": 1, "quantity": 1}]});
     let (status, locked) = api.lock(&body).await;
@@ -303,6 +267,41 @@ async fn an_end_waiting_behind_one_that_failed_is_decided_again_mysql() {
     child.start_kill().ok();
     child.wait().await.ok();
     db.drop_database().await;
+}
+
+/// A private MariaDB (these tests stop it) with a database of the demo data; `None`
+/// where MariaDB tests do not run.
+async fn private_server_with_demo_data() -> Option<(PrivateMariadb, TestDb)> {
+    if !Backend::Mysql.available() || !PrivateMariadb::available() {
+        return None;
+    }
+    let server = PrivateMariadb::start().await;
+    let db = TestDb::on_server(&server.url()).await;
+    kitara::db::migrate_and_seed(&db.conn, true)
+        .await
+        .expect("seed");
+    Some((server, db))
+}
+
+/// The real binary on `db`, with the acquire timeout and outcome deadline of these
+/// tests, so that a stall is answered within seconds.
+async fn start_with_short_bounds(
+    db: &TestDb,
+) -> (
+    tokio::process::Child,
+    Api,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let acquire = ACQUIRE_TIMEOUT.as_millis().to_string();
+    let outcome = OUTCOME_DEADLINE.as_millis().to_string();
+    start_kitara(
+        &db.url,
+        &[
+            ("KITARA_DB_ACQUIRE_TIMEOUT_MS", &acquire),
+            ("KITARA_OUTCOME_DEADLINE_MS", &outcome),
+        ],
+    )
+    .await
 }
 
 /// Locks, reads the order back, then confirms or cancels it, until told to stop. A 503
