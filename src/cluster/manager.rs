@@ -175,9 +175,8 @@ impl Manager {
             .iter()
             .filter(|n| n.incarnation != 0 && n.node_id != me.as_str())
             .filter_map(|n| {
-                let node = crate::domain::NodeId::parse(&n.node_id).ok()?;
-                let url = n.advertise_url.trim_end_matches('/').into();
-                Some((n.node_id.as_str(), Arc::new(Peer { node, url })))
+                let peer = Peer::parse(&n.node_id, &n.advertise_url)?;
+                Some((n.node_id.as_str(), Arc::new(peer)))
             })
             .collect();
         let mut elsewhere = HashMap::new();

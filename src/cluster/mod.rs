@@ -156,15 +156,8 @@ impl Cluster {
         }
         let read = move |db| async move { owners::holder(&db, store).await };
         match reads.run(answer_by, read).await {
-            Ok(Some((owner, url))) if owner != self.node.id.as_str() => {
-                match NodeId::parse(&owner) {
-                    Ok(node) => Route::There(Arc::new(Peer {
-                        node,
-                        url: url.trim_end_matches('/').into(),
-                    })),
-                    Err(_) => Route::Nowhere,
-                }
-            }
+            Ok(Some((owner, url))) if owner != self.node.id.as_str() => Peer::parse(&owner, &url)
+                .map_or(Route::Nowhere, |peer| Route::There(Arc::new(peer))),
             _ => Route::Nowhere,
         }
     }

@@ -24,6 +24,17 @@ pub struct Peer {
     pub url: Arc<str>,
 }
 
+impl Peer {
+    /// A node as the table records it; `None` for an id that is not a node id (a row
+    /// written by hand).
+    pub fn parse(node: &str, advertise_url: &str) -> Option<Self> {
+        Some(Peer {
+            node: NodeId::parse(node).ok()?,
+            url: advertise_url.trim_end_matches('/').into(),
+        })
+    }
+}
+
 /// Why a forwarded request got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
