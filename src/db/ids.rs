@@ -35,7 +35,9 @@ pub async fn reserve(
     sequence: Sequence,
     count: i64,
 ) -> Result<i64, DbErr> {
-    let txn = db.begin().await?;
+    let txn = db
+        .begin_with_options(super::write_transaction_options())
+        .await?;
     let lock = match txn.get_database_backend() {
         DbBackend::MySql => " FOR UPDATE",
         _ => "",

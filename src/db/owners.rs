@@ -211,7 +211,9 @@ pub async fn take(
     if stores.is_empty() {
         return Ok(Vec::new());
     }
-    let txn = db.begin().await?;
+    let txn = db
+        .begin_with_options(super::write_transaction_options())
+        .await?;
     let mut sql = Sql::new("UPDATE kitara_store_owners SET owner = ");
     sql.node(node)
         .text(", epoch = epoch + 1, fenced = fenced + 1, lease_expires_at = NOW(3) + INTERVAL ")

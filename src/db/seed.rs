@@ -15,7 +15,9 @@ const DEMO: &[&str] = &[
 
 /// Loads the demo data into a database without stores. Returns whether it did.
 pub async fn load_demo_data(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
+    let txn = db
+        .begin_with_options(super::write_transaction_options())
+        .await?;
     let backend = txn.get_database_backend();
     let stores = txn
         .query_one_raw(Statement::from_string(

@@ -13,6 +13,7 @@ use crate::helpers::{Backend, TestDb, order, spawn_app};
 crate::on_both_backends!(
     stock_lowered_behind_kitaras_back_is_reconciled,
     stock_taken_behind_kitaras_back_mid_burst_never_oversells,
+    id_blocks_are_reserved_while_another_writer_commits,
 );
 
 async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
@@ -292,5 +293,52 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
     assert_eq!(app.listed_stocks().await, db.stocks().await);
 
     crate::helpers::TestApp::stop_shared(app).await;
+    db.drop_database().await;
+}
+
+/// Reserving a block of ids reads the sequence, then writes it, in one transaction. On
+/// SQLite a transaction that began as a reader cannot become a writer once another
+/// connection has committed since (`SQLITE_BUSY` at once, no waiting): the reservation
+/// must hold the write lock from its BEGIN, or a tool writing to the database makes
+/// Kitara's orders fail as "database unavailable".
+async fn id_blocks_are_reserved_while_another_writer_commits(backend: Backend) {
+    use kitara::db::ids::{self, Sequence};
+    use sea_orm::ConnectionTrait;
+
+    let db = TestDb::with_demo_data(backend).await;
+    let args = crate::helpers::database_args(&db.url);
+    let kitara = kitara::db::connect(&args).await.unwrap();
+    let tool = kitara::db::connect(&args).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut commits = 0;
+            while !done.load(Ordering::Relaxed) {
+                tool.execute_unprepared(
+                    "UPDATE products SET current_stock = current_stock + 1 WHERE id = 3",
+                )
+                .await
+                .unwrap_or_else(|e| panic!("the tool failed: {e}"));
+                commits += 1;
+                tokio::task::yield_now().await;
+            }
+            tool.close().await.ok();
+            commits
+        }
+    });
+    let mut firsts = Vec::new();
+    for _ in 0..200 {
+        let first = ids::reserve(&kitara, Sequence::Orders, 10)
+            .await
+            .unwrap_or_else(|e| panic!("a block was refused while another writer wrote: {e}"));
+        firsts.push(first);
+    }
+    done.store(true, Ordering::Relaxed);
+    let commits = writing.await.unwrap();
+    assert!(commits > 0, "the tool never wrote");
+    // Every block is new: each starts where the one before it ended.
+    assert!(firsts.windows(2).all(|w| w[1] == w[0] + 10), "{firsts:?}");
+    kitara.close().await.ok();
     db.drop_database().await;
 }
