@@ -32,9 +32,15 @@ enum Cut {
     /// the server's side open for `HELD_FOR`: the server's session stays in its
     /// transaction, holding its locks, then rolls back.
     HoldCommit,
+    /// Hold the next COMMIT back for `LATE_BY`, then drop it and cut the connection: the
+    /// writer learns, past its answer's deadline, that nothing committed.
+    LateInsteadOfCommit,
 }
 
 const HELD_FOR: Duration = Duration::from_secs(3);
+
+/// How long `Cut::LateInsteadOfCommit` holds a COMMIT before it cuts.
+const LATE_BY: Duration = Duration::from_millis(2_500);
 
 /// Holds the first batch statement back until the test releases it (`release_hold`), so
 /// that the orders sent meanwhile queue up for the next batch; turns that next batch into
@@ -57,6 +63,8 @@ struct ProxyState {
     holding: bool,
     /// Server sessions kept open by `Cut::HoldCommit` that have not closed yet.
     held_sessions: usize,
+    /// A COMMIT is held back by `Cut::LateInsteadOfCommit`.
+    holding_commit: bool,
 }
 
 struct Proxy {
@@ -168,8 +176,24 @@ async fn pipe(
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let back = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    // Muted, the server's side says nothing more to the client (not even that it
+    // closed) until the pipe is cut.
+    let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let back = tokio::spawn({
+        let muted = muted.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                if muted.load(std::sync::atomic::Ordering::SeqCst)
+                    || client_write.write_all(&buf[..n]).await.is_err()
+                {
+                    break;
+                }
+            }
+            if muted.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
     });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -241,6 +265,17 @@ async fn pipe(
                 back.abort();
                 return;
             }
+            Cut::LateInsteadOfCommit => {
+                // The server ends a write transaction left idle for a second (Kitara
+                // sets `idle_write_transaction_timeout`); the client must not hear of
+                // it before the cut.
+                muted.store(true, std::sync::atomic::Ordering::SeqCst);
+                state.lock().unwrap().holding_commit = true;
+                tokio::time::sleep(LATE_BY).await;
+                back.abort();
+                state.lock().unwrap().holding_commit = false;
+                return;
+            }
             Cut::HoldCommit => {
                 back.abort();
                 state.lock().unwrap().held_sessions += 1;
@@ -300,6 +335,8 @@ mod mysql {
             failed_orders_hold_no_stock().await;
         a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql =>
             refused_batch_then_unreachable().await;
+        a_confirm_waiting_behind_a_failed_one_is_decided_again_mysql =>
+            waiter_decided_again().await;
         a_keyed_retry_after_a_lost_commit_books_once_mysql =>
             for cut in [
                 Cut::AfterCommit,
@@ -440,6 +477,48 @@ async fn change_settled_despite(cut: Cut, change: &str) {
     let unbalanced = db.unbalanced().await;
     assert!(unbalanced.is_empty(), "{cut:?} {change}: {unbalanced:?}");
     assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// A second confirm of an order arrives while the first one's COMMIT is in flight, so it
+/// waits in the store's actor. The first then fails past its deadline (its COMMIT never
+/// reached the server): it is answered 503, and the second, which still has time, is
+/// decided again, commits and is answered 200, not left waiting for an end that will
+/// never come.
+async fn waiter_decided_again() {
+    let (db, proxy, app) = through_proxy_after(5_000, 2_000, "SELECT 1").await;
+    let (status, placed) = app.lock(&order(2, &[(1, 2)])).await;
+    assert_eq!(status, StatusCode::OK, "{placed}");
+    let id = placed["data"]["order_id"].as_i64().unwrap();
+    let app = Arc::new(app);
+
+    proxy.cut_next_commit(Cut::LateInsteadOfCommit);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { app.end(id, "confirm", 2).await }
+    });
+    proxy
+        .wait_for("the first confirm's COMMIT never came", |s| {
+            s.holding_commit
+        })
+        .await;
+    // Its deadline (2 s after it arrived) passes while its COMMIT is held (2.5 s); the
+    // second's (2 s after it arrives, 1 s later) does not.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::time::timeout(Duration::from_secs(6), app.end(id, "confirm", 2))
+        .await
+        .expect("the second confirm was never answered: it waited for an end that failed");
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    assert_eq!(db.status(id).await, "confirmed");
+    let Ok(app) = Arc::try_unwrap(app) else {
+        panic!("the confirms still hold the app")
+    };
+    let unbalanced = db.unbalanced().await;
+    assert!(unbalanced.is_empty(), "{unbalanced:?}");
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
