@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
+use imbl::OrdMap;
 
 use crate::db::load::ProductRow;
 use crate::domain::{ProductId, StoreId};
@@ -70,11 +71,16 @@ impl From<ProductRow> for Product {
 }
 
 /// One immutable view of every orderable product.
-#[derive(Debug, Default)]
+///
+/// Its maps are persistent (`imbl`): a change makes a new listing that shares all but
+/// the nodes it touched with the old one, so a change costs O(log n), not a copy of a
+/// catalogue of 100,000 products, and readers keep the listing they loaded.
+#[derive(Debug, Default, Clone)]
 pub struct Listing {
     /// Ascending id, as `GET /api/v1/products` lists them.
-    products: Vec<Arc<Product>>,
-    by_id: HashMap<ProductId, Arc<Product>>,
+    products: OrdMap<ProductId, Arc<Product>>,
+    /// The same products by store, then id: a store's page is a range.
+    by_store: OrdMap<(StoreId, ProductId), Arc<Product>>,
 }
 
 impl Listing {
@@ -82,45 +88,83 @@ impl Listing {
     /// its products).
     pub fn from_rows(rows: Vec<ProductRow>) -> Self {
         let mut store_names: HashMap<i64, Arc<str>> = HashMap::new();
-        let products = rows
-            .into_iter()
-            .map(|row| {
-                let store_name = store_names
-                    .entry(row.store_id)
-                    .or_insert_with(|| row.store_name.as_str().into())
-                    .clone();
-                Arc::new(Product {
-                    store_name,
-                    ..Product::from(row)
-                })
-            })
-            .collect();
-        Self::new(products)
+        let mut listing = Self::default();
+        for row in rows {
+            let store_name = store_names
+                .entry(row.store_id)
+                .or_insert_with(|| row.store_name.as_str().into())
+                .clone();
+            listing.insert(Arc::new(Product {
+                store_name,
+                ..Product::from(row)
+            }));
+        }
+        listing
     }
 
-    fn new(mut products: Vec<Arc<Product>>) -> Self {
-        products.sort_by_key(|p| p.id);
-        let by_id = products.iter().map(|p| (p.id, p.clone())).collect();
-        Self { products, by_id }
+    fn insert(&mut self, product: Arc<Product>) {
+        if let Some(old) = self.products.insert(product.id, product.clone()) {
+            self.by_store.remove(&(old.store, old.id));
+        }
+        self.by_store.insert((product.store, product.id), product);
+    }
+
+    fn remove(&mut self, id: ProductId) {
+        if let Some(old) = self.products.remove(&id) {
+            self.by_store.remove(&(old.store, old.id));
+        }
     }
 
     pub fn get(&self, id: ProductId) -> Option<&Arc<Product>> {
-        self.by_id.get(&id)
+        self.products.get(&id)
+    }
+
+    /// How many products are listed.
+    pub fn len(&self) -> usize {
+        self.products.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty()
     }
 
     /// Every orderable product, ascending id.
-    pub fn products(&self) -> &[Arc<Product>] {
-        &self.products
+    pub fn products(&self) -> impl Iterator<Item = &Arc<Product>> {
+        self.products.values()
+    }
+
+    /// Up to `limit` products with an id above `after`, of `store` if it names one,
+    /// ascending id.
+    pub fn page(
+        &self,
+        store: Option<StoreId>,
+        after: ProductId,
+        limit: usize,
+    ) -> Vec<Arc<Product>> {
+        let Some(from) = after.0.checked_add(1).map(ProductId) else {
+            return Vec::new();
+        };
+        match store {
+            None => self
+                .products
+                .range(from..)
+                .take(limit)
+                .map(|(_, p)| p.clone())
+                .collect(),
+            Some(store) => self
+                .by_store
+                .range((store, from)..=(store, ProductId(i64::MAX)))
+                .take(limit)
+                .map(|(_, p)| p.clone())
+                .collect(),
+        }
     }
 
     /// The products of each store.
     pub fn by_store(&self) -> HashMap<StoreId, Vec<Arc<Product>>> {
         let mut stores: HashMap<StoreId, Vec<Arc<Product>>> = HashMap::new();
-        for product in &self.products {
-            stores
-                .entry(product.store)
-                .or_default()
-                .push(product.clone());
+        for ((store, _), product) in &self.by_store {
+            stores.entry(*store).or_default().push(product.clone());
         }
         stores
     }
@@ -148,51 +192,47 @@ impl Catalog {
         self.current.load()
     }
 
+    /// Makes the next listing from the current one. Only store actors change the
+    /// listing, each its own store's products; two may race, and `rcu` runs `change`
+    /// again on the listing that won.
+    fn change(&self, change: impl Fn(&mut Listing)) {
+        self.current.rcu(|listing| {
+            let mut next = Listing::clone(listing);
+            change(&mut next);
+            next
+        });
+    }
+
     /// Adds a product, or replaces the one with its id. Only its store's actor calls
     /// this, once the change committed.
     pub(crate) fn put(&self, product: Product) {
         let product = Arc::new(product);
-        self.current.rcu(|listing| {
-            let mut products: Vec<Arc<Product>> = listing
-                .products
-                .iter()
-                .filter(|p| p.id != product.id)
-                .cloned()
-                .collect();
-            products.push(product.clone());
-            Listing::new(products)
-        });
+        self.change(|listing| listing.insert(product.clone()));
     }
 
     /// Replaces the products of one store with what its actor reloaded. Only that
     /// store's actor calls this.
     pub(crate) fn replace_store(&self, store: StoreId, products: Vec<Product>) {
         let products: Vec<Arc<Product>> = products.into_iter().map(Arc::new).collect();
-        self.current.rcu(|listing| {
-            let mut all: Vec<Arc<Product>> = listing
-                .products
-                .iter()
-                .filter(|p| p.store != store)
-                .cloned()
+        self.change(|listing| {
+            let gone: Vec<ProductId> = listing
+                .by_store
+                .range((store, ProductId(i64::MIN))..=(store, ProductId(i64::MAX)))
+                .map(|((_, id), _)| *id)
                 .collect();
-            all.extend(products.iter().cloned());
-            Listing::new(all)
+            for id in gone {
+                listing.remove(id);
+            }
+            for product in &products {
+                listing.insert(product.clone());
+            }
         });
     }
 
     /// Takes a product out of the listing (it was deleted). Only its store's actor
     /// calls this.
     pub(crate) fn remove(&self, id: ProductId) {
-        self.current.rcu(|listing| {
-            Listing::new(
-                listing
-                    .products
-                    .iter()
-                    .filter(|p| p.id != id)
-                    .cloned()
-                    .collect(),
-            )
-        });
+        self.change(|listing| listing.remove(id));
     }
 }
 
@@ -224,7 +264,7 @@ mod tests {
         catalog.remove(ProductId(2));
         first.stock.publish(1);
 
-        let ids = |l: &Listing| l.products().iter().map(|p| p.id.0).collect::<Vec<_>>();
+        let ids = |l: &Listing| l.products().map(|p| p.id.0).collect::<Vec<_>>();
         assert_eq!(ids(&before), [1, 2]);
         let after = catalog.snapshot();
         assert_eq!(ids(&after), [1, 3]);
@@ -232,5 +272,52 @@ mod tests {
         // A rename shares the stock the actor publishes.
         assert_eq!(after.get(ProductId(1)).unwrap().stock(), 1);
         assert_eq!(before.get(ProductId(1)).unwrap().stock(), 1);
+    }
+
+    #[test]
+    fn pages_follow_ids_within_a_store_or_across_stores() {
+        let rows = (1..=9).map(|id| row(id, 1 + id % 3, id * 10)).collect();
+        let catalog = Catalog::new(rows);
+        let listing = catalog.snapshot();
+        let ids = |page: Vec<Arc<Product>>| page.iter().map(|p| p.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(listing.page(None, ProductId(0), 4)), [1, 2, 3, 4]);
+        assert_eq!(ids(listing.page(None, ProductId(7), 4)), [8, 9]);
+        assert_eq!(ids(listing.page(Some(StoreId(2)), ProductId(0), 2)), [1, 4]);
+        assert_eq!(ids(listing.page(Some(StoreId(2)), ProductId(4), 9)), [7]);
+        assert_eq!(
+            ids(listing.page(Some(StoreId(9)), ProductId(0), 9)),
+            [] as [i64; 0]
+        );
+        assert_eq!(
+            ids(listing.page(None, ProductId(i64::MAX), 9)),
+            [] as [i64; 0]
+        );
+        assert_eq!(ids(listing.page(None, ProductId(-5), 1)), [1]);
+
+        // Replacing store 2's products leaves the other stores' alone.
+        catalog.replace_store(
+            StoreId(2),
+            vec![Product::from(row(4, 2, 1)), Product::from(row(12, 2, 1))],
+        );
+        let after = catalog.snapshot();
+        assert_eq!(ids(after.page(Some(StoreId(2)), ProductId(0), 9)), [4, 12]);
+        assert_eq!(
+            ids(after.page(None, ProductId(0), 99)),
+            [2, 3, 4, 5, 6, 8, 9, 12]
+        );
+        assert_eq!(after.len(), 8);
+        assert_eq!(after.by_store()[&StoreId(3)].len(), 3);
+        // A product that moves to another store leaves the old store's pages.
+        catalog.put(Product::from(row(5, 2, 1)));
+        let moved = catalog.snapshot();
+        assert_eq!(ids(moved.page(Some(StoreId(3)), ProductId(0), 9)), [2, 8]);
+        assert_eq!(
+            ids(moved.page(Some(StoreId(2)), ProductId(0), 9)),
+            [4, 5, 12]
+        );
+        assert_eq!(
+            ids(listing.page(Some(StoreId(2)), ProductId(0), 9)),
+            [1, 4, 7]
+        );
     }
 }

@@ -226,7 +226,7 @@ impl Application {
         tracing::info!(
             node = %cluster.node.id,
             stores = cluster.stores().len(),
-            products = catalog.snapshot().products().len(),
+            products = catalog.snapshot().len(),
             "loaded stock and holds"
         );
 

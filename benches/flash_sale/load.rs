@@ -110,10 +110,20 @@ pub(crate) fn percentile(latencies_us: &mut [u32], q: f64) -> f64 {
 /// Runs `CONNECTIONS` closed-loop connections for `duration`, spread evenly over
 /// `addrs` (the nodes of a cluster, or one server).
 pub(crate) async fn drive(addrs: &[SocketAddr], duration: Duration, make: MakeRequest) -> Load {
+    drive_with(addrs, CONNECTIONS, duration, make).await
+}
+
+/// `drive` with `connections` connections.
+pub(crate) async fn drive_with(
+    addrs: &[SocketAddr],
+    connections: usize,
+    duration: Duration,
+    make: MakeRequest,
+) -> Load {
     let clock = CpuClock::now();
     let start = Instant::now();
     let deadline = start + duration;
-    let tasks: Vec<_> = (0..CONNECTIONS)
+    let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let make = make.clone();
             let addr = addrs[c % addrs.len()];

@@ -22,7 +22,9 @@
 //! - `db`: the databases the workloads run on, and the invariants checked after them.
 //! - `cpu`: where the CPU went (from `/proc`), and the machine.
 //! - `report`: the table and the ratio lines.
+//! - `catalogue`: pages, lookups and the listing of 100,000 products.
 
+mod catalogue;
 mod cpu;
 mod db;
 mod load;
@@ -186,4 +188,7 @@ async fn run() {
         rows.insert("database-alone", row);
     }
     report::print(&rows, rss, wave.as_ref());
+    if bench.selected("catalogue") {
+        catalogue::catalogue(&bench).await.print();
+    }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::keys::InFlightKeys;
 use super::users::KnownUsers;
-use crate::catalog::{Catalog, Listing};
+use crate::catalog::{Catalog, Listing, Product};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, Peer, Route};
 use crate::db::call::Reads;
@@ -238,6 +238,42 @@ impl Orders {
             .run(answer_by, |db| async move { load::products(&db).await })
             .await?;
         Ok(Arc::new(Listing::from_rows(rows)))
+    }
+
+    /// A page of the catalogue: the products of `store` (or of every store) with an id
+    /// above `after`, ascending, at most `limit`. From memory when this node serves
+    /// every store, else from the database, as `listing`.
+    pub async fn page(
+        &self,
+        store: Option<StoreId>,
+        after: ProductId,
+        limit: Option<u32>,
+        answer_by: Instant,
+    ) -> Result<Vec<Arc<Product>>, DbErr> {
+        if self.cluster.everything_here() {
+            let most = limit.map_or(usize::MAX, |n| n as usize);
+            return Ok(self.catalog.snapshot().page(store, after, most));
+        }
+        let read = move |db| async move { load::products_page(&db, store, after, limit).await };
+        let rows = self.reads.run(answer_by, read).await?;
+        Ok(rows.into_iter().map(|row| Arc::new(row.into())).collect())
+    }
+
+    /// One orderable product: from memory if its store is served here (or this node
+    /// serves every store), else from the database.
+    pub async fn product(
+        &self,
+        id: ProductId,
+        answer_by: Instant,
+    ) -> Result<Option<Arc<Product>>, DbErr> {
+        let known = self.catalog.snapshot().get(id).cloned();
+        let here = |p: &Product| matches!(self.cluster.route(p.store), Route::Here(_));
+        if self.cluster.everything_here() || known.as_deref().is_some_and(here) {
+            return Ok(known);
+        }
+        let read = move |db| async move { load::product(&db, id).await };
+        let row = self.reads.run(answer_by, read).await?;
+        Ok(row.map(|row| Arc::new(row.into())))
     }
 
     /// The order as the database has it: every change answered so far is there.

@@ -26,13 +26,50 @@ pub struct ProductRow {
     pub max_per_customer: Option<i64>,
 }
 
+const PRODUCTS: &str = "SELECT p.id, p.product_name, p.current_stock, p.store_id, \
+                        s.store_name, p.max_per_customer \
+                        FROM products p JOIN stores s ON s.id = p.store_id \
+                        WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL";
+
 pub async fn products(db: &impl ConnectionTrait) -> Result<Vec<ProductRow>, DbErr> {
-    let sql = "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name, \
-               p.max_per_customer \
-               FROM products p JOIN stores s ON s.id = p.store_id \
-               WHERE p.deleted_at IS NULL AND s.deleted_at IS NULL ORDER BY p.id";
+    let sql = format!("{PRODUCTS} ORDER BY p.id");
     ProductRow::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
         .all(db)
+        .await
+}
+
+/// The orderable products of `store` (or of every store) with an id above `after`,
+/// ascending, at most `limit`: a page of the catalogue, through the primary key.
+pub async fn products_page(
+    db: &impl ConnectionTrait,
+    store: Option<StoreId>,
+    after: ProductId,
+    limit: Option<u32>,
+) -> Result<Vec<ProductRow>, DbErr> {
+    let mut sql = format!("{PRODUCTS} AND p.id > ?");
+    let mut values = vec![Value::from(after.0)];
+    if let Some(store) = store {
+        sql.push_str(" AND p.store_id = ?");
+        values.push(Value::from(store.0));
+    }
+    sql.push_str(" ORDER BY p.id");
+    if let Some(limit) = limit {
+        sql.push_str(" LIMIT ?");
+        values.push(Value::from(limit));
+    }
+    ProductRow::find_by_statement(super::prepared(db, sql, values))
+        .all(db)
+        .await
+}
+
+/// One orderable product.
+pub async fn product(
+    db: &impl ConnectionTrait,
+    id: ProductId,
+) -> Result<Option<ProductRow>, DbErr> {
+    let sql = format!("{PRODUCTS} AND p.id = ?");
+    ProductRow::find_by_statement(super::prepared(db, sql, [Value::from(id.0)]))
+        .one(db)
         .await
 }
 

@@ -20,6 +20,7 @@ use super::openapi::{
     NewProduct, NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer,
     StoresAnswer, UserAnswer,
 };
+use super::query::Query;
 use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError};
 use super::views;
@@ -179,7 +180,6 @@ pub async fn products(call: Call<'_>) -> Answer {
         .map_err(AdminError::from)?;
     let views: Vec<views::AdminProductView<'_>> = catalog
         .products()
-        .iter()
         .map(|p| views::AdminProductView::from(&**p))
         .collect();
     Ok(response::json(StatusCode::OK, "OK", Some(views)))
@@ -324,7 +324,7 @@ pub async fn movements(call: Call<'_>) -> Answer {
     ))]
 pub async fn orders(call: Call<'_>) -> Answer {
     let admin = &call.state.admin;
-    let filter = order_filter(call.request.uri().query().unwrap_or_default())?;
+    let filter = order_filter(call.request.uri().query())?;
     if let Some(store) = filter.store
         && !admin.has_store(store).await?
     {
@@ -450,53 +450,29 @@ fn delta(value: &RawValue) -> Result<i64, ApiError> {
 /// The query of `GET /api/v1/admin/orders`: `store_id`, `status`, `after_id`, `limit`,
 /// and `before_id` (the newest `limit` orders below it, still in ascending id: what the
 /// page polls); other parameters are ignored, a repeated one is refused.
-fn order_filter(query: &str) -> Result<OrderFilter, ApiError> {
-    let mut filter = OrderFilter {
-        limit: DEFAULT_ORDERS_LIMIT,
-        ..OrderFilter::default()
-    };
-    let mut seen: Vec<String> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let key = key.into_owned();
-        if !matches!(
-            key.as_str(),
-            "store_id" | "status" | "after_id" | "before_id" | "limit"
-        ) {
-            continue;
-        }
-        if seen.contains(&key) {
-            return Err(bad(&format!("{key} must be given at most once")));
-        }
-        let number = |range: RangeInclusive<i64>| {
-            value
-                .parse::<i64>()
-                .ok()
-                .filter(|n| range.contains(n) && !value.starts_with('+'))
-                .ok_or_else(|| {
-                    bad(&format!(
-                        "{key} must be an integer between {} and {}",
-                        range.start(),
-                        range.end()
-                    ))
-                })
+fn order_filter(query: Option<&str>) -> Result<OrderFilter, ApiError> {
+    let query = Query::parse(
+        query,
+        &["store_id", "status", "after_id", "before_id", "limit"],
+    )?;
+    let limit = i64::from(*ORDERS_LIMIT.start())..=i64::from(*ORDERS_LIMIT.end());
+    let status =
+        match query.get("status") {
+            None => None,
+            Some(status) => Some(OrderStatus::parse(status).ok_or_else(|| {
+                bad("status must be one of locked, confirmed, cancelled, expired")
+            })?),
         };
-        match key.as_str() {
-            "store_id" => filter.store = Some(StoreId(number(1..=i64::MAX)?)),
-            "after_id" => filter.after = number(0..=i64::MAX)?,
-            "before_id" => filter.before = Some(number(1..=i64::MAX)?),
-            "limit" => {
-                let range = i64::from(*ORDERS_LIMIT.start())..=i64::from(*ORDERS_LIMIT.end());
-                filter.limit = u32::try_from(number(range)?).unwrap_or(DEFAULT_ORDERS_LIMIT);
-            }
-            _ => {
-                filter.status = Some(OrderStatus::parse(&value).ok_or_else(|| {
-                    bad("status must be one of locked, confirmed, cancelled, expired")
-                })?)
-            }
-        }
-        seen.push(key);
-    }
-    Ok(filter)
+    Ok(OrderFilter {
+        store: query.integer("store_id", 1..=i64::MAX)?.map(StoreId),
+        status,
+        after: query.integer("after_id", 0..=i64::MAX)?.unwrap_or(0),
+        before: query.integer("before_id", 1..=i64::MAX)?,
+        limit: query
+            .integer("limit", limit)?
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(DEFAULT_ORDERS_LIMIT),
+    })
 }
 
 #[cfg(test)]
@@ -563,11 +539,12 @@ mod tests {
 
     #[test]
     fn the_orders_query_names_what_it_refuses() {
-        let filter = order_filter("store_id=2&status=locked&after_id=10&limit=500&x=1").unwrap();
+        let filter =
+            order_filter(Some("store_id=2&status=locked&after_id=10&limit=500&x=1")).unwrap();
         assert_eq!(filter.store, Some(StoreId(2)));
         assert_eq!(filter.status, Some(OrderStatus::Locked));
         assert_eq!((filter.after, filter.limit), (10, 500));
-        assert_eq!(order_filter("").unwrap().limit, DEFAULT_ORDERS_LIMIT);
+        assert_eq!(order_filter(None).unwrap().limit, DEFAULT_ORDERS_LIMIT);
         for (query, field) in [
             ("limit=0", "limit"),
             ("limit=501", "limit"),
@@ -578,7 +555,10 @@ mod tests {
             ("status=paid", "status"),
             ("limit=1&limit=2", "limit"),
         ] {
-            assert!(refusal(order_filter(query)).contains(field), "{query}");
+            assert!(
+                refusal(order_filter(Some(query))).contains(field),
+                "{query}"
+            );
         }
     }
 }

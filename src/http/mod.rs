@@ -9,6 +9,7 @@ mod forward;
 mod openapi;
 mod operations;
 mod orders;
+mod query;
 mod request;
 mod request_id;
 pub mod response;

@@ -155,6 +155,7 @@ macro_rules! envelope {
 
 envelope!(TextAnswer, String);
 envelope!(ProductsAnswer, Vec<ProductView<'static>>);
+envelope!(CatalogueProductAnswer, ProductView<'static>);
 envelope!(LockAnswer, LockView<'static>);
 envelope!(OrderAnswer, OrderView<'static>);
 envelope!(OrdersAnswer, Vec<OrderView<'static>>);

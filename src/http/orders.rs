@@ -14,10 +14,12 @@
 //! again. Storing the rendered answer instead would add a quarter to the database's
 //! work per keyed order (BENCHMARKS.md).
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+
+use hyper::header::{HeaderValue, LINK};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
@@ -25,9 +27,10 @@ use tokio::time::Instant;
 use super::call::{Answer, Call};
 use super::forward::{Forwarded, forward};
 use super::openapi::{
-    self, BodyRefusals, Buyer, EndRefusals, KeyHeader, LockAnswer, OrderAnswer, ProductsAnswer,
-    Refusal,
+    self, BodyRefusals, Buyer, CatalogueProductAnswer, EndRefusals, KeyHeader, LockAnswer,
+    OrderAnswer, ProductsAnswer, Refusal,
 };
+use super::query::Query;
 use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
 use super::views;
@@ -36,28 +39,110 @@ use crate::app::keys::{self, Replay};
 use crate::app::orders::{Ended, Locked};
 use crate::cluster::Peer;
 use crate::db::write::KeyRecord;
-use crate::domain::{Fingerprint, IdempotencyKey, OrderId, Resolution};
+use crate::domain::{Fingerprint, IdempotencyKey, OrderId, ProductId, Resolution, StoreId};
 use crate::metrics::LockOutcome;
 use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError};
+use sea_orm::DbErr;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
 
-/// Every orderable product and its stock, from the catalog (never waits for a store).
+/// The parameters of `GET /api/v1/products`; the others are ignored.
+const CATALOGUE_QUERY: [&str; 3] = ["store_id", "after_id", "limit"];
+
+/// `limit` of `GET /api/v1/products`.
+const CATALOGUE_LIMIT: RangeInclusive<i64> = 1..=1000;
+
+/// Orderable products with their stock: every one, as the Go service listed them, or,
+/// with any of the parameters, a page. Served from the catalog on a node that serves
+/// every store: no database read, and never waiting for a store's orders.
 #[utoipa::path(get, path = "/api/v1/products", tag = "orders",
-    responses((status = 200, description = "Every orderable product, ascending id", body = ProductsAnswer)))]
+    params(
+        ("store_id" = Option<i64>, Query, minimum = 0, description = "Only this store's products"),
+        ("after_id" = Option<i64>, Query, minimum = 0, description = "Only products with a larger id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many; a full page links to the next"),
+    ),
+    responses(
+        (status = 200, description = "Orderable products, ascending id", body = ProductsAnswer,
+            headers(("link" = String, description = "With `limit`, when the page is full: `</api/v1/products?[store_id=S&]after_id=LAST&limit=N>; rel=\"next\"`"))),
+        (status = 400, description = "A parameter breaks a rule", body = Refusal),
+        (status = 404, description = "No such store", body = Refusal),
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
 pub async fn products(call: Call<'_>) -> Answer {
-    let orders = &call.state.orders;
-    let catalog = orders.listing(orders.answer_by()).await.map_err(|e| {
-        crate::warn_summarised!("the listing's read failed", error = %e, "the listing's read failed");
-        ApiError::Lock(LockError::Failed(Failure::Unavailable))
-    })?;
-    let products: Vec<views::ProductView<'_>> = catalog
-        .products()
+    let state = call.state;
+    let orders = &state.orders;
+    let query = Query::parse(call.request.uri().query(), &CATALOGUE_QUERY)?;
+    if query.is_empty() {
+        let catalog = orders
+            .listing(orders.answer_by())
+            .await
+            .map_err(catalogue_unavailable)?;
+        let products: Vec<views::ProductView<'_>> = catalog
+            .products()
+            .map(|p| views::ProductView::from(&**p))
+            .collect();
+        return Ok(response::json(StatusCode::OK, "OK", Some(products)));
+    }
+    let store = query.integer("store_id", 0..=i64::MAX)?.map(StoreId);
+    let after = ProductId(query.integer("after_id", 0..=i64::MAX)?.unwrap_or(0));
+    let limit = query
+        .integer("limit", CATALOGUE_LIMIT)?
+        .and_then(|n| u32::try_from(n).ok());
+    if let Some(store) = store
+        && !state.admin.has_store(store).await?
+    {
+        return Err(ApiError::StoreNotFound);
+    }
+    let page = orders
+        .page(store, after, limit, orders.answer_by())
+        .await
+        .map_err(catalogue_unavailable)?;
+    let views: Vec<views::ProductView<'_>> = page
         .iter()
         .map(|p| views::ProductView::from(&**p))
         .collect();
-    Ok(response::json(StatusCode::OK, "OK", Some(products)))
+    let mut response = response::json(StatusCode::OK, "OK", Some(views));
+    if let (Some(limit), Some(last)) = (limit, page.last())
+        && page.len() == limit as usize
+    {
+        let store = store.map(|s| format!("store_id={s}&")).unwrap_or_default();
+        let next = format!(
+            "</api/v1/products?{store}after_id={}&limit={limit}>; rel=\"next\"",
+            last.id
+        );
+        if let Ok(next) = HeaderValue::from_str(&next) {
+            response.headers_mut().insert(LINK, next);
+        }
+    }
+    Ok(response)
+}
+
+/// One orderable product, as the listing shows it.
+#[utoipa::path(operation_id = "get_product", get, path = "/api/v1/products/{id}", tag = "orders",
+    params(("id" = i64, Path, minimum = 1)),
+    responses(
+        (status = 200, description = "The product and its stock", body = CatalogueProductAnswer),
+        (status = 404, description = "No such product, or it or its store was deleted", body = Refusal),
+        (status = 503, description = "The database is unavailable", body = Refusal),
+    ))]
+pub async fn product(call: Call<'_>) -> Answer {
+    let orders = &call.state.orders;
+    let id = call.id.map(ProductId).ok_or(ApiError::ProductNotFound)?;
+    match orders.product(id, orders.answer_by()).await {
+        Ok(Some(product)) => Ok(response::json(
+            StatusCode::OK,
+            "OK",
+            Some(views::ProductView::from(&*product)),
+        )),
+        Ok(None) => Err(ApiError::ProductNotFound),
+        Err(e) => Err(catalogue_unavailable(e)),
+    }
+}
+
+fn catalogue_unavailable(e: DbErr) -> ApiError {
+    crate::warn_summarised!("the catalogue's read failed", error = %e, "the catalogue's read failed");
+    ApiError::Lock(LockError::Failed(Failure::Unavailable))
 }
 
 /// Lock an order's products, all or nothing, as a hold.

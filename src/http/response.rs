@@ -98,6 +98,10 @@ pub enum ApiError {
     Lock(#[from] LockError),
     #[error("order not found")]
     OrderNotFound,
+    #[error("product not found")]
+    ProductNotFound,
+    #[error("store not found")]
+    StoreNotFound,
     #[error("order is {0}")]
     OrderEnded(OrderStatus),
     #[error("a request with this Idempotency-Key is in progress")]
@@ -149,7 +153,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) | ApiError::Lock(_) => StatusCode::BAD_REQUEST,
-            ApiError::OrderNotFound => StatusCode::NOT_FOUND,
+            ApiError::OrderNotFound | ApiError::ProductNotFound | ApiError::StoreNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::OrderEnded(_)
             | ApiError::KeyInProgress
             | ApiError::Resolve(ResolveError::NotHeld) => StatusCode::CONFLICT,

@@ -78,6 +78,7 @@ routes![
     "/metrics", "metrics", admin: false, [GET => operations::metrics],
     "/api/v1/openapi.json", "openapi", admin: false, [GET => openapi_json],
     "/api/v1/products", "products", admin: false, [GET => orders::products],
+    "/api/v1/products/{id}", "product", admin: false, [GET => orders::product],
     "/api/v1/order/lock", "lock", admin: false, [POST => orders::lock],
     "/api/v1/order/{id}", "order", admin: false, [GET => orders::get],
     "/api/v1/order/{id}/confirm", "confirm", admin: false, [POST => orders::confirm],

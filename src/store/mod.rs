@@ -333,3 +333,41 @@ impl StoreHandle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle whose actor never reads its mailbox, with `queued` commands in it.
+    fn stuck(queued: usize) -> (StoreHandle, mpsc::Receiver<Command>) {
+        let (sender, mailbox) = mpsc::channel(8);
+        for _ in 0..queued {
+            let (respond_to, _) = oneshot::channel();
+            sender
+                .try_send(Command::SettleDue { respond_to })
+                .expect("room in the mailbox");
+        }
+        (
+            StoreHandle {
+                sender,
+                epoch: None,
+            },
+            mailbox,
+        )
+    }
+
+    #[test]
+    fn the_deepest_mailbox_is_the_fullest_of_all_stores() {
+        let registry = Registry::default();
+        assert_eq!(registry.deepest_mailbox(), 0);
+        let mut mailboxes = Vec::new();
+        for (store, queued) in [(1, 2), (2, 5), (3, 0)] {
+            let (handle, mailbox) = stuck(queued);
+            registry.insert(StoreId(store), handle);
+            mailboxes.push(mailbox);
+        }
+        assert_eq!(registry.deepest_mailbox(), 5);
+        registry.clear();
+        assert_eq!(registry.deepest_mailbox(), 0);
+    }
+}

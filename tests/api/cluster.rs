@@ -220,7 +220,7 @@ pub async fn stores_with_products(
 /// `N` nodes on `db` (`n1`, `n2`, …), serving `stores` new stores of one product of
 /// `stock` units each (`limit` per customer), every store with its rightful owner; the
 /// products, by store.
-async fn nodes_with_stores<const N: usize>(
+pub async fn nodes_with_stores<const N: usize>(
     db: &TestDb,
     stores: usize,
     stock: i64,
@@ -263,7 +263,7 @@ async fn hot_product(
 /// A lock, retried while it is answered 503 with `Retry-After` (a store being loaded by
 /// the node that just took it), as a client that honours `Retry-After` would, for up to
 /// the takeover bound.
-async fn lock_when_served(api: &Api, body: &Value) -> (StatusCode, Value) {
+pub async fn lock_when_served(api: &Api, body: &Value) -> (StatusCode, Value) {
     let started = Instant::now();
     loop {
         let (status, headers, answer) = api

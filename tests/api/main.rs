@@ -8,6 +8,7 @@ mod mariadb;
 mod admin;
 mod admin_page;
 mod burst;
+mod catalogue;
 mod cluster;
 mod cluster_steps;
 mod contract;
