@@ -119,6 +119,7 @@ pub struct Metrics {
     pub stores_owned: Gauge,
     pub takeovers: Counter,
     pub fence_refusals: Counter,
+    pub order_reads: Counter,
     pub forwarded_seconds: Arc<Histogram>,
 }
 
@@ -214,6 +215,12 @@ impl Metrics {
             "Stores whose writes the fence refused: another node had taken them",
             Counter::default(),
         );
+        let order_reads = registered(
+            &mut registry,
+            "order_reads",
+            "Orders read from the database by a confirm, a cancel or GET /api/v1/order/{id}; a confirm or cancel of a live hold of a store served here reads none",
+            Counter::default(),
+        );
         let forwarded_seconds = Arc::new(Histogram::new(COMMIT_US, 1e-6));
         registry.register(
             "forwarded_request_duration_seconds",
@@ -236,6 +243,7 @@ impl Metrics {
             stores_owned,
             takeovers,
             fence_refusals,
+            order_reads,
             forwarded_seconds,
         }
     }

@@ -30,7 +30,7 @@ use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::logs;
 use crate::metrics::{DbError, Metrics};
-use crate::store::{ActorConfig, Registry, Shared};
+use crate::store::{ActorConfig, LiveHolds, Registry, Shared};
 use crate::writer::WriterHandle;
 use crate::writer::{self, WriterConfig};
 
@@ -162,6 +162,7 @@ impl Application {
         .await
         .map_err(StartupError::Ids)?;
 
+        let live = Arc::new(LiveHolds::default());
         let shared = Shared {
             catalog: catalog.clone(),
             metrics: metrics.clone(),
@@ -169,6 +170,7 @@ impl Application {
             db: db.clone(),
             clock: clock.clone(),
             registry: Arc::new(Registry::default()),
+            live: live.clone(),
         };
         let adopted = adopt(&shared.writer).await.map_err(StartupError::Adopt)?;
         if adopted > 0 {
@@ -240,6 +242,8 @@ impl Application {
         let state = Arc::new(AppState {
             orders: Orders {
                 catalog: catalog.clone(),
+                live,
+                metrics: metrics.clone(),
                 cluster: cluster.clone(),
                 users: users.clone(),
                 memory_check: settings.memory_check,

@@ -14,15 +14,23 @@ use crate::catalog::{Catalog, Listing, Product};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, Peer, Route};
 use crate::db::call::Reads;
-use crate::db::load::{self, OrderRow};
+use crate::db::load::{self, DetailRow, OrderRow};
 use crate::db::write::KeyRecord;
 use crate::domain::{Deadline, OrderId, OrderStatus, Resolution, Transition, UserId, transition};
 use crate::domain::{ProductId, StoreId};
-use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError, StoreHandle};
+use crate::metrics::Metrics;
+use crate::store::{
+    Failure, HeldOrder, LiveHolds, LockError, LockRequest, Placed, ResolveError, StoreHandle,
+};
 
 /// The order desk: rules 4 to 7 of a lock, and the buyer check of a confirm or cancel.
 pub struct Orders {
     pub catalog: Arc<Catalog>,
+    /// The live holds of the stores served here: a confirm or cancel of one goes
+    /// straight to its store's actor.
+    pub live: Arc<LiveHolds>,
+    /// Counts the orders read from the database (`order_reads`).
+    pub metrics: Arc<Metrics>,
     /// Which stores this node serves, and who serves the others.
     pub cluster: Arc<Cluster>,
     pub users: Arc<KnownUsers>,
@@ -178,6 +186,30 @@ impl Orders {
         key: Option<Arc<KeyRecord>>,
         answer_by: Instant,
     ) -> Result<Ended, ResolveError> {
+        // A live hold of a store served here: its store's actor judges the buyer and
+        // the hold, and the answer comes from what its lock committed. Anything else (a
+        // hold that ended, another buyer, another node's store) reads the order.
+        if let Some(held) = self.live.get(id)
+            && let Route::Here(handle) = self.cluster.route(held.store)
+        {
+            match handle
+                .resolve(id, buyer, resolution, key.clone(), answer_by)
+                .await
+            {
+                Ok(status) => {
+                    if let Transition::Conflict(status) = transition(status, resolution) {
+                        return Ok(Ended::Conflict(status));
+                    }
+                    // A product deleted since the lock is no longer in the catalog; the
+                    // database still has its name.
+                    if let Some(order) = self.held_row(id, &held, status) {
+                        return Ok(Ended::Order(order));
+                    }
+                }
+                Err(ResolveError::NotHeld) => {}
+                Err(e) => return Err(e),
+            }
+        }
         // The second pass is for a hold that ended between the read and the actor.
         for _ in 0..2 {
             let order = self.order(id, answer_by).await.map_err(|e| {
@@ -217,6 +249,32 @@ impl Orders {
             }
         }
         Err(ResolveError::NotHeld)
+    }
+
+    /// The order of a hold as its lock committed it, in `status`, with its products'
+    /// names as the catalog has them now; `None` if one of them is no longer there.
+    fn held_row(&self, id: OrderId, held: &HeldOrder, status: OrderStatus) -> Option<OrderRow> {
+        let catalog = self.catalog.snapshot();
+        let details = held
+            .details
+            .iter()
+            .map(|(detail, line)| {
+                catalog.get(line.product).map(|product| DetailRow {
+                    id: *detail,
+                    product: line.product,
+                    product_name: product.name.clone(),
+                    quantity: line.quantity,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(OrderRow {
+            id,
+            buyer: held.buyer,
+            store: held.store,
+            status,
+            expires_at: held.expires_at,
+            details,
+        })
     }
 
     /// Expires every hold that is due by the clock, in every store, and returns once
@@ -278,6 +336,9 @@ impl Orders {
 
     /// The order as the database has it: every change answered so far is there.
     pub async fn order(&self, id: OrderId, answer_by: Instant) -> Result<Option<OrderRow>, DbErr> {
+        if self.metrics.enabled {
+            self.metrics.order_reads.inc();
+        }
         self.reads
             .run(
                 answer_by,

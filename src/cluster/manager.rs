@@ -180,14 +180,16 @@ impl Manager {
             })
             .collect();
         let mut elsewhere = HashMap::new();
+        // Whether no other node owns a store, or did until its lease lapsed: then this
+        // node's memory is the whole truth of every store (unless the plan below gives
+        // one up). A store nobody owns yet is this node's to take.
         let mut everything_here = true;
         for row in &rows {
             if let Some(owner) = row.owner.as_deref()
                 && owner != me.as_str()
-                && !row.lapsed
             {
                 everything_here = false;
-                if let Some(peer) = peers.get(owner) {
+                if let Some(peer) = peers.get(owner).filter(|_| !row.lapsed) {
                     elsewhere.insert(row.store, peer.clone());
                 }
             }
@@ -200,9 +202,6 @@ impl Manager {
             .collect();
         live_peers.sort_by(|a, b| a.node.cmp(&b.node));
         self.cluster.live.store(Arc::new(live_peers));
-        self.cluster
-            .everything_here
-            .store(everything_here, std::sync::atomic::Ordering::Relaxed);
 
         let handing_over = self
             .handing_over
@@ -222,6 +221,16 @@ impl Manager {
         let serving: HashSet<StoreId> = self.cluster.stores().into_iter().collect();
         let plan = plan_ownership(me.as_str(), &live, &seen, &serving);
         let epoch_of = |store: StoreId| rows.iter().find(|r| r.store == store).map(|r| r.epoch);
+        // A store on its way to another node is not served here any more, although its
+        // row still names this node: listings must then read the database.
+        let giving_up = !(plan.lost.is_empty()
+            && plan.hand_over.is_empty()
+            && plan.release.is_empty()
+            && handing_over.is_empty());
+        self.cluster.everything_here.store(
+            everything_here && !giving_up,
+            std::sync::atomic::Ordering::Relaxed,
+        );
 
         for &store in &plan.lost {
             tracing::warn!(%store, "another node owns the store now; this node stops serving it");

@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use crate::domain::{
-    Deadline, LockOrder, OrderDetailId, OrderId, OrderStatus, ProductId, StoreId, UserId,
+    Deadline, LockOrder, OrderDetailId, OrderId, OrderLine, OrderStatus, ProductId, StoreId, UserId,
 };
 
 /// A product that can be ordered: neither it nor its store is deleted.
@@ -80,6 +80,8 @@ pub struct HoldRow {
     pub store: StoreId,
     pub order: Arc<LockOrder>,
     pub expires_at: Option<Deadline>,
+    /// Its details as stored, ascending product id.
+    pub details: Vec<(OrderDetailId, OrderLine)>,
 }
 
 /// What a buyer holds or bought of a product with a per-customer limit.
@@ -138,11 +140,11 @@ pub async fn stores(
     }
 
     let sql = filter(
-        "SELECT o.id, o.buyer_id, o.store_id, o.expires_at, d.product_id, d.quantity \
+        "SELECT o.id, o.buyer_id, o.store_id, o.expires_at, d.product_id, d.quantity, d.id \
          FROM orders o JOIN order_details d ON d.order_id = o.id \
          WHERE o.status = 'locked' AND o.deleted_at IS NULL",
         "o.store_id",
-    ) + " ORDER BY o.id, d.product_id";
+    ) + " ORDER BY o.id, d.product_id, d.id";
     // Streamed: a store may hold millions of holds, and each row is small once read.
     let mut rows = txn.stream_raw(statement(sql)).await?;
     let mut holds = Holds::default();
@@ -186,7 +188,7 @@ pub async fn stores(
 #[derive(Default)]
 struct Holds {
     current: Option<(OrderId, UserId, StoreId, Option<Deadline>)>,
-    lines: Vec<(ProductId, i64)>,
+    details: Vec<(OrderDetailId, OrderLine)>,
 }
 
 impl Holds {
@@ -203,20 +205,26 @@ impl Holds {
                 deadline(row.try_get_by_index(3)?),
             ));
         }
-        self.lines.push((
-            ProductId(row.try_get_by_index(4)?),
-            row.try_get_by_index(5)?,
+        self.details.push((
+            OrderDetailId(row.try_get_by_index(6)?),
+            OrderLine {
+                product: ProductId(row.try_get_by_index(4)?),
+                quantity: row.try_get_by_index(5)?,
+            },
         ));
         Ok(done)
     }
 
     fn finish(&mut self) -> Option<HoldRow> {
         let (id, buyer, store, expires_at) = self.current.take()?;
+        let details = std::mem::take(&mut self.details);
+        let lines = details.iter().map(|(_, l)| (l.product, l.quantity));
         Some(HoldRow {
             id,
             store,
-            order: Arc::new(LockOrder::stored(buyer, self.lines.drain(..))),
+            order: Arc::new(LockOrder::stored(buyer, lines)),
             expires_at,
+            details,
         })
     }
 }

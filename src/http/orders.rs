@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use hyper::header::{HeaderValue, LINK};
 use hyper::http::request::Parts;
-use hyper::{HeaderMap, Response, StatusCode};
+use hyper::{HeaderMap, Response};
 use tokio::time::Instant;
 
 use super::call::{Answer, Call};
@@ -78,11 +78,10 @@ pub async fn products(call: Call<'_>) -> Answer {
             .listing(orders.answer_by())
             .await
             .map_err(catalogue_unavailable)?;
-        let products: Vec<views::ProductView<'_>> = catalog
-            .products()
-            .map(|p| views::ProductView::from(&**p))
-            .collect();
-        return Ok(response::json(StatusCode::OK, "OK", Some(products)));
+        let capacity = catalog.len() * views::PRODUCT_BYTES;
+        return Ok(response::json_rendered(capacity, |out| {
+            views::write_products(out, catalog.products())
+        }));
     }
     let store = query.integer("store_id", 0..=i64::MAX)?.map(StoreId);
     let after = ProductId(query.integer("after_id", 0..=i64::MAX)?.unwrap_or(0));
@@ -98,11 +97,9 @@ pub async fn products(call: Call<'_>) -> Answer {
         .page(store, after, limit, orders.answer_by())
         .await
         .map_err(catalogue_unavailable)?;
-    let views: Vec<views::ProductView<'_>> = page
-        .iter()
-        .map(|p| views::ProductView::from(&**p))
-        .collect();
-    let mut response = response::json(StatusCode::OK, "OK", Some(views));
+    let capacity = page.len() * views::PRODUCT_BYTES;
+    let mut response =
+        response::json_rendered(capacity, |out| views::write_products(out, page.iter()));
     if let (Some(limit), Some(last)) = (limit, page.last())
         && page.len() == limit as usize
     {
@@ -130,11 +127,9 @@ pub async fn product(call: Call<'_>) -> Answer {
     let orders = &call.state.orders;
     let id = call.id.map(ProductId).ok_or(ApiError::ProductNotFound)?;
     match orders.product(id, orders.answer_by()).await {
-        Ok(Some(product)) => Ok(response::json(
-            StatusCode::OK,
-            "OK",
-            Some(views::ProductView::from(&*product)),
-        )),
+        Ok(Some(product)) => Ok(response::json_rendered(views::PRODUCT_BYTES, |out| {
+            views::write_product(out, &product)
+        })),
         Ok(None) => Err(ApiError::ProductNotFound),
         Err(e) => Err(catalogue_unavailable(e)),
     }

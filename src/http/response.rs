@@ -47,6 +47,21 @@ pub fn json_data(data: &[u8]) -> Response<Body> {
     json_data_with(StatusCode::OK, data)
 }
 
+/// An answer 200 whose `data` is JSON Kitara renders itself (`views::write_products`),
+/// written by `write_data` straight into the envelope: the listing of a catalogue of
+/// 100,000 products is some 13 MB, neither built twice nor parsed again. `capacity`:
+/// about how long `data` will be.
+pub fn json_rendered(capacity: usize, write_data: impl FnOnce(&mut Vec<u8>)) -> Response<Body> {
+    let server_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut body = Vec::with_capacity(capacity.saturating_add(96));
+    body.extend_from_slice(br#"{"server_time":""#);
+    body.extend_from_slice(server_time.as_bytes());
+    body.extend_from_slice(br#"","code":200,"message":"OK","data":"#);
+    write_data(&mut body);
+    body.push(b'}');
+    with_body(StatusCode::OK, body)
+}
+
 /// An answer 201 to a request that created something.
 pub fn created<T: Serialize>(data: T) -> Response<Body> {
     json(StatusCode::CREATED, "Created", Some(data))

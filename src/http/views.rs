@@ -1,5 +1,7 @@
 //! The `data` of the answers, as JSON.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -51,6 +53,46 @@ impl<'a> From<&'a Product> for ProductView<'a> {
         }
     }
 }
+
+/// Where `ProductView` puts the stock, as serialised with a stock of 0. A name or a
+/// store's name containing this text is escaped (`\"`), so the key itself is the first
+/// match.
+const STOCK_GAP: &str = "\"current_stock\":0";
+
+/// Appends a product as `ProductView` serialises it, from its rendered parts and its
+/// stock now.
+pub fn write_product(out: &mut Vec<u8>, product: &Product) {
+    let (before, after) = product.rendered.parts(|| {
+        let view = ProductView {
+            current_stock: 0,
+            ..ProductView::from(product)
+        };
+        let text = serde_json::to_string(&view).unwrap_or_default();
+        let gap = text
+            .find(STOCK_GAP)
+            .map_or(0, |at| at + STOCK_GAP.len() - 1);
+        let rest = text.get(gap + 1..).unwrap_or_default();
+        (format!("{}{rest}", &text[..gap]), gap)
+    });
+    out.extend_from_slice(before.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(product.stock()).as_bytes());
+    out.extend_from_slice(after.as_bytes());
+}
+
+/// Appends `[product, …]`, each as `write_product` writes it.
+pub fn write_products<'p>(out: &mut Vec<u8>, products: impl Iterator<Item = &'p Arc<Product>>) {
+    out.push(b'[');
+    for (i, product) in products.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_product(out, product);
+    }
+    out.push(b']');
+}
+
+/// About how long a product's JSON is, to size an answer's buffer once.
+pub const PRODUCT_BYTES: usize = 140;
 
 /// The answer to a lock: release 1's fields, then the hold's.
 #[derive(Serialize, ToSchema)]
@@ -288,4 +330,66 @@ impl<'a> ClusterView<'a> {
 /// These views hold only strings and integers, which always serialise.
 fn to_json(view: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(view).unwrap_or_else(|_| b"null".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::load::ProductRow;
+
+    fn product(name: &str, store_name: &str, stock: i64) -> Product {
+        Product::from(ProductRow {
+            id: 7,
+            product_name: name.into(),
+            current_stock: stock,
+            store_id: 3,
+            store_name: store_name.into(),
+            max_per_customer: None,
+        })
+    }
+
+    #[test]
+    fn a_rendered_product_is_what_serde_writes_whatever_its_names_and_stock() {
+        let names = [
+            "masker",
+            r#"x","current_stock":0,"y":""#,
+            "\"current_stock\":0",
+            "back\\slash \u{1F637} ünï\ncode\t",
+            "",
+        ];
+        for name in names {
+            for store_name in ["kitara store", r#""current_stock":0"#] {
+                let product = product(name, store_name, 10);
+                for stock in [10, 0, 1, i64::from(i32::MAX), 123_456_789_012] {
+                    product.stock.publish(stock);
+                    let mut out = Vec::new();
+                    write_product(&mut out, &product);
+                    let want = serde_json::to_vec(&ProductView::from(&product)).unwrap();
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        String::from_utf8(want).unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_renamed_copy_is_rendered_afresh_and_lists_join_with_commas() {
+        let first = Arc::new(product("old", "s", 1));
+        let mut out = Vec::new();
+        write_product(&mut out, &first);
+        let renamed = Arc::new(Product {
+            name: "new".into(),
+            ..(*first).clone()
+        });
+        let mut out = Vec::new();
+        write_products(&mut out, [&first, &renamed].into_iter());
+        let listed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(listed[0]["product_name"], "old");
+        assert_eq!(listed[1]["product_name"], "new");
+        let mut empty = Vec::new();
+        write_products(&mut empty, std::iter::empty());
+        assert_eq!(empty, b"[]");
+    }
 }

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Asked, Attempt, Cause, ChangeAttempt, EndRequest, LockAttempt};
-use super::{Command, Failure, LockError, Placed, Registry, ResolveError, StoreHandle};
+use super::{
+    Command, Failure, HeldOrder, LiveHolds, LockError, Placed, Registry, ResolveError, StoreHandle,
+};
 use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
 use crate::db::load::StoreState;
@@ -58,6 +60,8 @@ pub struct Shared {
     /// Where the store's handle is found; an actor whose store another node took
     /// removes its own handle from it.
     pub registry: Arc<Registry>,
+    /// Where a confirm or cancel finds the live holds of this node's stores.
+    pub live: Arc<LiveHolds>,
 }
 
 /// Starts the actor of one store with the state read from the database (a new store's
@@ -79,6 +83,7 @@ pub fn spawn(
         db,
         clock,
         registry,
+        live,
     } = shared;
     let (sender, mailbox) = mpsc::channel(config.mailbox);
     let moved = clock.is_manual().then(|| clock.watch());
@@ -87,6 +92,7 @@ pub fn spawn(
         fence: epoch.map(|epoch| Fence { store, epoch }),
         lost: false,
         registry,
+        live,
         book: StockBook::default(),
         holds: HoldBook::default(),
         purchases: Purchases::default(),
@@ -129,6 +135,7 @@ pub(super) struct StoreActor {
     /// the actor stops once what it handed to the writer has come back.
     pub(super) lost: bool,
     pub(super) registry: Arc<Registry>,
+    pub(super) live: Arc<LiveHolds>,
     /// The store's stock with every reservation in flight already taken off.
     pub(super) book: StockBook,
     /// The live holds: orders still locked, with their deadlines.
@@ -179,7 +186,9 @@ pub(super) struct StoreActor {
 
 impl StoreActor {
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+        // Grown as the mailbox fills, not sized for a full batch up front: a catalogue of
+        // 10,000 stores runs 10,000 actors, most of them quiet.
+        let mut batch = Vec::new();
         let mut open = true;
         loop {
             self.arm_timer();
@@ -542,6 +551,15 @@ impl StoreActor {
                         details,
                         expires_at: attempt.expires_at,
                     };
+                    self.live.insert(
+                        placed.order_id,
+                        HeldOrder {
+                            store: self.store,
+                            buyer: attempt.order.buyer(),
+                            expires_at: placed.expires_at,
+                            details: placed.details.clone(),
+                        },
+                    );
                     attempt.answer(Ok(placed));
                 }
                 (
@@ -552,6 +570,7 @@ impl StoreActor {
                     },
                     Ok(_),
                 ) => {
+                    self.live.remove(request.order);
                     if let Some(hold) = self.holds.finish(request.order)
                         && resolution.returns_units()
                     {
@@ -599,6 +618,9 @@ impl StoreActor {
             return;
         }
         self.lost = true;
+        for order in self.holds.ids() {
+            self.live.remove(order);
+        }
         tracing::warn!(store = %self.store, "another node owns the store now; this node stops serving it");
         if let Some(fence) = self.fence {
             self.registry.remove_at(self.store, fence.epoch);

@@ -84,6 +84,47 @@ impl Registry {
     }
 }
 
+/// A live hold as its lock committed it (or as its store loaded it): what a confirm or
+/// cancel of it answers with, known without reading the order from the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldOrder {
+    pub store: StoreId,
+    pub buyer: UserId,
+    pub expires_at: Option<Deadline>,
+    /// One per detail, ascending product id.
+    pub details: Vec<(OrderDetailId, OrderLine)>,
+}
+
+/// The live holds of the stores this node serves, by order id, so that a confirm or
+/// cancel finds its store's actor without reading the order. Each store's actor adds
+/// its holds as they commit (or load) and takes them out as they end; the actor still
+/// judges every request against its own `HoldBook`, so an entry that lags behind costs
+/// a read, never a wrong answer.
+#[derive(Debug, Default)]
+pub struct LiveHolds(dashmap::DashMap<OrderId, Arc<HeldOrder>>);
+
+impl LiveHolds {
+    pub fn get(&self, order: OrderId) -> Option<Arc<HeldOrder>> {
+        self.0.get(&order).map(|held| held.clone())
+    }
+
+    pub(crate) fn insert(&self, order: OrderId, held: HeldOrder) {
+        self.0.insert(order, Arc::new(held));
+    }
+
+    pub(crate) fn remove(&self, order: OrderId) {
+        self.0.remove(&order);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A committed order, as answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {

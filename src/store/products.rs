@@ -69,6 +69,7 @@ impl StoreActor {
                     store_name: store_name.clone(),
                     max_per_customer: *limit,
                     stock: published,
+                    rendered: Default::default(),
                 };
                 self.catalog.put(product.clone());
                 Ok(product)

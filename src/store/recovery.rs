@@ -6,9 +6,9 @@
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use super::Failure;
 use super::actor::{RELOAD_INTERVAL, RELOAD_RETRY, StoreActor};
 use super::attempt::{Asked, Attempt, Cause, EndRequest, LockAttempt};
+use super::{Failure, HeldOrder};
 use crate::backoff::Backoff;
 use crate::catalog::Product;
 use crate::db::call;
@@ -225,6 +225,20 @@ impl StoreActor {
                 .iter()
                 .map(|p| (p.buyer, p.product, p.units)),
         );
+        for order in self.holds.ids() {
+            self.live.remove(order);
+        }
+        for hold in &state.holds {
+            self.live.insert(
+                hold.id,
+                HeldOrder {
+                    store: self.store,
+                    buyer: hold.order.buyer(),
+                    expires_at: hold.expires_at,
+                    details: hold.details.clone(),
+                },
+            );
+        }
         self.holds = HoldBook::new(
             state
                 .holds

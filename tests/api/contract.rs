@@ -139,7 +139,7 @@ async fn unknown_routes_and_wrong_methods_are_refused(backend: Backend) {
     for path in [
         "/",
         "/api/v1/product",
-        "/api/v1/products/1",
+        "/api/v1/products/1/stock",
         "/api/v2/order/lock",
     ] {
         let (status, _, body) = app.request(Method::GET, path, None, Bytes::new()).await;

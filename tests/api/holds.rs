@@ -23,6 +23,7 @@ crate::on_both_backends!(
     holds_past_due_at_start_up_expire_before_the_store_serves,
     bad_input_on_holds_is_named_and_changes_nothing,
     a_release_1_database_keeps_its_orders_as_holds,
+    ending_a_live_hold_reads_no_order_and_answers_as_the_database_has_it,
 );
 
 fn lock_with_hold(user: i64, lines: &[(i64, i64)], hold_seconds: i64) -> Value {
@@ -410,6 +411,71 @@ async fn a_release_1_database_keeps_its_orders_as_holds(backend: Backend) {
     // A new order numbers on from release 1's.
     let (_, body) = app.lock(&order(3, &[(1, 1)])).await;
     assert_eq!(order_id(&body), 2);
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// A confirm or cancel of a live hold goes to its store's actor without reading the
+/// order from the database (the order-reads counter stays put), and answers exactly as
+/// the stored order reads. A repeat, another buyer's request, or a product deleted
+/// since the lock takes the database's word.
+async fn ending_a_live_hold_reads_no_order_and_answers_as_the_database_has_it(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let app = spawn_app_with(&db, |s| {
+        s.admin_token = Some(crate::helpers::ADMIN_TOKEN.into())
+    })
+    .await;
+    let reads = || async {
+        let (_, text) = app.text("/metrics").await;
+        crate::helpers::series(&text, "kitara_order_reads_total")
+    };
+    let (_, first) = app.lock(&order(2, &[(2, 1), (1, 2)])).await;
+    let (_, second) = app.lock(&lock_with_hold(3, &[(3, 1)], 600)).await;
+    let (first, second) = (order_id(&first), order_id(&second));
+    let before = reads().await;
+
+    let (status, confirmed) = app.end(first, "confirm", 2).await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    let (status, cancelled) = app.end(second, "cancel", 3).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(reads().await, before, "ending live holds read no order");
+    for (id, answer) in [(first, &confirmed), (second, &cancelled)] {
+        let (status, stored) = app.get_order(id).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["data"], stored["data"], "order {id}");
+    }
+    assert_eq!(confirmed["data"]["status"], "confirmed");
+    assert_eq!(cancelled["data"]["status"], "cancelled");
+    assert_eq!(reads().await, before + 2.0);
+
+    // Ended already: the database says so.
+    let (status, again) = app.end(first, "confirm", 2).await;
+    assert_eq!(
+        (status, &again["data"]),
+        (StatusCode::OK, &confirmed["data"])
+    );
+    let (status, _) = app.end(second, "confirm", 3).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(reads().await, before + 4.0);
+
+    // Another buyer: the actor does not end it, and the database says it is not theirs.
+    let (_, third) = app.lock(&order(2, &[(1, 1)])).await;
+    let third = order_id(&third);
+    let (status, _) = app.end(third, "cancel", 3).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(reads().await, before + 5.0);
+    assert_eq!(db.status(third).await, "locked");
+
+    // A product deleted since the lock: its name comes from the database.
+    let (status, _) = app
+        .admin(Method::DELETE, "/api/v1/admin/products/1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ended) = app.end(third, "cancel", 2).await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["data"]["order_details"][0]["product_name"], "masker");
+    assert_eq!(ended["data"]["status"], "cancelled");
+
     app.stop().await;
     db.drop_database().await;
 }
