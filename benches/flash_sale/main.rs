@@ -23,10 +23,12 @@
 //! - `cpu`: where the CPU went (from `/proc`), and the machine.
 //! - `report`: the table and the ratio lines.
 //! - `catalogue`: pages, lookups and the listing of 100,000 products.
+//! - `few_clients`: hot at 16 connections, against durable Redis+Lua.
 
 mod catalogue;
 mod cpu;
 mod db;
+mod few_clients;
 mod load;
 mod report;
 mod servers;
@@ -53,8 +55,12 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 13] = [
+pub(crate) const TABLE_ORDER: [&str; 17] = [
     "hot",
+    "hot-c16",
+    "hot-c256",
+    "redis-c16",
+    "redis-c256",
     "hot-no-metrics",
     "hot-holds",
     "lock-confirm",
@@ -187,7 +193,24 @@ async fn run() {
     if let Some(row) = bench.run("database-alone", database_alone(&bench)).await {
         rows.insert("database-alone", row);
     }
+    let mut few = None;
+    if bench.selected("few-clients") {
+        let measured = few_clients::few_clients(&bench).await;
+        for (key, row) in &measured.rows {
+            println!("{}: {:.0}/s (p99 {} ms)", row.name, row.rate, ms(row.p99));
+            rows.insert(key, row.clone());
+        }
+        few = Some(measured);
+    }
     report::print(&rows, rss, wave.as_ref());
+    if let Some(few) = few {
+        if let Some(why) = few.redis {
+            println!("{why}");
+        }
+        if let Some(cycle) = few.cycle {
+            cycle.print();
+        }
+    }
     if bench.selected("catalogue") {
         catalogue::catalogue(&bench).await.print();
     }

@@ -129,6 +129,17 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         "ratio hot/hot-no-metrics (what recording metrics costs): {:.3}",
         rate("hot") / rate("hot-no-metrics")
     );
+    for (kitara, redis, connections) in [
+        ("hot-c16", "redis-c16", 16),
+        ("hot-c256", "redis-c256", 256),
+    ] {
+        if rows.contains_key(kitara) && rows.contains_key(redis) {
+            println!(
+                "ratio hot-c{connections} kitara/redis-durable: {:.2}",
+                rate(kitara) / rate(redis)
+            );
+        }
+    }
     if let Some(pairs) = rows.get("lock-confirm") {
         println!("lock then confirm: {:.0} pairs/s", pairs.rate);
     }
