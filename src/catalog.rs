@@ -168,7 +168,7 @@ impl Listing {
         store: Option<StoreId>,
         after: ProductId,
         limit: usize,
-    ) -> Vec<Arc<Product>> {
+    ) -> Vec<&Arc<Product>> {
         let Some(from) = after.0.checked_add(1).map(ProductId) else {
             return Vec::new();
         };
@@ -177,13 +177,13 @@ impl Listing {
                 .products
                 .range(from..)
                 .take(limit)
-                .map(|(_, p)| p.clone())
+                .map(|(_, p)| p)
                 .collect(),
             Some(store) => self
                 .by_store
                 .range((store, from)..=(store, ProductId(i64::MAX)))
                 .take(limit)
-                .map(|(_, p)| p.clone())
+                .map(|(_, p)| p)
                 .collect(),
         }
     }
@@ -307,7 +307,7 @@ mod tests {
         let rows = (1..=9).map(|id| row(id, 1 + id % 3, id * 10)).collect();
         let catalog = Catalog::new(rows);
         let listing = catalog.snapshot();
-        let ids = |page: Vec<Arc<Product>>| page.iter().map(|p| p.id.0).collect::<Vec<_>>();
+        let ids = |page: Vec<&Arc<Product>>| page.iter().map(|p| p.id.0).collect::<Vec<_>>();
         assert_eq!(ids(listing.page(None, ProductId(0), 4)), [1, 2, 3, 4]);
         assert_eq!(ids(listing.page(None, ProductId(7), 4)), [8, 9]);
         assert_eq!(ids(listing.page(Some(StoreId(2)), ProductId(0), 2)), [1, 4]);

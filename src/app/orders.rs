@@ -62,6 +62,32 @@ pub enum Locked {
     There(Arc<Peer>),
 }
 
+/// A page of the catalogue, before it is picked out of the listing.
+pub enum Page {
+    /// Every product, in memory: the page is a range of it, rendered without a copy.
+    Listed(Arc<Listing>),
+    /// The page, as the database has it.
+    Read(Vec<Arc<Product>>),
+}
+
+impl Page {
+    /// The products of `store` (or of every store) with an id above `after`, ascending,
+    /// at most `limit`.
+    pub fn products(
+        &self,
+        store: Option<StoreId>,
+        after: ProductId,
+        limit: Option<u32>,
+    ) -> Vec<&Arc<Product>> {
+        match self {
+            Page::Listed(listing) => {
+                listing.page(store, after, limit.map_or(usize::MAX, |n| n as usize))
+            }
+            Page::Read(rows) => rows.iter().collect(),
+        }
+    }
+}
+
 /// Where a confirm or cancel leaves the order.
 #[derive(Debug)]
 pub enum Ended {
@@ -298,23 +324,24 @@ impl Orders {
         Ok(Arc::new(Listing::from_rows(rows)))
     }
 
-    /// A page of the catalogue: the products of `store` (or of every store) with an id
-    /// above `after`, ascending, at most `limit`. From memory when this node serves
-    /// every store, else from the database, as `listing`.
+    /// Where a page of the catalogue comes from: the listing in memory when this node
+    /// serves every store, else the rows read from the database, as `listing`. The
+    /// handler picks the page out of it (`Page::products`).
     pub async fn page(
         &self,
         store: Option<StoreId>,
         after: ProductId,
         limit: Option<u32>,
         answer_by: Instant,
-    ) -> Result<Vec<Arc<Product>>, DbErr> {
+    ) -> Result<Page, DbErr> {
         if self.cluster.everything_here() {
-            let most = limit.map_or(usize::MAX, |n| n as usize);
-            return Ok(self.catalog.snapshot().page(store, after, most));
+            return Ok(Page::Listed(self.catalog.listing()));
         }
         let read = move |db| async move { load::products_page(&db, store, after, limit).await };
         let rows = self.reads.run(answer_by, read).await?;
-        Ok(rows.into_iter().map(|row| Arc::new(row.into())).collect())
+        Ok(Page::Read(
+            rows.into_iter().map(|row| Arc::new(row.into())).collect(),
+        ))
     }
 
     /// One orderable product: from memory if its store is served here (or this node

@@ -97,9 +97,11 @@ pub async fn products(call: Call<'_>) -> Answer {
         .page(store, after, limit, orders.answer_by())
         .await
         .map_err(catalogue_unavailable)?;
+    let page = page.products(store, after, limit);
     let capacity = page.len() * views::PRODUCT_BYTES;
-    let mut response =
-        response::json_rendered(capacity, |out| views::write_products(out, page.iter()));
+    let mut response = response::json_rendered(capacity, |out| {
+        views::write_products(out, page.iter().copied())
+    });
     if let (Some(limit), Some(last)) = (limit, page.last())
         && page.len() == limit as usize
     {
