@@ -105,21 +105,7 @@ pub(crate) async fn catalogue(bench: &Bench) -> Catalogue {
 /// The size of one answer of the unfiltered listing, and a check that it lists every
 /// product.
 async fn listed_bytes(addr: std::net::SocketAddr) -> usize {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    let request = Request::get("/api/v1/products")
-        .header("host", "kitara")
-        .body(Full::new(Bytes::new()))
-        .expect("a request");
-    let response = sender.send_request(request).await.expect("the listing");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("its body")
-        .to_bytes();
+    let body = crate::workloads::listing(addr).await.expect("the listing");
     let listing: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     let listed = listing["data"].as_array().map_or(0, Vec::len);
     assert_eq!(listed as i64, PRODUCTS, "the listing names every product");

@@ -493,8 +493,8 @@ pub(crate) async fn expiry_wave(bench: &Bench) -> (Row, Wave) {
     (row, wave)
 }
 
-/// The stock `GET /api/v1/products` lists for a product.
-async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
+/// The body of `GET /api/v1/products`, on a connection of its own.
+pub(crate) async fn listing(addr: std::net::SocketAddr) -> Option<Bytes> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -508,8 +508,13 @@ async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
     let response = sender.send_request(request).await.ok()?;
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
-        .ok()?
-        .to_bytes();
+        .ok()?;
+    Some(body.to_bytes())
+}
+
+/// The stock `GET /api/v1/products` lists for a product.
+async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
+    let body = listing(addr).await?;
     let listing: serde_json::Value = serde_json::from_slice(&body).ok()?;
     listing["data"]
         .as_array()?

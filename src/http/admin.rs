@@ -478,13 +478,7 @@ fn order_filter(query: Option<&str>) -> Result<OrderFilter, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn refusal(result: Result<impl std::fmt::Debug, ApiError>) -> String {
-        match result {
-            Err(ApiError::BadRequest(message)) => message,
-            other => panic!("expected a 400, got {other:?}"),
-        }
-    }
+    use crate::http::query::refusal;
 
     #[test]
     fn a_bearer_token_follows_its_scheme() {

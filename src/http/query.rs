@@ -67,16 +67,18 @@ impl<'q> Query<'q> {
     }
 }
 
+/// The message of a 400, for the tests of what the edge refuses.
+#[cfg(test)]
+pub(super) fn refusal(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+    match result {
+        Err(ApiError::BadRequest(message)) => message,
+        other => panic!("expected a 400, got {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn refusal(result: Result<impl std::fmt::Debug, ApiError>) -> String {
-        match result {
-            Err(ApiError::BadRequest(message)) => message,
-            other => panic!("expected a 400, got {other:?}"),
-        }
-    }
 
     #[test]
     fn known_parameters_are_read_once_and_the_others_ignored() {
