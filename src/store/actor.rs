@@ -263,6 +263,12 @@ impl StoreActor {
                 else => break,
             }
         }
+        // Its holds are no longer this node's to end (the store was handed over, or the
+        // node stops). A newer actor of the store, if one started, re-adds its own as
+        // it loads; one removed here meanwhile only costs a confirm a read.
+        for order in self.holds.ids() {
+            self.live.remove(order);
+        }
         tracing::debug!(store = %self.store, "store actor stopped");
     }
 
