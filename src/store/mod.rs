@@ -398,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn an_actor_that_lost_its_store_removes_its_own_handle_not_a_newer_one() {
+        let registry = Registry::default();
+        let (handle, _mailbox) = stuck(0);
+        let handle = StoreHandle {
+            epoch: Some(3),
+            ..handle
+        };
+        registry.insert(StoreId(1), handle);
+        // The actor of epoch 2 learns it lost the store after the node took it again
+        // at epoch 3: the newer actor's handle stays.
+        assert!(registry.remove_at(StoreId(1), 2).is_none());
+        assert!(registry.get(StoreId(1)).is_some());
+        let removed = registry
+            .remove_at(StoreId(1), 3)
+            .expect("the handle of epoch 3");
+        assert_eq!(removed.epoch, Some(3));
+        assert!(registry.get(StoreId(1)).is_none());
+        assert!(registry.remove_at(StoreId(1), 3).is_none());
+    }
+
+    #[test]
     fn the_deepest_mailbox_is_the_fullest_of_all_stores() {
         let registry = Registry::default();
         assert_eq!(registry.deepest_mailbox(), 0);

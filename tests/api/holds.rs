@@ -24,6 +24,7 @@ crate::on_both_backends!(
     bad_input_on_holds_is_named_and_changes_nothing,
     a_release_1_database_keeps_its_orders_as_holds,
     ending_a_live_hold_reads_no_order_and_answers_as_the_database_has_it,
+    a_store_notices_its_clock_move_without_being_asked,
 );
 
 fn lock_with_hold(user: i64, lines: &[(i64, i64)], hold_seconds: i64) -> Value {
@@ -476,6 +477,31 @@ async fn ending_a_live_hold_reads_no_order_and_answers_as_the_database_has_it(ba
     assert_eq!(ended["data"]["order_details"][0]["product_name"], "masker");
     assert_eq!(ended["data"]["status"], "cancelled");
 
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// A clock that jumps past a hold's deadline expires it at once, without anybody asking
+/// the stores to settle: each actor watches the clock and re-arms its timer, which was
+/// set for the hold's ten minutes of real time.
+async fn a_store_notices_its_clock_move_without_being_asked(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let clock = manual_clock();
+    let app = spawn_app_at(&db, clock.clone(), |_| {}).await;
+    let (status, body) = app.lock(&lock_with_hold(2, &[(1, 2)], 600)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = order_id(&body);
+
+    clock.advance(Duration::from_secs(601));
+    let started = std::time::Instant::now();
+    while db.status(id).await != "expired" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the hold did not expire when the clock passed its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.listed_stocks().await[&1], 10);
     app.stop().await;
     db.drop_database().await;
 }
