@@ -266,9 +266,7 @@ impl StoreActor {
         // Its holds are no longer this node's to end (the store was handed over, or the
         // node stops). A newer actor of the store, if one started, re-adds its own as
         // it loads; one removed here meanwhile only costs a confirm a read.
-        for order in self.holds.ids() {
-            self.live.remove(order);
-        }
+        self.forget_live_holds();
         tracing::debug!(store = %self.store, "store actor stopped");
     }
 
@@ -617,6 +615,14 @@ impl StoreActor {
         }
     }
 
+    /// Takes this store's holds out of `LiveHolds`: they are no longer this actor's to
+    /// end (its store was lost or handed over, or is being reloaded).
+    pub(super) fn forget_live_holds(&self) {
+        for order in self.holds.ids() {
+            self.live.remove(order);
+        }
+    }
+
     /// Another node took the store (a fence failed): no more requests reach this
     /// actor, and those already queued are answered `Moved`.
     fn lose(&mut self) {
@@ -624,9 +630,7 @@ impl StoreActor {
             return;
         }
         self.lost = true;
-        for order in self.holds.ids() {
-            self.live.remove(order);
-        }
+        self.forget_live_holds();
         tracing::warn!(store = %self.store, "another node owns the store now; this node stops serving it");
         if let Some(fence) = self.fence {
             self.registry.remove_at(self.store, fence.epoch);

@@ -225,9 +225,7 @@ impl StoreActor {
                 .iter()
                 .map(|p| (p.buyer, p.product, p.units)),
         );
-        for order in self.holds.ids() {
-            self.live.remove(order);
-        }
+        self.forget_live_holds();
         for hold in &state.holds {
             self.live.insert(
                 hold.id,
