@@ -82,6 +82,13 @@ impl Product {
     pub fn stock(&self) -> i64 {
         self.stock.get()
     }
+
+    /// Whether an order of `quantity` cannot be served by what the store's actor
+    /// published: too little stock, and no per-customer limit (which the actor judges
+    /// first).
+    pub fn sold_out_for(&self, quantity: i64) -> bool {
+        self.stock() < quantity && self.max_per_customer.is_none()
+    }
 }
 
 impl From<ProductRow> for Product {

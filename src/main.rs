@@ -54,7 +54,7 @@ fn main() -> ExitCode {
                     .map_err(StartupError::from)
             });
             return match checked {
-                Ok(balances) => report(&balances),
+                Ok((balances, orphans)) => report(&balances, &orphans),
                 Err(error) => {
                     eprintln!("kitara check: {error}");
                     ExitCode::from(2)
@@ -78,25 +78,33 @@ fn current_thread() -> Result<tokio::runtime::Runtime, StartupError> {
         .map_err(StartupError::Runtime)
 }
 
-/// `kitara check`'s verdict: every product whose equation fails, then a summary line;
-/// exit 1 if any fails.
-fn report(balances: &[Balance]) -> ExitCode {
+/// `kitara check`'s verdict: every product whose equation fails, then a summary line,
+/// and the keys whose order is missing; exit 1 if anything fails.
+fn report(balances: &[Balance], orphans: &[i64]) -> ExitCode {
     let failed: Vec<&Balance> = balances.iter().filter(|b| !b.holds()).collect();
     for balance in &failed {
         kitara::say!("{balance}");
     }
-    if failed.is_empty() {
+    if !orphans.is_empty() {
+        kitara::say!(
+            "kitara check: {} idempotency key(s) name an order that does not exist (a transaction kept in part): orders {orphans:?}",
+            orphans.len()
+        );
+    }
+    if failed.is_empty() && orphans.is_empty() {
         kitara::say!(
             "kitara check: all {} products add up (current_stock = ledger - live order units)",
             balances.len()
         );
         ExitCode::SUCCESS
     } else {
-        kitara::say!(
-            "kitara check: {} of {} products do not add up",
-            failed.len(),
-            balances.len()
-        );
+        if !failed.is_empty() {
+            kitara::say!(
+                "kitara check: {} of {} products do not add up",
+                failed.len(),
+                balances.len()
+            );
+        }
         ExitCode::from(1)
     }
 }

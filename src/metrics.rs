@@ -81,6 +81,9 @@ labels!(
         CommitLost = "commit_lost",
         /// A COMMIT whose outcome was not learnt in time.
         OutcomeUnknown = "outcome_unknown",
+        /// A COMMIT that lost a conflict (on Galera, a certification failure): rolled
+        /// back whole, and written again.
+        Conflict = "conflict",
         /// A store could not reload its stock.
         ReloadFailed = "reload_failed",
         /// A connection caught one answer behind, and closed.

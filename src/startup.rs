@@ -146,6 +146,12 @@ impl Application {
         let catalog = Arc::new(Catalog::new(load::products(&db).await?));
         let users = Arc::new(KnownUsers::new(load::user_ids(&db).await?, db.clone()));
         let writers = if mysql { settings.writers as usize } else { 1 };
+        let galera = db::is_galera(&db).await;
+        if galera {
+            tracing::info!(
+                "the database is a Galera node: reads wait for the cluster's commits (wsrep_sync_wait = 1), a transaction's statements go one request each, and /readyz follows the node's wsrep_ready and wsrep_local_state"
+            );
+        }
         let (writer, writer_tasks) = writer::spawn(
             db.clone(),
             WriterConfig {
@@ -153,6 +159,7 @@ impl Application {
                 queue: settings.writer_queue as usize,
                 answer_within: settings.database.acquire_timeout,
                 stock_guard: settings.database_guard,
+                statements_apart: galera,
                 outcome_deadline: settings.outcome_deadline,
                 writers,
                 metrics: metrics.clone(),
@@ -272,7 +279,7 @@ impl Application {
         // others keep their deadline. (On MySQL each store's taker did this.)
         state.settle_due().await;
         let manager = manager.map(Manager::spawn);
-        let prober = health::spawn_prober(db.clone(), state.readiness.clone());
+        let prober = health::spawn_prober(db.clone(), galera, state.readiness.clone());
         let summariser = logs::spawn_summariser();
 
         Ok(Self {

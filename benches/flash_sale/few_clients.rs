@@ -142,7 +142,7 @@ pub(crate) async fn few_clients(bench: &Bench) -> FewClients {
 
 /// `commit_duration_seconds_sum`, its count, and `orders_per_commit_sum`, from
 /// `/metrics`.
-async fn commit_metrics(addr: SocketAddr) -> Option<(f64, f64, f64)> {
+pub(crate) async fn commit_metrics(addr: SocketAddr) -> Option<(f64, f64, f64)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     let request = "GET /metrics HTTP/1.1\r\nHost: kitara\r\nConnection: close\r\n\r\n";
     stream.write_all(request.as_bytes()).await.ok()?;

@@ -24,11 +24,14 @@
 //! - `report`: the table and the ratio lines.
 //! - `catalogue`: pages, lookups and the listing of 100,000 products.
 //! - `few_clients`: hot at 16 connections, against durable Redis+Lua.
+//! - `galera`: hot and spread on a three-node Galera cluster against one server, and
+//!   the stall of a Galera node's loss.
 
 mod catalogue;
 mod cpu;
 mod db;
 mod few_clients;
+mod galera;
 mod load;
 mod report;
 mod servers;
@@ -213,5 +216,11 @@ async fn run() {
     }
     if bench.selected("catalogue") {
         catalogue::catalogue(&bench).await.print();
+    }
+    if bench.selected("galera") {
+        match galera::galera(&bench).await {
+            Ok(measured) => measured.print(),
+            Err(why) => println!("{why}"),
+        }
     }
 }

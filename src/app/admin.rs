@@ -374,7 +374,7 @@ impl Admin {
         match writer.write(Write::Admin(write)).await {
             Ok(Written::Admin(created)) => Ok(created),
             Ok(_) => Err(AdminError::Unavailable),
-            Err(PersistError::Refused) => {
+            Err(PersistError::Refused | PersistError::Conflicted) => {
                 Err(AdminError::Change(ChangeError::Failed(Failure::Conflict)))
             }
             Err(PersistError::OutcomeUnknown) => Err(AdminError::Change(ChangeError::Failed(

@@ -17,7 +17,7 @@ use crate::db::call::Reads;
 use crate::db::load::{self, DetailRow, OrderRow};
 use crate::db::write::KeyRecord;
 use crate::domain::{Deadline, OrderId, OrderStatus, Resolution, Transition, UserId, transition};
-use crate::domain::{ProductId, StoreId};
+use crate::domain::{LockOrder, ProductId, StoreId};
 use crate::metrics::Metrics;
 use crate::store::{
     Failure, HeldOrder, LiveHolds, LockError, LockRequest, Placed, ResolveError, StoreHandle,
@@ -142,7 +142,7 @@ impl Orders {
                 stores.push(product.store);
             }
             // A limit is judged before availability, by the actor.
-            if product.stock() >= line.quantity || product.max_per_customer.is_some() {
+            if !product.sold_out_for(line.quantity) {
                 sold_out = false;
             }
         }
@@ -172,11 +172,24 @@ impl Orders {
         // no line fits the published stock the actor would refuse the order too; the
         // refusal is answered without queueing behind the store's other orders. Only for
         // a store served here: another node's stock is published there.
-        if self.memory_check && sold_out {
+        if self.memory_check && sold_out && self.sold_out_here(order) {
             return Err(LockError::NoneAvailable);
         }
         // Limits, availability and the write belong to the store's actor.
         handle.lock(request).await.map(Locked::Here)
+    }
+
+    /// The sold-out fast path's second look, once the store's actor here is found: the
+    /// catalog as that actor published it. The first look, before the route, may have
+    /// read what the store's previous actor on this node published, if the store was
+    /// taken back in between.
+    fn sold_out_here(&self, order: &LockOrder) -> bool {
+        let catalog = self.catalog.snapshot();
+        order.lines().iter().all(|line| {
+            catalog
+                .get(line.product)
+                .is_some_and(|product| product.sold_out_for(line.quantity))
+        })
     }
 
     /// The stores of the live ones of `products`, as the database has them.

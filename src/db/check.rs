@@ -1,6 +1,9 @@
 //! `kitara check`: proves the ledger's equation for every product,
 //! `current_stock = Σ stock_movements.delta − Σ quantities of live order lines`,
-//! where a live line is one of an order still `locked` or `confirmed`.
+//! where a live line is one of an order still `locked` or `confirmed`; and that every
+//! idempotency key names an order that exists. A key is written in the transaction of
+//! its order, so a key without one is a transaction the database kept in part (see
+//! SCALING.md, "On a MariaDB Galera cluster").
 //!
 //! One statement reads every figure, so the read is one consistent snapshot (InnoDB's
 //! consistent read, SQLite's read transaction) and takes no lock: it is safe while
@@ -66,4 +69,15 @@ pub async fn balances(db: &impl ConnectionTrait) -> Result<Vec<Balance>, DbErr> 
     Balance::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
         .all(db)
         .await
+}
+
+/// The orders that idempotency keys name but that do not exist: a transaction of which
+/// the database kept the key and lost the order.
+pub async fn orphan_keys(db: &impl ConnectionTrait) -> Result<Vec<i64>, DbErr> {
+    let sql = "SELECT k.order_id FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id \
+               WHERE o.id IS NULL ORDER BY k.order_id";
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    rows.iter().map(|row| row.try_get_by_index(0)).collect()
 }

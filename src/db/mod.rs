@@ -81,7 +81,7 @@ pub async fn connect_watched(
         })
         .map_sqlx_mysql_pool_opts(move |pool| {
             let out_of_step = out_of_step.clone();
-            pool.after_connect(|conn, _| Box::pin(async move { end_idle_writes(conn).await }))
+            pool.after_connect(|conn, _| Box::pin(async move { prepare_session(conn).await }))
                 .after_release(move |conn, _| {
                     let out_of_step = out_of_step.clone();
                     Box::pin(async move {
@@ -106,6 +106,8 @@ pub async fn connect_watched(
 /// connection (and so the transaction, and its row locks).
 const IDLE_WRITE_TIMEOUT_S: u32 = 1;
 
+/// Sets up a new MySQL session.
+///
 /// A Kitara node paused, or cut off from the database, in the middle of a write keeps
 /// its transaction open on the server, and with it the locks on its stores' ownership
 /// and product rows: the node that takes such a store would wait for them, for as long
@@ -114,20 +116,34 @@ const IDLE_WRITE_TIMEOUT_S: u32 = 1;
 /// sends its statements back to back; a transaction begun ahead has not written yet,
 /// and is not ended). The fence keeps the stale writer out either way; this keeps the
 /// new owner from waiting. MySQL has no such setting: there, a takeover may wait.
-async fn end_idle_writes(
+///
+/// On a Galera node, `wsrep_sync_wait = 1` makes every read (and BEGIN) wait until the
+/// node has applied everything the cluster committed before it: a store taken over is
+/// loaded with its last owner's commits, an order locked through one node is found
+/// through another, and an outcome looked up after a failed COMMIT is not a stale one.
+/// Kitara's writes need no such wait: a store has one writer.
+async fn prepare_session(
     conn: &mut sea_orm::sqlx::MySqlConnection,
 ) -> Result<(), sea_orm::sqlx::Error> {
     use sea_orm::sqlx::Executor;
     let sql = format!("SET SESSION idle_write_transaction_timeout = {IDLE_WRITE_TIMEOUT_S}");
     match conn.execute(sea_orm::sqlx::AssertSqlSafe(sql)).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(sea_orm::sqlx::Error::Database(e)) => {
             static TOLD: std::sync::Once = std::sync::Once::new();
             TOLD.call_once(|| {
                 tracing::warn!(error = %e, "the database cannot end idle write transactions (not MariaDB?): a node paused mid-write delays the takeover of its stores until its connection ends");
             });
-            Ok(())
+            return Ok(());
         }
+        Err(e) => return Err(e),
+    }
+    // `wsrep_on` is 0 on a MariaDB server outside a Galera cluster.
+    match conn
+        .execute("SET SESSION wsrep_sync_wait = IF(@@wsrep_on, 1, 0)")
+        .await
+    {
+        Ok(_) | Err(sea_orm::sqlx::Error::Database(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -197,12 +213,14 @@ pub async fn migrate(args: &DatabaseArgs, demo: bool) -> Result<(), SchemaError>
     Ok(())
 }
 
-/// `kitara check`: every product's balance (see `check`), read in one statement.
-pub async fn check(args: &DatabaseArgs) -> Result<Vec<check::Balance>, SchemaError> {
+/// `kitara check`: every product's balance, read in one statement, and the orders
+/// that keys name but that are missing (see `check`).
+pub async fn check(args: &DatabaseArgs) -> Result<(Vec<check::Balance>, Vec<i64>), SchemaError> {
     let db = connect(args).await?;
     let balances = check::balances(&db).await;
+    let orphans = check::orphan_keys(&db).await;
     db.close().await?;
-    Ok(balances?)
+    Ok((balances?, orphans?))
 }
 
 pub async fn migrate_and_seed(db: &DatabaseConnection, demo: bool) -> Result<(), SchemaError> {
@@ -255,13 +273,72 @@ pub fn write_transaction_options() -> TransactionOptions {
 }
 
 /// Whether the database itself refused a statement (a constraint, a CHECK, a duplicate
-/// key, a deadlock), as opposed to the connection or the pool failing. A refusal means
-/// the transaction did not commit and Kitara's memory may be out of step with the
-/// database; a connection failure means the database could not be reached.
+/// key, a deadlock or a Galera certification conflict), as opposed to the connection or
+/// the pool failing. A refusal means the transaction did not commit and Kitara's memory
+/// may be out of step with the database; a connection failure means the database could
+/// not be reached. A Galera node outside the primary component answers every statement
+/// with an error (1047, SQLSTATE class 08): that is the database unreachable, not a
+/// refusal.
 pub fn is_refusal(err: &DbErr) -> bool {
-    matches!(
-        err,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))
-            if matches!(**e, sea_orm::sqlx::Error::Database(_))
-    )
+    database_error(err).is_some_and(|e| !e.code().is_some_and(|state| state.starts_with("08")))
+}
+
+/// Whether the transaction lost a conflict and was rolled back whole: a deadlock, or
+/// (on Galera) a certification failure at COMMIT or an abort by a write set replicated
+/// from another node. Nothing of it committed; written again, it may go through.
+pub fn is_conflict(err: &DbErr) -> bool {
+    database_error(err).is_some_and(|e| {
+        e.code().as_deref() == Some("40001")
+            || e.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| e.number() == ER_LOCK_DEADLOCK)
+    })
+}
+
+/// MySQL's "Deadlock found when trying to get lock", which Galera also gives for a
+/// certification failure.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+fn database_error(err: &DbErr) -> Option<&(dyn sea_orm::sqlx::error::DatabaseError + 'static)> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e.as_database_error(),
+        _ => None,
+    }
+}
+
+/// Whether this MySQL server is a node of a Galera cluster (`wsrep_on`). MySQL itself
+/// has no such variable: not Galera.
+pub async fn is_galera(db: &DatabaseConnection) -> bool {
+    if db.get_database_backend() != DbBackend::MySql {
+        return false;
+    }
+    let statement = Statement::from_string(DbBackend::MySql, "SELECT @@global.wsrep_on");
+    match db.query_one_raw(statement).await {
+        Ok(Some(row)) => row.try_get_by_index::<i64>(0).is_ok_and(|on| on != 0),
+        _ => false,
+    }
+}
+
+/// Whether a Galera node can take writes now: it is in the primary component
+/// (`wsrep_ready`) and synced with it (`wsrep_local_state` 4). A node cut off from the
+/// others' majority, or still catching up after a restart, is not.
+pub async fn galera_synced(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    let statement = Statement::from_string(
+        DbBackend::MySql,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')",
+    );
+    let rows = db.query_all_raw(statement).await?;
+    let mut ready = false;
+    let mut synced = false;
+    for row in rows {
+        let name: String = row.try_get_by_index(0)?;
+        let value: String = row.try_get_by_index(1)?;
+        match name.to_ascii_lowercase().as_str() {
+            "wsrep_ready" => ready = value == "ON",
+            "wsrep_local_state" => synced = value == "4",
+            _ => {}
+        }
+    }
+    Ok(ready && synced)
 }

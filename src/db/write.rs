@@ -32,6 +32,10 @@ pub enum PersistError {
     /// written. The store's actor must stop.
     #[error("another node owns the store now")]
     Fenced,
+    /// The transaction lost a conflict (a deadlock, or a Galera certification failure)
+    /// and rolled back whole. The writer writes it again; a store never sees this.
+    #[error("the transaction lost a conflict")]
+    Conflicted,
 }
 
 /// What a write of a store proves in its transaction: that its node still owns the

@@ -56,7 +56,10 @@ impl StoreActor {
     ) {
         // A reload replaced the holds: what waited for this end is decided against them.
         self.decide_waiters_again(&attempt, again);
-        let nothing_committed = matches!(error, PersistError::Refused | PersistError::Unavailable);
+        let nothing_committed = matches!(
+            error,
+            PersistError::Refused | PersistError::Conflicted | PersistError::Unavailable
+        );
         match attempt {
             // Asked it once more against the truth.
             Attempt::Lock(attempt) if nothing_committed && reloaded && !attempt.retried => {

@@ -173,7 +173,8 @@ impl Writer {
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
         let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
-        let plan = persist::Plan::new(&batch, &token, self.stock_guard);
+        let plan = persist::Plan::new(&batch, &token, self.stock_guard)
+            .statements_apart(self.statements_apart);
         let orders = batch.orders.len();
         let writes = orders + batch.ended.len() + batch.admin.len();
         drop(batch);

@@ -130,6 +130,9 @@ pub struct WriterConfig {
     pub outcome_deadline: Duration,
     /// Off only in tests: see `Settings::database_guard`.
     pub stock_guard: bool,
+    /// On a Galera node: each statement of a transaction in its own request (see
+    /// `persist::Plan::statements_apart`).
+    pub statements_apart: bool,
     /// Writer tasks, each with its own transaction in flight: while one commits, the
     /// next batch is already on its way to the database.
     pub writers: usize,
@@ -161,6 +164,7 @@ pub async fn spawn(
                 batch_size: config.batch_size,
                 outcome_deadline: config.outcome_deadline,
                 stock_guard: config.stock_guard,
+                statements_apart: config.statements_apart,
                 ids: ids.clone(),
                 reach: reach.clone(),
                 metrics: config.metrics.clone(),
@@ -189,6 +193,7 @@ struct Writer {
     batch_size: usize,
     outcome_deadline: Duration,
     stock_guard: bool,
+    statements_apart: bool,
     ids: Arc<Ids>,
     /// Boot time, process and writer number: with `sequence`, makes every transaction
     /// token unique across writers and restarts.

@@ -1,4 +1,5 @@
-//! A batch the database refused: which of its writes does it really refuse? A key stored
+//! A batch that lost a conflict is written again as it is, a few times. A batch the
+//! database refused: which of its writes does it really refuse? A key stored
 //! before refuses the whole batch, and so does the fence of a store another node took:
 //! those writes are set aside (`KeyTaken`, `Fenced`) and the rest written again; what
 //! is still refused is written one write per transaction, so that only the refused
@@ -12,6 +13,10 @@ use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
 use crate::db::{call, keys, owners};
 use crate::metrics::DbError;
 
+/// How many times a batch that lost a conflict is written again as it is, before its
+/// writes are judged one by one like a refused batch's.
+const CONFLICT_RETRIES: usize = 3;
+
 impl Writer {
     /// Writes everything in one transaction; if the database refuses it, finds out
     /// which writes it refuses (see the module's doc).
@@ -21,9 +26,22 @@ impl Writer {
         fences: &[Option<Fence>],
         answer_by: Instant,
     ) -> Outcome {
-        match self.write(writes, fences, answer_by).await {
+        let mut first = self.write(writes, fences, answer_by).await;
+        for _ in 0..CONFLICT_RETRIES {
+            if first != Err(PersistError::Conflicted) {
+                break;
+            }
+            first = self.write(writes, fences, answer_by).await;
+        }
+        match first {
             Ok(written) => return written.into_iter().map(Ok).collect(),
             Err(PersistError::Refused) => {}
+            // Still losing: another writer keeps writing these rows (a store another
+            // node took would have failed its fence by now). Nothing committed; the
+            // requests get 503 and their retries come later.
+            Err(PersistError::Conflicted) => {
+                return vec![Err(PersistError::Unavailable); writes.len()];
+            }
             Err(error) => return vec![Err(error); writes.len()],
         }
         let mut outcomes: Vec<Option<Result<Written, PersistError>>> = vec![None; writes.len()];
@@ -58,6 +76,7 @@ impl Writer {
                 }
                 Err(PersistError::Refused) => tried_alone = rest.len() == 1,
                 Err(error) => {
+                    let error = settled(error);
                     for &i in &rest {
                         outcomes[i] = Some(Err(error));
                     }
@@ -85,6 +104,7 @@ impl Writer {
                 self.write(std::slice::from_ref(&writes[i]), &fences[i..=i], answer_by)
                     .await
                     .map(|mut w| w.remove(0))
+                    .map_err(settled)
             };
             unreachable = matches!(
                 outcome,
@@ -128,7 +148,18 @@ impl Writer {
             .map(|o| o.unwrap_or(Err(PersistError::Unavailable)))
             .collect()
     }
+}
 
+/// A conflict lost on a later try, after the batch's retries: nothing committed, as
+/// for a database that did not answer.
+fn settled(error: PersistError) -> PersistError {
+    match error {
+        PersistError::Conflicted => PersistError::Unavailable,
+        error => error,
+    }
+}
+
+impl Writer {
     /// The fences of this batch that fail now: their store has another epoch (another
     /// node took it). None if the lookup fails or outlasts `answer_by` (writing the
     /// writes one by one then tells).

@@ -77,6 +77,9 @@ enum Ran {
     Unreachable,
     /// It failed before COMMIT: nothing of it committed.
     Failed(PersistError),
+    /// It lost a conflict before COMMIT (a deadlock, or on Galera an abort by another
+    /// node's replicated write): rolled back whole, it is judged and written again.
+    Conflicted,
     /// COMMIT was sent and its answer was an error: the token tells the outcome.
     CommitFailed(DbErr, Vec<i64>),
     /// The writer gave it up before COMMIT; it rolled back.
@@ -187,18 +190,38 @@ impl Writer {
                 Err(error)
             }
             Ran::GivenUp => Err(PersistError::Unavailable),
+            Ran::Conflicted => {
+                self.reach.reached(true);
+                failed(DbError::Conflict);
+                Err(PersistError::Conflicted)
+            }
             Ran::CommitFailed(e, answered) => {
                 self.reach.reached(true);
-                tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
-                failed(DbError::CommitLost);
+                // On Galera a COMMIT that loses certification to another node's write is
+                // rolled back whole (1213). Its token still decides: "not committed" is
+                // then certain, and the writes are judged and written again.
+                let conflict = db::is_conflict(&e);
+                if conflict {
+                    tracing::warn!(error = %e, token = token.as_str(), "COMMIT lost a conflict; looking up its outcome");
+                    failed(DbError::Conflict);
+                } else {
+                    tracing::error!(error = %e, token = token.as_str(), "COMMIT failed; looking up its outcome");
+                    failed(DbError::CommitLost);
+                }
                 let deadline = (Instant::now() + self.outcome_deadline).min(outcome_by);
                 let outcome = self.resolve(&token, deadline).await;
                 match outcome {
-                    Ok(()) => self.metrics.commit(started.elapsed(), orders),
-                    Err(PersistError::OutcomeUnknown) => failed(DbError::OutcomeUnknown),
-                    Err(_) => {}
+                    Ok(()) => {
+                        self.metrics.commit(started.elapsed(), orders);
+                        Ok(answered)
+                    }
+                    Err(PersistError::OutcomeUnknown) => {
+                        failed(DbError::OutcomeUnknown);
+                        Err(PersistError::OutcomeUnknown)
+                    }
+                    Err(PersistError::Unavailable) if conflict => Err(PersistError::Conflicted),
+                    Err(error) => Err(error),
                 }
-                outcome.map(|()| answered)
             }
         }
     }
@@ -232,6 +255,11 @@ async fn run_transaction(
                 persist::WriteError::GuardTripped { .. } => {
                     tracing::warn!(error = %e, writes, "batch refused");
                     PersistError::Refused
+                }
+                persist::WriteError::Db(ref err) if db::is_conflict(err) => {
+                    tracing::debug!(error = %e, writes, "batch lost a conflict");
+                    let _ = txn.rollback().await;
+                    return Ran::Conflicted;
                 }
                 // A constraint, or a key stored before: `write_all` finds out which.
                 persist::WriteError::Db(ref err) if db::is_refusal(err) => {

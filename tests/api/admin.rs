@@ -3,6 +3,7 @@
 //! row, limits, soft deletion, the orders page, `kitara check`, and start-up adoption.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -24,6 +25,7 @@ crate::on_both_backends!(
     bad_admin_input_is_named_and_changes_nothing,
     a_restock_during_a_flash_sale_loses_and_oversells_nothing,
     start_up_adopts_products_made_by_sql,
+    kitara_check_finds_a_key_whose_order_is_missing,
 );
 
 /// Every admin path with a method it serves.
@@ -811,6 +813,40 @@ async fn bad_admin_input_is_named_and_changes_nothing(backend: Backend) {
     let (status, _) = app.lock(&order(2, &[(1, 1)])).await;
     assert_eq!(status, StatusCode::OK, "the server keeps answering");
     app.stop().await;
+    db.drop_database().await;
+}
+
+/// A transaction the database kept in part (as a Galera node did with a
+/// multi-statement request aborted half-way): its key stayed, its order did not.
+/// `kitara check` names the order.
+async fn kitara_check_finds_a_key_whose_order_is_missing(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let app = spawn_app(&db).await;
+    let (status, _, body) = app
+        .try_lock_keyed(&order(2, &[(1, 1)]), Some("kept"), Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["data"]["order_id"].as_i64().unwrap();
+    app.stop().await;
+    let (code, text) = kitara_check(&db).await;
+    assert_eq!(code, 0, "{text}");
+    // The order and its lines go, with the units they held: stock and ledger still
+    // balance, but the key names an order that is not there.
+    db.exec("UPDATE products SET current_stock = current_stock + 1 WHERE id = 1")
+        .await;
+    db.exec(&format!("DELETE FROM order_details WHERE order_id = {id}"))
+        .await;
+    db.exec(&format!("DELETE FROM orders WHERE id = {id}"))
+        .await;
+    let (code, text) = kitara_check(&db).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("1 idempotency key(s) name an order that does not exist")
+            && text.contains(&format!("orders [{id}]")),
+        "{text}"
+    );
+    assert!(!text.contains("do not add up"), "{text}");
     db.drop_database().await;
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
-use crate::helpers::{ADMIN_TOKEN, Api, Backend, TestDb, order, start_kitara};
+use crate::helpers::{ADMIN_TOKEN, Api, Backend, TestDb, order, start_kitara_with};
 use crate::mariadb::signal;
 
 /// Short, so that takeovers happen within the test's patience; not so short that a
@@ -52,9 +52,17 @@ pub struct Node {
 
 impl Node {
     pub async fn start(db: &TestDb, id: &str) -> Self {
+        Self::launch(&[], ("127.0.0.1", 0), &db.url, id).await
+    }
+
+    /// A node run by `launcher` (see `start_kitara_with`), listening on `listen`,
+    /// against the database at `url`.
+    pub async fn launch(launcher: &[String], listen: (&str, u16), url: &str, id: &str) -> Self {
         let lease = LEASE.as_millis().to_string();
-        let (child, api, logs) = start_kitara(
-            &db.url,
+        let (child, api, logs) = start_kitara_with(
+            launcher,
+            listen,
+            url,
             &[
                 ("KITARA_NODE_ID", id),
                 ("KITARA_LEASE_MS", &lease),
@@ -119,7 +127,7 @@ pub async fn owners(db: &TestDb) -> BTreeMap<i64, (Option<String>, i64)> {
     owners_on(&db.conn).await
 }
 
-async fn owners_on(conn: &sea_orm::DatabaseConnection) -> BTreeMap<i64, (Option<String>, i64)> {
+pub async fn owners_on(conn: &sea_orm::DatabaseConnection) -> BTreeMap<i64, (Option<String>, i64)> {
     use sea_orm::ConnectionTrait;
     let rows = conn
         .query_all_raw(sea_orm::Statement::from_string(

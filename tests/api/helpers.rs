@@ -184,6 +184,11 @@ impl TestDb {
         }
     }
 
+    /// The URL of this database on another server (a node of the same cluster).
+    pub fn url_on(&self, base: &str) -> String {
+        format!("{}/{}", base.trim_end_matches('/'), self.name)
+    }
+
     /// A database with the demo data of `kitara migrate`.
     pub async fn with_demo_data(backend: Backend) -> Self {
         let db = Self::new(backend).await;
@@ -858,8 +863,33 @@ pub async fn start_kitara(
     Api,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitara"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+    start_kitara_with(&[], ("127.0.0.1", 0), url, envs).await
+}
+
+/// As `start_kitara`, listening on `host` and `port` (0: a free one), run by `launcher`
+/// (a command and its arguments that run the program given after them, such as
+/// `ip netns exec NS` or `faketime -f +5s`; none runs it directly).
+pub async fn start_kitara_with(
+    launcher: &[String],
+    (host, port): (&str, u16),
+    url: &str,
+    envs: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    Api,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let kitara = env!("CARGO_BIN_EXE_kitara");
+    let mut command = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(args).arg(kitara);
+            command
+        }
+        None => tokio::process::Command::new(kitara),
+    };
+    let mut child = command
+        .args(["serve", "--host", host, "--port", &port.to_string()])
         .env("DATABASE_URL", url)
         .env("KITARA_LOG", "info")
         .env("KITARA_LOG_FORMAT", "text")
@@ -877,16 +907,17 @@ pub async fn start_kitara(
             let _ = send.send(line);
         }
     });
+    let prefix = format!("{host}:");
     let addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Some(line) = receive.recv().await {
-            if let Some(at) = line.find("127.0.0.1:") {
+            if let Some(at) = line.find(&prefix)
+                && line.contains("listening")
+            {
                 let addr: String = line[at..]
                     .chars()
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
-                if line.contains("listening") {
-                    return addr.parse().expect("address");
-                }
+                return addr.parse().expect("address");
             }
         }
         panic!("kitara exited before listening");

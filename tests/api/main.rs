@@ -13,6 +13,7 @@ mod cluster;
 mod cluster_steps;
 mod contract;
 mod durability;
+mod galera;
 mod holds;
 mod keys;
 mod lifecycle;
