@@ -50,10 +50,14 @@ impl Readiness {
         self.refusing.store(true, Ordering::Relaxed);
     }
 
+    /// The database's last answer said it cannot take writes.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
     pub fn ready(&self) -> bool {
         let last = Duration::from_millis(self.answered_at.load(Ordering::Relaxed));
-        !self.refusing.load(Ordering::Relaxed)
-            && self.since.elapsed().saturating_sub(last) <= READY_WITHIN
+        !self.refusing() && self.since.elapsed().saturating_sub(last) <= READY_WITHIN
     }
 }
 

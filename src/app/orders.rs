@@ -131,7 +131,6 @@ impl Orders {
         // are simply lines that cannot be served (rule 6).
         let mut stores: Vec<StoreId> = Vec::with_capacity(1);
         let mut unknown = false;
-        let mut sold_out = true;
         let catalog = self.catalog.snapshot();
         for line in order.lines() {
             let Some(product) = catalog.get(line.product) else {
@@ -140,10 +139,6 @@ impl Orders {
             };
             if !stores.contains(&product.store) {
                 stores.push(product.store);
-            }
-            // A limit is judged before availability, by the actor.
-            if !product.sold_out_for(line.quantity) {
-                sold_out = false;
             }
         }
         drop(catalog);
@@ -172,17 +167,17 @@ impl Orders {
         // no line fits the published stock the actor would refuse the order too; the
         // refusal is answered without queueing behind the store's other orders. Only for
         // a store served here: another node's stock is published there.
-        if self.memory_check && sold_out && self.sold_out_here(order) {
+        if self.memory_check && self.sold_out_here(order) {
             return Err(LockError::NoneAvailable);
         }
         // Limits, availability and the write belong to the store's actor.
         handle.lock(request).await.map(Locked::Here)
     }
 
-    /// The sold-out fast path's second look, once the store's actor here is found: the
-    /// catalog as that actor published it. The first look, before the route, may have
-    /// read what the store's previous actor on this node published, if the store was
-    /// taken back in between.
+    /// Whether no line fits the stock the store's actor published. Looked at once the
+    /// actor is found, not before: until then the catalog may still show what a
+    /// previous actor of the store on this node published, if the store was just taken
+    /// back. A line whose product the catalog does not know goes to the actor.
     fn sold_out_here(&self, order: &LockOrder) -> bool {
         let catalog = self.catalog.snapshot();
         order.lines().iter().all(|line| {

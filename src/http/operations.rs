@@ -19,9 +19,12 @@ pub async fn healthz(_: Call<'_>) -> Answer {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Stores loaded and the database answered lately", body = TextAnswer),
-        (status = 503, description = "The database has not answered for a few seconds", body = Refusal),
+        (status = 503, description = "The database has not answered for a few seconds, or its Galera node cannot take writes", body = Refusal),
     ))]
 pub async fn readyz(call: Call<'_>) -> Answer {
+    if call.state.readiness.refusing() {
+        return Err(ApiError::NotSynced);
+    }
     match call.state.readiness.ready() && call.state.cluster.loaded() {
         true => Ok(response::json(StatusCode::OK, "OK", Some("ready"))),
         false => Err(ApiError::NotReady),

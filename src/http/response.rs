@@ -136,6 +136,9 @@ pub enum ApiError {
     /// `GET /readyz` while the database has not answered lately.
     #[error("not ready: the database has not answered for {} s", crate::health::READY_WITHIN.as_secs())]
     NotReady,
+    /// `GET /readyz` while the database's Galera node cannot take writes.
+    #[error("not ready: the database's Galera node is outside the primary component or not synced")]
+    NotSynced,
     /// A bug; the cause was logged.
     #[error("internal error")]
     Internal,
@@ -187,7 +190,7 @@ impl ApiError {
             ApiError::Admin(AdminError::Change(
                 ChangeError::NotEnoughStock | ChangeError::InProgress,
             )) => StatusCode::CONFLICT,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::NotSynced => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal
             | ApiError::Resolve(ResolveError::Failed(_))
             | ApiError::Admin(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,7 +216,9 @@ impl ApiError {
     /// a `/readyz` that is not ready, are not worth a line.
     pub fn log(&self) {
         use crate::warn_summarised;
-        if !self.status().is_server_error() || matches!(self, ApiError::NotReady) {
+        if !self.status().is_server_error()
+            || matches!(self, ApiError::NotReady | ApiError::NotSynced)
+        {
             return;
         }
         let error = self;
