@@ -60,6 +60,8 @@ on_galera! {
     a_paused_galera_node_loses_no_answered_order => a_sale_loses_nothing(Fault::PauseGalera).await;
     a_skewed_kitara_clock_loses_no_answered_order => a_sale_loses_nothing(Fault::SkewedClock).await;
     a_certification_conflict_is_written_again_not_refused => a_certification_conflict_is_written_again().await;
+    a_stale_owner_cannot_commit_after_a_takeover_on_another_galera_node =>
+        a_stale_owner_cannot_commit_after_a_takeover().await;
 }
 
 /// The private cluster (see `scripts/galera-cluster`).
@@ -771,6 +773,83 @@ async fn a_certification_conflict_is_written_again() {
     assert!(db.unbalanced().await.is_empty(), "kitara check fails");
     let mut node = node;
     node.stop().await;
+    db.drop_database().await;
+}
+
+/// The fence on Galera, without timing luck: an owner's write transaction of store 1,
+/// fenced at epoch e, has run its statements on Galera node 1 (its ownership row
+/// changed, the order inserted) but not committed, when another node takes the store
+/// through Galera node 2 (epoch e + 1) and commits. The stale owner's COMMIT must fail:
+/// the takeover's write set, applied on node 1, aborts it, or certification refuses it.
+/// Its order is never stored. Fifty rounds, the store taken back and forth.
+async fn a_stale_owner_cannot_commit_after_a_takeover() {
+    use kitara::db::persist::{self, Batch, Plan, Token};
+    use kitara::db::write::Fence;
+    use kitara::domain::{OrderLine, ProductId, StoreId};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let bed = Bed::shared().await;
+    let bed = bed.as_ref().expect("started");
+    let db = TestDb::on_server(&bed.url(1)).await;
+    kitara::db::migrate_and_seed(&db.conn, true)
+        .await
+        .expect("demo data");
+    db.exec("INSERT INTO kitara_store_owners (store_id, owner, epoch) VALUES (1, 'a', 1)")
+        .await;
+    let owner = kitara::db::connect(&database_args(&db.url_on(&bed.url(1))))
+        .await
+        .expect("connect to node 1");
+    let taker = kitara::db::connect(&database_args(&db.url_on(&bed.url(2))))
+        .await
+        .expect("connect to node 2");
+    let lines = [OrderLine {
+        product: ProductId(1),
+        quantity: 1,
+    }];
+    let stock = db.stocks().await[&1];
+    let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+    for round in 0..50i64 {
+        let epoch = round + 1;
+        let id = 1_000 + round;
+        let batch = Batch {
+            orders: vec![persist::NewOrder {
+                id,
+                buyer: 2,
+                store: 1,
+                total: 1,
+                first_detail_id: id,
+                lines: &lines,
+                expires_at: None,
+            }],
+            fences: vec![Fence {
+                store: StoreId(1),
+                epoch,
+            }],
+            ..Default::default()
+        };
+        let plan = Plan::new(&batch, &Token::new(&[7, id as u128]), true).statements_apart(true);
+        let txn = owner.begin().await.expect("begin");
+        persist::write_plan(&txn, &plan)
+            .await
+            .expect("the owner's statements run: the store is still its own");
+        let took = taker
+            .execute_unprepared(&format!(
+                "UPDATE kitara_store_owners SET owner = 'b{round}', epoch = epoch + 1 \
+                 WHERE store_id = 1 AND epoch = {epoch}"
+            ))
+            .await
+            .expect("the takeover commits")
+            .rows_affected();
+        assert_eq!(took, 1, "round {round}: the takeover took the store");
+        match txn.commit().await {
+            Ok(()) => panic!("round {round}: the stale owner committed after the takeover"),
+            Err(e) => *refusals.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    println!("stale owners refused at COMMIT: {refusals:?}");
+    assert_eq!(db.count("orders").await, 0, "a stale order was stored");
+    assert_eq!(db.stocks().await[&1], stock);
+    owner.close().await.ok();
+    taker.close().await.ok();
     db.drop_database().await;
 }
 
