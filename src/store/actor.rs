@@ -616,7 +616,10 @@ impl StoreActor {
     }
 
     /// Takes this store's holds out of `LiveHolds`: they are no longer this actor's to
-    /// end (its store was lost or handed over, or is being reloaded).
+    /// end (its store was lost or handed over, or is being reloaded). Leaving them
+    /// would change no answer (an entry is used only while its store is served here, by
+    /// asking the store's current actor, which judges against its own holds) but would
+    /// keep their memory: mutation testing lists `()` here as a survivor.
     pub(super) fn forget_live_holds(&self) {
         for order in self.holds.ids() {
             self.live.remove(order);
