@@ -14,7 +14,7 @@ use crate::db::{call, keys, owners};
 use crate::metrics::DbError;
 
 /// How many times a batch that lost a conflict is written again as it is, before its
-/// writes are judged one by one like a refused batch's.
+/// writes fail as unavailable.
 const CONFLICT_RETRIES: usize = 3;
 
 impl Writer {
@@ -148,18 +148,7 @@ impl Writer {
             .map(|o| o.unwrap_or(Err(PersistError::Unavailable)))
             .collect()
     }
-}
 
-/// A conflict lost on a later try, after the batch's retries: nothing committed, as
-/// for a database that did not answer.
-fn settled(error: PersistError) -> PersistError {
-    match error {
-        PersistError::Conflicted => PersistError::Unavailable,
-        error => error,
-    }
-}
-
-impl Writer {
     /// The fences of this batch that fail now: their store has another epoch (another
     /// node took it). None if the lookup fails or outlasts `answer_by` (writing the
     /// writes one by one then tells).
@@ -213,5 +202,14 @@ impl Writer {
             tracing::warn!(error = %e, "cannot look up the idempotency keys of a refused batch");
             Vec::new()
         })
+    }
+}
+
+/// A conflict lost on a later try, after the batch's retries: nothing committed, as
+/// for a database that did not answer.
+fn settled(error: PersistError) -> PersistError {
+    match error {
+        PersistError::Conflicted => PersistError::Unavailable,
+        error => error,
     }
 }

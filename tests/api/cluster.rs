@@ -613,6 +613,36 @@ async fn a_paused_owner_cannot_pass_a_limit_after_a_takeover() {
     db.drop_database().await;
 }
 
+/// The plan of a transaction that writes order `id` (one unit of product 1, for user 2)
+/// of store 1, fenced at `epoch`.
+pub fn fenced_order(epoch: i64, id: i64) -> Plan {
+    let lines = [OrderLine {
+        product: ProductId(1),
+        quantity: 1,
+    }];
+    let batch = Batch {
+        orders: vec![persist::NewOrder {
+            id,
+            buyer: 2,
+            store: 1,
+            total: 1,
+            first_detail_id: id,
+            lines: &lines,
+            expires_at: None,
+        }],
+        fences: vec![Fence {
+            store: StoreId(1),
+            epoch,
+        }],
+        ..Default::default()
+    };
+    Plan::new(
+        &batch,
+        &Token::new(&[u128::from(epoch as u64), id as u128]),
+        true,
+    )
+}
+
 /// The fence itself: a transaction that writes an order of a store, fenced at an epoch
 /// the store has left, is refused and writes nothing; at the store's epoch, it commits
 /// and changes the store's ownership row.
@@ -623,37 +653,10 @@ async fn a_stale_epoch_is_refused_by_the_fence() {
     // start makes them).
     db.exec("INSERT INTO kitara_store_owners (store_id, owner, epoch) VALUES (1, 'n2', 7)")
         .await;
-    let lines = [OrderLine {
-        product: ProductId(1),
-        quantity: 1,
-    }];
-    let write = |epoch: i64, id: i64| {
-        let batch = Batch {
-            orders: vec![persist::NewOrder {
-                id,
-                buyer: 2,
-                store: 1,
-                total: 1,
-                first_detail_id: id,
-                lines: &lines,
-                expires_at: None,
-            }],
-            fences: vec![Fence {
-                store: StoreId(1),
-                epoch,
-            }],
-            ..Default::default()
-        };
-        Plan::new(
-            &batch,
-            &Token::new(&[u128::from(epoch as u64), id as u128]),
-            true,
-        )
-    };
     let stock = db.stocks().await[&1];
     for stale in [6, 8] {
         let txn = db.conn.begin().await.unwrap();
-        let refused = persist::write_plan(&txn, &write(stale, 100 + stale)).await;
+        let refused = persist::write_plan(&txn, &fenced_order(stale, 100 + stale)).await;
         txn.rollback().await.unwrap();
         assert!(
             matches!(refused, Err(persist::WriteError::GuardTripped { .. })),
@@ -665,7 +668,7 @@ async fn a_stale_epoch_is_refused_by_the_fence() {
     let fenced = "SELECT fenced FROM kitara_store_owners WHERE store_id = 1";
     let before = db.query_i64s(fenced).await;
     let txn = db.conn.begin().await.unwrap();
-    persist::write_plan(&txn, &write(7, 200))
+    persist::write_plan(&txn, &fenced_order(7, 200))
         .await
         .expect("the owner's epoch commits");
     txn.commit().await.unwrap();

@@ -14,7 +14,7 @@
 //! `CI=true`, where they fail.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::cluster::{Node, owners_on, settled, stores_with_products};
+use crate::cluster::{Node, fenced_order, owners_on, settled, stores_with_products};
 use crate::helpers::{Api, TestDb, database_args, series};
 
 /// How long a store may go without an order placed while clients keep asking, through
@@ -76,6 +76,24 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/galera-cluster")
 }
 
+/// `scripts/galera-cluster COMMAND DIR ARGS…`, to run.
+fn script_command(command: &str, dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut script = tokio::process::Command::new(script());
+    script.arg(command).arg(dir).args(args);
+    script
+}
+
+/// Its output; the script's failure, with what it wrote, fails the test.
+fn succeeded(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Bed {
     /// Whether this machine can run the cluster: root, `galera-4`, `rsync`, `mariadbd`.
     pub fn available() -> bool {
@@ -121,23 +139,15 @@ impl Bed {
             .keep();
         let started = Instant::now();
         let pid = std::process::id().to_string();
-        let out = tokio::process::Command::new(script())
-            .arg("start")
-            .arg(&dir)
+        let out = script_command("start", &dir, &[])
             .env("GALERA_STOP_WITH", &pid)
             .output()
             .await
             .expect("run scripts/galera-cluster");
-        assert!(
-            out.status.success(),
-            "the Galera cluster did not start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let nodes = succeeded(out, "the Galera cluster did not start");
         println!(
-            "a Galera cluster of three nodes started in {:?}:\n{}",
-            started.elapsed(),
-            String::from_utf8_lossy(&out.stdout)
+            "a Galera cluster of three nodes started in {:?}:\n{nodes}",
+            started.elapsed()
         );
         let mut bed = Self {
             dir,
@@ -153,20 +163,11 @@ impl Bed {
     /// Runs a command of the script on this cluster; its output.
     async fn run(&self, args: &[&str]) -> String {
         let (command, rest) = args.split_first().expect("a command");
-        let out = tokio::process::Command::new(script())
-            .arg(command)
-            .arg(&self.dir)
-            .args(rest)
+        let out = script_command(command, &self.dir, rest)
             .output()
             .await
             .expect("run scripts/galera-cluster");
-        assert!(
-            out.status.success(),
-            "galera-cluster {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(out, &format!("galera-cluster {args:?}"))
     }
 
     async fn on(&self, command: &str, n: usize) {
@@ -207,10 +208,7 @@ impl Bed {
     }
 
     async fn running(&self, n: usize) -> bool {
-        tokio::process::Command::new(script())
-            .arg("running")
-            .arg(&self.dir)
-            .arg(n.to_string())
+        script_command("running", &self.dir, &[&n.to_string()])
             .status()
             .await
             .is_ok_and(|s| s.success())
@@ -783,9 +781,6 @@ async fn a_certification_conflict_is_written_again() {
 /// the takeover's write set, applied on node 1, aborts it, or certification refuses it.
 /// Its order is never stored. Fifty rounds, the store taken back and forth.
 async fn a_stale_owner_cannot_commit_after_a_takeover() {
-    use kitara::db::persist::{self, Batch, Plan, Token};
-    use kitara::db::write::Fence;
-    use kitara::domain::{OrderLine, ProductId, StoreId};
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let bed = Bed::shared().await;
     let bed = bed.as_ref().expect("started");
@@ -801,34 +796,14 @@ async fn a_stale_owner_cannot_commit_after_a_takeover() {
     let taker = kitara::db::connect(&database_args(&db.url_on(&bed.url(2))))
         .await
         .expect("connect to node 2");
-    let lines = [OrderLine {
-        product: ProductId(1),
-        quantity: 1,
-    }];
     let stock = db.stocks().await[&1];
     let mut refusals = std::collections::BTreeMap::<String, usize>::new();
     for round in 0..50i64 {
         let epoch = round + 1;
         let id = 1_000 + round;
-        let batch = Batch {
-            orders: vec![persist::NewOrder {
-                id,
-                buyer: 2,
-                store: 1,
-                total: 1,
-                first_detail_id: id,
-                lines: &lines,
-                expires_at: None,
-            }],
-            fences: vec![Fence {
-                store: StoreId(1),
-                epoch,
-            }],
-            ..Default::default()
-        };
-        let plan = Plan::new(&batch, &Token::new(&[7, id as u128]), true).statements_apart(true);
+        let plan = fenced_order(epoch, id).statements_apart(true);
         let txn = owner.begin().await.expect("begin");
-        persist::write_plan(&txn, &plan)
+        kitara::db::persist::write_plan(&txn, &plan)
             .await
             .expect("the owner's statements run: the store is still its own");
         let took = taker

@@ -852,17 +852,17 @@ pub fn order(user: i64, lines: &[(i64, i64)]) -> Value {
     })
 }
 
-/// The real binary, `kitara serve` on a free port against `url`, with `envs` besides
-/// (text logs at `info` unless they say otherwise); its log lines are sent to the
-/// receiver, and drained once it is dropped.
-pub async fn start_kitara(
-    url: &str,
-    envs: &[(&str, &str)],
-) -> (
+/// A `kitara serve` started by a test: the process, a client, its log lines.
+pub type Started = (
     tokio::process::Child,
     Api,
     tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+);
+
+/// The real binary, `kitara serve` on a free port against `url`, with `envs` besides
+/// (text logs at `info` unless they say otherwise); its log lines are sent to the
+/// receiver, and drained once it is dropped.
+pub async fn start_kitara(url: &str, envs: &[(&str, &str)]) -> Started {
     start_kitara_with(&[], ("127.0.0.1", 0), url, envs).await
 }
 
@@ -874,11 +874,7 @@ pub async fn start_kitara_with(
     (host, port): (&str, u16),
     url: &str,
     envs: &[(&str, &str)],
-) -> (
-    tokio::process::Child,
-    Api,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+) -> Started {
     let kitara = env!("CARGO_BIN_EXE_kitara");
     let mut command = match launcher.split_first() {
         Some((program, args)) => {
