@@ -581,10 +581,56 @@ async fn raw_tcp_abuse_is_answered_and_changes_nothing(backend: Backend) {
     let raw = app.raw(b"\x00\x01\x02 nonsense\r\n\r\n").await;
     assert!(raw.is_empty() || status_of(&raw) == Some(400), "{raw}");
 
+    // Headers that stop part-way, or trickle in a byte at a time: the connection is
+    // closed at the request timeout (1 s here) without an answer, as README says.
+    for trickle in [false, true] {
+        let (answer, after) = headers_cut_short(&app, head.as_bytes(), trickle).await;
+        assert!(answer.is_empty(), "answered {answer:?}");
+        assert!(
+            after >= std::time::Duration::from_millis(900)
+                && after < std::time::Duration::from_secs(5),
+            "closed after {after:?} (trickle: {trickle})"
+        );
+    }
+
     assert_eq!(db.snapshot().await, before);
     assert_a_valid_order_still_works(&app, &db).await;
     app.stop().await;
     db.drop_database().await;
+}
+
+/// Sends `head` (headers with no blank line after them) all at once, or a byte every
+/// 200 ms, and reads until the server closes: what it answered, and when it closed.
+async fn headers_cut_short(
+    app: &TestApp,
+    head: &[u8],
+    trickle: bool,
+) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let start = std::time::Instant::now();
+    if trickle {
+        let (mut reader, mut writer) = stream.into_split();
+        let head = head.to_vec();
+        let sender = tokio::spawn(async move {
+            for byte in head {
+                if writer.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
+        let mut out = Vec::new();
+        let read = reader.read_to_end(&mut out);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+        sender.abort();
+        return (String::from_utf8_lossy(&out).into_owned(), start.elapsed());
+    }
+    stream.write_all(head).await.unwrap();
+    let mut out = Vec::new();
+    let read = stream.read_to_end(&mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
 }
 
 async fn utf8_names_survive_end_to_end(backend: Backend) {

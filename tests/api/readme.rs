@@ -12,6 +12,11 @@
 //! a comment that starts `# not run by the README test:`; any other command fails the
 //! test.
 //!
+//! `trycmd` and `snapbox` test a document's commands one process at a time; README's
+//! examples are mostly HTTP requests to one server whose state carries from each to the
+//! next (a lock, then its confirm, then the listing), so this runner sends them itself,
+//! and runs the few `kitara` commands in the same sequence with the same masking.
+//!
 //! `KITARA_README=overwrite cargo test readme` writes the answers Kitara gives into
 //! README.md instead of comparing: for a change of the answers, reviewed in the diff.
 
