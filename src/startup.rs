@@ -363,7 +363,11 @@ impl Application {
 /// Start-up: gives every product without a ledger (made by SQL) its `adopted` row, so
 /// that `kitara check` can prove its stock from then on. Returns how many.
 async fn adopt(writer: &WriterHandle) -> Result<i64, PersistError> {
-    match writer.write(Write::Admin(AdminWrite::Adopt)).await? {
+    let answer_by = tokio::time::Instant::now() + writer.answer_within();
+    match writer
+        .write(Write::Admin(AdminWrite::Adopt), answer_by)
+        .await?
+    {
         Written::Admin(adopted) => Ok(adopted),
         _ => Err(PersistError::Unavailable),
     }

@@ -169,18 +169,20 @@ impl Admin {
 
     /// Whether `store` is a live store (made here, or, on a node that does not serve
     /// every store, anywhere).
-    pub async fn has_store(&self, store: StoreId) -> Result<bool, AdminError> {
+    pub async fn has_store(&self, store: StoreId, answer_by: Instant) -> Result<bool, AdminError> {
         if self.store_rows.contains_key(&store) {
             return Ok(true);
         }
         if self.cluster.everything_here() {
             return Ok(false);
         }
-        Ok(self.store_row(store).await?.is_some())
+        Ok(self.store_row(store, answer_by).await?.is_some())
     }
 
     pub async fn create_user(&self, name: String) -> Result<UserId, AdminError> {
-        let created = self.admin_write(AdminWrite::NewUser { name }).await?;
+        let created = self
+            .admin_write(AdminWrite::NewUser { name }, self.answer_by())
+            .await?;
         let user = UserId(created);
         self.users.add(user);
         Ok(user)
@@ -190,7 +192,8 @@ impl Admin {
     /// MySQL this node owns it at epoch 1 from its first transaction; if another node
     /// should own it, it is handed over there soon after.
     pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
-        if !self.users.exists(owner, self.answer_by()).await? {
+        let answer_by = self.answer_by();
+        if !self.users.exists(owner, answer_by).await? {
             return Err(AdminError::UserNotFound(owner));
         }
         // Not once shutdown began: the store would be written but get no actor.
@@ -204,7 +207,7 @@ impl Admin {
             owner,
             served_by,
         };
-        let id = match self.admin_write(write).await {
+        let id = match self.admin_write(write, answer_by).await {
             Err(AdminError::Change(ChangeError::Failed(Failure::Conflict))) => {
                 return Err(AdminError::UserNotFound(owner));
             }
@@ -225,11 +228,16 @@ impl Admin {
         self.store_rows.insert(store, row.clone());
         if !self.cluster.is_solo() {
             let cluster = self.cluster.clone();
-            let deadline = self.answer_by() + cluster.lease;
+            let deadline = answer_by + cluster.lease;
             let place = move |db: DatabaseConnection| async move {
                 Manager::place_new(&db, &cluster, store, deadline).await
             };
-            self.reads.run(deadline, place).await?;
+            // The store is committed: a placement that did not finish in time is no
+            // reason to answer otherwise. The store is served once its node takes it
+            // (its requests get 503 with Retry-After until then).
+            if let Err(error) = self.reads.run(deadline, place).await {
+                tracing::warn!(%store, %error, "a new store is not yet served by its node");
+            }
         }
         Ok(row)
     }
@@ -243,17 +251,18 @@ impl Admin {
         stock: i64,
         limit: Option<i64>,
     ) -> Result<Changed, AdminError> {
+        let answer_by = self.answer_by();
         let store_name = match self.store_rows.get(&store).map(|s| s.store_name.clone()) {
             Some(name) => name,
             None if !self.cluster.everything_here() => {
-                self.store_row(store)
+                self.store_row(store, answer_by)
                     .await?
                     .ok_or(AdminError::StoreNotFound(store))?
                     .store_name
             }
             None => return Err(AdminError::StoreNotFound(store)),
         };
-        let handle = match self.route(store).await? {
+        let handle = match self.route(store, answer_by).await? {
             Ok(handle) => handle,
             Err(peer) => return Ok(Changed::There(peer)),
         };
@@ -263,7 +272,7 @@ impl Admin {
             limit,
             store_name: store_name.as_str().into(),
         };
-        match handle.change(change, self.answer_by()).await {
+        match handle.change(change, answer_by).await {
             Err(ChangeError::Failed(Failure::Conflict)) => Err(AdminError::StoreNotFound(store)),
             other => other.map(Changed::Here).map_err(AdminError::Change),
         }
@@ -276,6 +285,7 @@ impl Admin {
         product: ProductId,
         change: ProductChange,
     ) -> Result<Changed, AdminError> {
+        let answer_by = self.answer_by();
         let not_found = AdminError::ProductNotFound(product);
         let known = self.catalog.snapshot().get(product).map(|p| p.store);
         let store = match known {
@@ -284,18 +294,15 @@ impl Admin {
             None if !self.cluster.everything_here() => {
                 let read =
                     move |db: DatabaseConnection| async move { load::store_of(&db, product).await };
-                self.reads
-                    .run(self.answer_by(), read)
-                    .await?
-                    .ok_or(not_found)?
+                self.reads.run(answer_by, read).await?.ok_or(not_found)?
             }
             None => return Err(not_found),
         };
-        let handle = match self.route(store).await? {
+        let handle = match self.route(store, answer_by).await? {
             Ok(handle) => handle,
             Err(peer) => return Ok(Changed::There(peer)),
         };
-        match handle.change(change, self.answer_by()).await {
+        match handle.change(change, answer_by).await {
             Err(ChangeError::NotFound) => Err(not_found),
             other => other.map(Changed::Here).map_err(AdminError::Change),
         }
@@ -334,30 +341,41 @@ impl Admin {
         Ok(self.reads.run(self.answer_by(), read).await?)
     }
 
-    /// A store's row as the database has it (a store made on another node).
     /// The actor of `store` if this node owns it, else the node that does; no owner
     /// yet is a 503.
-    async fn route(&self, store: StoreId) -> Result<Result<StoreHandle, Arc<Peer>>, AdminError> {
-        match self
-            .cluster
-            .route_now(store, &self.reads, self.answer_by())
-            .await
-        {
+    async fn route(
+        &self,
+        store: StoreId,
+        answer_by: Instant,
+    ) -> Result<Result<StoreHandle, Arc<Peer>>, AdminError> {
+        match self.cluster.route_now(store, &self.reads, answer_by).await {
             Route::Here(handle) => Ok(Ok(handle)),
             Route::There(peer) => Ok(Err(peer)),
             Route::Nowhere => Err(AdminError::Change(ChangeError::Failed(Failure::Unowned))),
         }
     }
 
-    async fn store_row(&self, store: StoreId) -> Result<Option<StoreRow>, AdminError> {
+    /// A store's row as the database has it (a store made on another node).
+    async fn store_row(
+        &self,
+        store: StoreId,
+        answer_by: Instant,
+    ) -> Result<Option<StoreRow>, AdminError> {
         let read = move |db: DatabaseConnection| async move { load::store_rows(&db).await };
-        let rows = self.reads.run(self.answer_by(), read).await?;
+        let rows = self.reads.run(answer_by, read).await?;
         Ok(rows.into_iter().find(|r| r.id == store.0))
     }
 
+    /// The orders `filter` asks for; a store it names must be a live store.
     pub async fn orders(&self, filter: OrderFilter) -> Result<Vec<OrderRow>, AdminError> {
+        let answer_by = self.answer_by();
+        if let Some(store) = filter.store
+            && !self.has_store(store, answer_by).await?
+        {
+            return Err(AdminError::StoreNotFound(store));
+        }
         let read = move |db: DatabaseConnection| async move { load::orders(&db, filter).await };
-        Ok(self.reads.run(self.answer_by(), read).await?)
+        Ok(self.reads.run(answer_by, read).await?)
     }
 
     pub async fn movements(&self, product: ProductId) -> Result<Vec<MovementRow>, AdminError> {
@@ -369,9 +387,9 @@ impl Admin {
     }
 
     /// A write that belongs to no store: through the writer, on its own.
-    async fn admin_write(&self, write: AdminWrite) -> Result<i64, AdminError> {
+    async fn admin_write(&self, write: AdminWrite, answer_by: Instant) -> Result<i64, AdminError> {
         let writer = self.cluster.writer().ok_or(AdminError::ShuttingDown)?;
-        match writer.write(Write::Admin(write)).await {
+        match writer.write(Write::Admin(write), answer_by).await {
             Ok(Written::Admin(created)) => Ok(created),
             Ok(_) => Err(AdminError::Unavailable),
             Err(PersistError::Refused | PersistError::Conflicted) => {

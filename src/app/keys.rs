@@ -49,12 +49,71 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// What went wrong with a request's key, rather than with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Another request with the key is in progress here (409).
+    #[error("a request with this Idempotency-Key is in progress")]
+    InProgress,
+    /// The key was stored for another request (422).
+    #[error("the Idempotency-Key was used for another request")]
+    Reused,
+    /// The key is stored, but the order it names is gone: a bug, or a row deleted
+    /// behind Kitara's back (500).
+    #[error("a stored key names order {0}, which is gone")]
+    Orphan(OrderId),
+    /// The key could not be looked up (503).
+    #[error("the key could not be looked up")]
+    Unavailable,
+}
+
+/// A keyed request's failure: its own, or its key's.
+#[derive(Debug)]
+pub enum Keyed<E> {
+    Failed(E),
+    Key(KeyError),
+}
+
+impl<E> From<KeyError> for Keyed<E> {
+    fn from(error: KeyError) -> Self {
+        Keyed::Key(error)
+    }
+}
+
+/// The order `key` was stored with, if it was stored for this very request (its answer
+/// is then rendered again from the order, as the database has it); a key stored for
+/// another request, or naming an order that is gone, is the key's failure.
+pub async fn replayed(
+    reads: &Reads,
+    key: &IdempotencyKey,
+    fingerprint: Fingerprint,
+    answer_by: Instant,
+) -> Result<Option<OrderRow>, KeyError> {
+    match replay(reads, key, fingerprint, answer_by).await {
+        Ok(Replay::Fresh) => Ok(None),
+        Ok(Replay::Same(order)) => Ok(Some(order)),
+        Ok(Replay::Reused) => Err(KeyError::Reused),
+        Ok(Replay::Orphan(order)) => {
+            tracing::error!(%order, "a stored key names an order that is gone");
+            Err(KeyError::Orphan(order))
+        }
+        Err(e) => {
+            crate::warn_summarised!(
+                "idempotency key lookup failed",
+                error = %e,
+                "idempotency key lookup failed"
+            );
+            Err(KeyError::Unavailable)
+        }
+    }
+}
+
 /// How often the purge sweeps through the keys.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What a key already stored says about a request that carries it.
 #[derive(Debug)]
-pub enum Replay {
+enum Replay {
     /// The key is not stored: the request is judged afresh.
     Fresh,
     /// Stored for this very request: its answer is rendered again from the order the key
@@ -69,7 +128,7 @@ pub enum Replay {
 /// Looks `key` up; the database is waited for until `answer_by`. Not the hot path: a
 /// keyed request is judged like any other, and its key looked up only when the fresh
 /// answer is not a 200 (or, for a confirm or cancel, first).
-pub async fn replay(
+async fn replay(
     reads: &Reads,
     key: &IdempotencyKey,
     fingerprint: Fingerprint,

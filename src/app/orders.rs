@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use super::keys::InFlightKeys;
+use super::keys::{self, InFlightKeys, KeyError, Keyed};
 use super::users::KnownUsers;
 use crate::catalog::{Catalog, Listing, Product};
 use crate::clock::Clock;
@@ -17,6 +17,7 @@ use crate::db::call::Reads;
 use crate::db::load::{self, DetailRow, OrderRow};
 use crate::db::write::KeyRecord;
 use crate::domain::{Deadline, OrderId, OrderStatus, Resolution, Transition, UserId, transition};
+use crate::domain::{Fingerprint, IdempotencyKey};
 use crate::domain::{LockOrder, ProductId, StoreId};
 use crate::metrics::Metrics;
 use crate::store::{
@@ -60,6 +61,9 @@ pub enum Locked {
     Here(Placed),
     /// Its store is another node's: the request goes there, as it came.
     There(Arc<Peer>),
+    /// Its key was stored with this order by an earlier request just like it: the
+    /// answer is that request's, again.
+    Replayed(OrderRow),
 }
 
 /// A page of the catalogue, before it is picked out of the listing.
@@ -99,6 +103,8 @@ pub enum Ended {
     Conflict(OrderStatus),
     /// No such order of this buyer.
     NotFound,
+    /// Its key was stored by an earlier request just like it: the order as it is now.
+    Replayed(OrderRow),
 }
 
 impl Orders {
@@ -115,7 +121,57 @@ impl Orders {
         }
     }
 
-    pub async fn lock(&self, request: LockRequest) -> Result<Locked, LockError> {
+    /// Places `order` for `hold_seconds` (or the default). A keyed lock claims its key
+    /// for as long as it is in progress here, stores it with the order, and when it is
+    /// refused, answers what the key was stored with, if anything.
+    pub async fn lock(
+        &self,
+        order: LockOrder,
+        hold_seconds: Option<u32>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Locked, Keyed<LockError>> {
+        let expires_at = self.deadline_for(hold_seconds);
+        let answer_by = self.answer_by();
+        let Some(key) = key else {
+            let request = LockRequest {
+                order,
+                expires_at,
+                key: None,
+                answer_by,
+            };
+            return self.place(request).await.map_err(Keyed::Failed);
+        };
+        let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
+        let _claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
+        let record = Arc::new(KeyRecord {
+            key: key.clone(),
+            fingerprint,
+        });
+        let request = LockRequest {
+            order,
+            expires_at,
+            key: Some(record),
+            answer_by,
+        };
+        // A lock for another node's store is forwarded with its key: the owner claims
+        // and stores it.
+        match self.place(request).await {
+            Err(error) if error.may_be_replayed() => {
+                match keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
+                    Some(order) => Ok(Locked::Replayed(order)),
+                    // A key the database found taken but that is gone now (purged
+                    // meanwhile): a 503, so that the retry is judged afresh.
+                    None if error == LockError::Failed(Failure::KeyTaken) => {
+                        Err(Keyed::Failed(Failure::Unavailable.into()))
+                    }
+                    None => Err(Keyed::Failed(error)),
+                }
+            }
+            other => other.map_err(Keyed::Failed),
+        }
+    }
+
+    async fn place(&self, request: LockRequest) -> Result<Locked, LockError> {
         let order = &request.order;
         // Rule 4: the buyer must be a known user.
         match self.users.exists(order.buyer(), request.answer_by).await {
@@ -210,9 +266,51 @@ impl Orders {
         })
     }
 
-    /// Confirms or cancels an order of `buyer`; a keyed request stores `key` with the
-    /// change.
+    /// Confirms or cancels an order of `buyer`. A keyed request claims its key for as
+    /// long as it is in progress here, answers again what the key was stored with, if
+    /// anything, and otherwise stores the key with the change.
     pub async fn end(
+        &self,
+        id: OrderId,
+        buyer: UserId,
+        resolution: Resolution,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Ended, Keyed<ResolveError>> {
+        let answer_by = self.answer_by();
+        let Some(key) = key else {
+            return self
+                .resolve(id, buyer, resolution, None, answer_by)
+                .await
+                .map_err(Keyed::Failed);
+        };
+        let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
+        let _claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
+        // Not the hot path: a keyed confirm looks its key up first, so that a retry of
+        // one that committed is replayed rather than answered as a repeat.
+        if let Some(order) = keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
+            return Ok(Ended::Replayed(order));
+        }
+        let record = Arc::new(KeyRecord {
+            key: key.clone(),
+            fingerprint,
+        });
+        match self
+            .resolve(id, buyer, resolution, Some(record), answer_by)
+            .await
+        {
+            // Stored since the look above, by a request just like this one, or (gone
+            // now) a 503, so that the retry is judged afresh.
+            Err(ResolveError::Failed(Failure::KeyTaken)) => {
+                match keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
+                    Some(order) => Ok(Ended::Replayed(order)),
+                    None => Err(Keyed::Failed(Failure::Unavailable.into())),
+                }
+            }
+            other => other.map_err(Keyed::Failed),
+        }
+    }
+
+    async fn resolve(
         &self,
         id: OrderId,
         buyer: UserId,

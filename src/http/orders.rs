@@ -15,14 +15,12 @@
 //! work per keyed order (BENCHMARKS.md).
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use hyper::header::{HeaderValue, LINK};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response};
-use tokio::time::Instant;
 
 use super::call::{Answer, Call};
 use super::forward::{Forwarded, forward};
@@ -35,13 +33,11 @@ use super::request::{self, LockBody};
 use super::response::{self, ApiError, Body};
 use super::views;
 use crate::app::AppState;
-use crate::app::keys::{self, Replay};
 use crate::app::orders::{Ended, Locked};
 use crate::cluster::Peer;
-use crate::db::write::KeyRecord;
-use crate::domain::{Fingerprint, IdempotencyKey, OrderId, ProductId, Resolution, StoreId};
+use crate::domain::{IdempotencyKey, OrderId, ProductId, Resolution, StoreId};
 use crate::metrics::LockOutcome;
-use crate::store::{Failure, LockError, LockRequest, Placed, ResolveError};
+use crate::store::{Failure, LockError, Placed, ResolveError};
 use sea_orm::DbErr;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -88,13 +84,14 @@ pub async fn products(call: Call<'_>) -> Answer {
     let limit = query
         .integer("limit", CATALOGUE_LIMIT)?
         .and_then(|n| u32::try_from(n).ok());
+    let answer_by = orders.answer_by();
     if let Some(store) = store
-        && !state.admin.has_store(store).await?
+        && !state.admin.has_store(store, answer_by).await?
     {
         return Err(ApiError::StoreNotFound);
     }
     let page = orders
-        .page(store, after, limit, orders.answer_by())
+        .page(store, after, limit, answer_by)
         .await
         .map_err(catalogue_unavailable)?;
     let page = page.products(store, after, limit);
@@ -171,50 +168,10 @@ async fn judge_lock(call: Call<'_>) -> Answer {
         hold_seconds,
     } = request::parse_lock_order(&body)?;
     let key = idempotency_key(&parts.headers)?;
-    let orders = &state.orders;
-    let expires_at = orders.deadline_for(hold_seconds);
-    let answer_by = orders.answer_by();
-    let Some(key) = key else {
-        let locked = orders
-            .lock(LockRequest {
-                order,
-                expires_at,
-                key: None,
-                answer_by,
-            })
-            .await?;
-        return match locked {
-            Locked::Here(placed) => Ok(lock_answer(state, &placed)),
-            Locked::There(peer) => forward_lock(state, &peer, &parts, body).await,
-        };
-    };
-
-    let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
-    let _claim = orders.keys.claim(&key).ok_or(ApiError::KeyInProgress)?;
-    let record = Arc::new(KeyRecord {
-        key: key.clone(),
-        fingerprint,
-    });
-    let result = orders
-        .lock(LockRequest {
-            order,
-            expires_at,
-            key: Some(record),
-            answer_by,
-        })
-        .await;
-    match result {
-        Ok(Locked::Here(placed)) => Ok(lock_answer(state, &placed)),
-        // The owner claims the key too, and stores it with the order.
-        Ok(Locked::There(peer)) => forward_lock(state, &peer, &parts, body).await,
-        Err(error) => {
-            let error = ApiError::from(error);
-            if error.is_refusal() {
-                replay_or(state, &key, fingerprint, ReplayAs::Lock, error, answer_by).await
-            } else {
-                Err(error)
-            }
-        }
+    match state.orders.lock(order, hold_seconds, key).await? {
+        Locked::Here(placed) => Ok(lock_answer(state, &placed)),
+        Locked::There(peer) => forward_lock(state, &peer, &parts, body).await,
+        Locked::Replayed(order) => Ok(replayed(&views::locked(&order))),
     }
 }
 
@@ -258,13 +215,6 @@ fn lock_outcome(result: &Answer) -> LockOutcome {
         Err(ApiError::KeyReused) => LockOutcome::KeyReused,
         Err(_) => LockOutcome::Invalid,
     }
-}
-
-/// Which answer a replay renders.
-#[derive(Debug, Clone, Copy)]
-enum ReplayAs {
-    Lock,
-    End,
 }
 
 /// An order as stored.
@@ -322,40 +272,14 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
     let buyer = request::parse_buyer(&body)?;
     let key = idempotency_key(&parts.headers)?;
     let id = id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
-    let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
-    let answer_by = orders.answer_by();
-
-    let _claim = match &key {
-        Some(key) => Some(orders.keys.claim(key).ok_or(ApiError::KeyInProgress)?),
-        None => None,
-    };
-    // Not the hot path: a keyed confirm looks its key up first, so that a retry of one
-    // that committed is replayed rather than answered as a repeat.
-    if let Some(key) = &key
-        && let Some(response) = replay(state, key, fingerprint, ReplayAs::End, answer_by).await?
-    {
-        return Ok(response);
-    }
-    let record = key
-        .clone()
-        .map(|key| Arc::new(KeyRecord { key, fingerprint }));
-    match orders.end(id, buyer, resolution, record, answer_by).await {
-        Ok(Ended::Order(order)) => Ok(response::json_data(&views::order(&order))),
-        Ok(Ended::There(peer)) => forward(state, &peer, &parts, body)
+    match orders.end(id, buyer, resolution, key).await? {
+        Ended::Order(order) => Ok(response::json_data(&views::order(&order))),
+        Ended::Replayed(order) => Ok(replayed(&views::order(&order))),
+        Ended::There(peer) => forward(state, &peer, &parts, body)
             .await
             .map_err(|f| ApiError::Resolve(ResolveError::Failed(f))),
-        Ok(Ended::Conflict(status)) => Err(ApiError::OrderEnded(status)),
-        Ok(Ended::NotFound) => Err(ApiError::OrderNotFound),
-        Err(ResolveError::Failed(Failure::KeyTaken)) => match &key {
-            Some(key) => {
-                let taken = ApiError::Resolve(ResolveError::Failed(Failure::KeyTaken));
-                replay_or(state, key, fingerprint, ReplayAs::End, taken, answer_by).await
-            }
-            None => Err(ApiError::Resolve(ResolveError::Failed(
-                Failure::Unavailable,
-            ))),
-        },
-        Err(e) => Err(e.into()),
+        Ended::Conflict(status) => Err(ApiError::OrderEnded(status)),
+        Ended::NotFound => Err(ApiError::OrderNotFound),
     }
 }
 
@@ -374,64 +298,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     }
 }
 
-/// The answer `key` got, replayed, if it was stored for this very request; 422 if for
-/// another.
-async fn replay(
-    state: &AppState,
-    key: &IdempotencyKey,
-    fingerprint: Fingerprint,
-    replay_as: ReplayAs,
-    answer_by: Instant,
-) -> Result<Option<Response<Body>>, ApiError> {
-    let stored = keys::replay(&state.orders.reads, key, fingerprint, answer_by)
-        .await
-        .map_err(|e| {
-            crate::warn_summarised!(
-                "idempotency key lookup failed",
-                error = %e,
-                "idempotency key lookup failed"
-            );
-            ApiError::Lock(LockError::Failed(Failure::Unavailable))
-        })?;
-    let order = match stored {
-        Replay::Fresh => return Ok(None),
-        Replay::Reused => return Err(ApiError::KeyReused),
-        Replay::Orphan(order) => {
-            tracing::error!(%order, "a stored key names an order that is gone");
-            return Err(ApiError::Internal);
-        }
-        Replay::Same(order) => order,
-    };
-    let data = match replay_as {
-        ReplayAs::Lock => views::locked(&order),
-        ReplayAs::End => views::order(&order),
-    };
-    let mut response = response::json_data(&data);
+/// The answer an earlier request with the same key got, again.
+fn replayed(data: &[u8]) -> Response<Body> {
+    let mut response = response::json_data(data);
     response
         .headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
-    Ok(Some(response))
-}
-
-/// After a refusal of a keyed request: the stored answer if there is one, else the
-/// refusal. A key the database found taken but that is gone now (purged meanwhile) is a
-/// 503: the retry is judged afresh.
-async fn replay_or(
-    state: &AppState,
-    key: &IdempotencyKey,
-    fingerprint: Fingerprint,
-    replay_as: ReplayAs,
-    refusal: ApiError,
-    answer_by: Instant,
-) -> Answer {
-    match replay(state, key, fingerprint, replay_as, answer_by).await? {
-        Some(response) => Ok(response),
-        None => Err(match refusal {
-            ApiError::Lock(LockError::Failed(Failure::KeyTaken))
-            | ApiError::Resolve(ResolveError::Failed(Failure::KeyTaken)) => {
-                ApiError::Lock(LockError::Failed(Failure::Unavailable))
-            }
-            other => other,
-        }),
-    }
+    response
 }

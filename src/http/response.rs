@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::app::admin::AdminError;
+use crate::app::keys::{KeyError, Keyed};
 use crate::domain::OrderStatus;
 use crate::store::{ChangeError, Failure, LockError, ResolveError};
 
@@ -144,6 +145,30 @@ pub enum ApiError {
     Internal,
 }
 
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::InProgress => ApiError::KeyInProgress,
+            KeyError::Reused => ApiError::KeyReused,
+            // Logged where it was found.
+            KeyError::Orphan(_) => ApiError::Internal,
+            KeyError::Unavailable => ApiError::Lock(LockError::Failed(Failure::Unavailable)),
+        }
+    }
+}
+
+impl<E> From<Keyed<E>> for ApiError
+where
+    ApiError: From<E>,
+{
+    fn from(error: Keyed<E>) -> Self {
+        match error {
+            Keyed::Failed(error) => error.into(),
+            Keyed::Key(error) => error.into(),
+        }
+    }
+}
+
 /// How long a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
@@ -195,21 +220,6 @@ impl ApiError {
             | ApiError::Resolve(ResolveError::Failed(_))
             | ApiError::Admin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
-    }
-
-    /// Whether the request was judged and refused (a 4xx of the judging order): for a
-    /// keyed request, the key may hold the answer of an earlier request that succeeded.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            ApiError::Lock(
-                LockError::UserNotFound
-                    | LockError::MixedStores
-                    | LockError::LimitExceeded
-                    | LockError::NoneAvailable
-                    | LockError::SomeAvailable
-            )
-        ) || self.failure() == Some(Failure::KeyTaken)
     }
 
     /// Logs a server error, summarised per kind under a flood (`logs`); a refusal, and

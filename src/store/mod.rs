@@ -187,6 +187,23 @@ pub enum LockError {
     Failed(#[from] Failure),
 }
 
+impl LockError {
+    /// Whether the order was judged and refused (a 4xx of the judging order), or its key
+    /// found already stored: for a keyed request, the key may hold the answer of an
+    /// earlier request just like it that succeeded.
+    pub fn may_be_replayed(&self) -> bool {
+        matches!(
+            self,
+            LockError::UserNotFound
+                | LockError::MixedStores
+                | LockError::LimitExceeded
+                | LockError::NoneAvailable
+                | LockError::SomeAvailable
+                | LockError::Failed(Failure::KeyTaken)
+        )
+    }
+}
+
 pub type LockResult = Result<Placed, LockError>;
 
 /// A lock the edge validated, with what the actor needs besides the order.

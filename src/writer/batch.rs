@@ -7,6 +7,7 @@ use sea_orm::DatabaseConnection;
 use tokio::time::Instant;
 
 use super::Writer;
+use crate::db::call;
 use crate::db::ids::{self, Sequence};
 use crate::db::persist;
 use crate::db::write::{Committed, Fence, PersistError, Write, Written};
@@ -33,16 +34,22 @@ const BLOCK: i64 = 100_000;
 
 impl Ids {
     /// The first of `count` consecutive ids of each kind, from this node's blocks
-    /// (reserving a new block when the one at hand is short).
+    /// (reserving a new block when the one at hand is short). A reservation, and the wait
+    /// for another writer's, end at `deadline`: a stalled database makes the batch
+    /// unavailable (503) in time, like its transaction would. A reservation given up on
+    /// runs to its end on its own task (`db::call`); its block is simply never used.
     async fn take(
         &self,
         db: &DatabaseConnection,
         orders: i64,
         lines: i64,
+        deadline: Instant,
     ) -> Result<(i64, i64), PersistError> {
-        let mut blocks = self.blocks.lock().await;
-        let order = Self::from(db, &mut blocks.order, Sequence::Orders, orders).await?;
-        let detail = Self::from(db, &mut blocks.detail, Sequence::Details, lines).await?;
+        let mut blocks = tokio::time::timeout_at(deadline, self.blocks.lock())
+            .await
+            .map_err(|_| PersistError::Unavailable)?;
+        let order = Self::from(db, &mut blocks.order, Sequence::Orders, orders, deadline).await?;
+        let detail = Self::from(db, &mut blocks.detail, Sequence::Details, lines, deadline).await?;
         Ok((order, detail))
     }
 
@@ -51,10 +58,17 @@ impl Ids {
         block: &mut Range<i64>,
         sequence: Sequence,
         count: i64,
+        deadline: Instant,
     ) -> Result<i64, PersistError> {
         if block.end - block.start < count.max(1) {
             let size = BLOCK.max(count);
-            let first = ids::reserve(db, sequence, size).await.map_err(|e| {
+            let db = db.clone();
+            let reserved =
+                call::within(
+                    deadline,
+                    async move { ids::reserve(&db, sequence, size).await },
+                );
+            let first = reserved.await.map_err(|e| {
                 crate::warn_summarised!("an id block could not be reserved", error = %e, "an id block could not be reserved");
                 PersistError::Unavailable
             })?;
@@ -66,21 +80,33 @@ impl Ids {
     }
 
     /// Reserves the first blocks, so that the order path starts with ids at hand.
-    pub(super) async fn prefetch(&self, db: &DatabaseConnection) -> Result<(), PersistError> {
-        self.take(db, 0, 0).await.map(|_| ())
+    pub(super) async fn prefetch(
+        &self,
+        db: &DatabaseConnection,
+        deadline: Instant,
+    ) -> Result<(), PersistError> {
+        self.take(db, 0, 0, deadline).await.map(|_| ())
     }
 
     /// Gives back what is left of the blocks at hand (if no node reserved past them):
     /// after a refused batch, which may have met rows inserted behind Kitara's back (the
-    /// next block starts past the largest id), and at shutdown.
-    pub(super) async fn renew(&self, db: &DatabaseConnection) {
-        let mut blocks = self.blocks.lock().await;
+    /// next block starts past the largest id), and at shutdown. Waits until `deadline`
+    /// at most: an id block not given back is a gap in the ids, nothing more.
+    pub(super) async fn renew(&self, db: &DatabaseConnection, deadline: Instant) {
+        let Ok(mut blocks) = tokio::time::timeout_at(deadline, self.blocks.lock()).await else {
+            return;
+        };
         let Blocks { order, detail } = std::mem::take(&mut *blocks);
+        drop(blocks);
         for (sequence, block) in [(Sequence::Orders, order), (Sequence::Details, detail)] {
             if block.is_empty() {
                 continue;
             }
-            if let Err(e) = ids::give_back(db, sequence, block.start, block.end).await {
+            let db = db.clone();
+            let given = call::within(deadline, async move {
+                ids::give_back(&db, sequence, block.start, block.end).await
+            });
+            if let Err(e) = given.await {
                 tracing::debug!(error = %e, "cannot give back the rest of an id block");
             }
         }
@@ -100,7 +126,7 @@ impl Writer {
             Write::End { .. } | Write::Admin(_) => None,
         });
         let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
-        let (first_order, first_detail) = self.ids.take(&self.db, count, lines).await?;
+        let (first_order, first_detail) = self.ids.take(&self.db, count, lines, answer_by).await?;
         // Each is the id before the next row's.
         let mut order_id = first_order - 1;
         let mut detail_id = first_detail - 1;
@@ -182,7 +208,7 @@ impl Writer {
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
             // refused: number from new blocks, past what the database has.
-            self.ids.renew(&self.db).await;
+            self.ids.renew(&self.db, answer_by).await;
         }
         let mut answered = outcome?.into_iter();
         for w in &mut written {

@@ -106,11 +106,12 @@ impl WriterHandle {
         self.sender.max_capacity() - self.sender.capacity()
     }
 
-    /// Persists one write on its own and waits for its outcome: the admin API's users
-    /// and stores, and start-up's adoption.
-    pub async fn write(&self, write: Write) -> Result<Written, PersistError> {
+    /// Persists one write on its own and waits for its outcome, answered by `answer_by`
+    /// (plus the outcome deadline, for a COMMIT in flight): the admin API's users and
+    /// stores, and start-up's adoption.
+    pub async fn write(&self, write: Write, answer_by: Instant) -> Result<Written, PersistError> {
         let outcome = self
-            .submit(vec![write], None, Instant::now() + self.answer_within)
+            .submit(vec![write], None, answer_by)
             .await
             .map_err(|_| PersistError::Unavailable)?;
         outcome
@@ -150,7 +151,8 @@ pub async fn spawn(
     let (sender, receiver) = mpsc::channel(config.queue);
     let receiver = Arc::new(Mutex::new(receiver));
     let ids = Arc::new(Ids::default());
-    ids.prefetch(&db).await?;
+    ids.prefetch(&db, Instant::now() + config.answer_within)
+        .await?;
     let reach = Arc::new(Reach::default());
     let boot = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -163,6 +165,7 @@ pub async fn spawn(
                 receiver: receiver.clone(),
                 batch_size: config.batch_size,
                 outcome_deadline: config.outcome_deadline,
+                answer_within: config.answer_within,
                 stock_guard: config.stock_guard,
                 statements_apart: config.statements_apart,
                 ids: ids.clone(),
@@ -192,6 +195,8 @@ struct Writer {
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     batch_size: usize,
     outcome_deadline: Duration,
+    /// The bound of what no request bounds: giving ids back at shutdown.
+    answer_within: Duration,
     stock_guard: bool,
     statements_apart: bool,
     ids: Arc<Ids>,
@@ -212,7 +217,9 @@ impl Writer {
             self.persist(batch).await;
         }
         // Ids left unused go back, so a restart continues where this one stopped.
-        self.ids.renew(&self.db).await;
+        self.ids
+            .renew(&self.db, Instant::now() + self.answer_within)
+            .await;
         if let Some(opening) = self.opening.take() {
             // Rolls back on its own task, whatever the database's state.
             tokio::spawn(async move {
