@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
-use crate::app::admin::{Admin, AdminParts, AdminToken};
+use crate::app::admin::{Admin, AdminToken};
 use crate::app::keys::{self, InFlightKeys};
 use crate::app::orders::Orders;
 use crate::app::users::KnownUsers;
@@ -260,15 +260,15 @@ impl Application {
                 reads: reads.clone(),
                 answer_within,
             },
-            admin: Admin::new(AdminParts {
+            admin: Admin {
                 token: admin_token,
-                store_rows,
+                store_rows: Admin::live_stores(store_rows),
                 catalog: catalog.clone(),
                 cluster: cluster.clone(),
                 users,
                 reads,
                 answer_within,
-            }),
+            },
             catalog,
             cluster,
             clock,

@@ -69,26 +69,15 @@ impl AdminToken {
 /// does.
 pub struct Admin {
     /// `None` while the admin API is disabled.
-    token: Option<AdminToken>,
-    /// The live stores: read at start, added to by the admin API.
-    store_rows: DashMap<StoreId, StoreRow>,
-    catalog: Arc<Catalog>,
-    /// Starts a new store's actor, and routes a change to its store's.
-    cluster: Arc<Cluster>,
-    users: Arc<KnownUsers>,
-    reads: Reads,
-    /// See `Orders::answer_within`.
-    answer_within: Duration,
-}
-
-/// What the owner's side is built from (`Admin::new`).
-pub struct AdminParts {
     pub token: Option<AdminToken>,
-    pub store_rows: Vec<StoreRow>,
+    /// The live stores: read at start (`Admin::live_stores`), added to by the admin API.
+    pub store_rows: DashMap<StoreId, StoreRow>,
     pub catalog: Arc<Catalog>,
+    /// Starts a new store's actor, and routes a change to its store's.
     pub cluster: Arc<Cluster>,
     pub users: Arc<KnownUsers>,
     pub reads: Reads,
+    /// See `Orders::answer_within`.
     pub answer_within: Duration,
 }
 
@@ -130,25 +119,9 @@ impl From<DbErr> for AdminError {
 }
 
 impl Admin {
-    pub fn new(parts: AdminParts) -> Self {
-        Self {
-            token: parts.token,
-            store_rows: parts
-                .store_rows
-                .into_iter()
-                .map(|s| (StoreId(s.id), s))
-                .collect(),
-            catalog: parts.catalog,
-            cluster: parts.cluster,
-            users: parts.users,
-            reads: parts.reads,
-            answer_within: parts.answer_within,
-        }
-    }
-
-    /// The token, or `None` while the admin API is disabled.
-    pub fn token(&self) -> Option<&AdminToken> {
-        self.token.as_ref()
+    /// The live stores as start-up read them, by id.
+    pub fn live_stores(rows: Vec<StoreRow>) -> DashMap<StoreId, StoreRow> {
+        rows.into_iter().map(|s| (StoreId(s.id), s)).collect()
     }
 
     fn answer_by(&self) -> Instant {

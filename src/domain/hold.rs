@@ -307,11 +307,17 @@ mod tests {
 
     #[test]
     fn a_hold_past_its_deadline_expires_instead() {
-        let mut book = HoldBook::new([(OrderId(1), order(), Some(100))]);
-        assert_eq!(
-            book.begin(OrderId(1), Resolution::Confirm, 100),
-            Ending::Started(Resolution::Expire)
-        );
+        // At its deadline or after it, whatever was asked; a moment before, as asked.
+        let cases = [
+            (Resolution::Confirm, 100, Resolution::Expire),
+            (Resolution::Cancel, 250, Resolution::Expire),
+            (Resolution::Cancel, 99, Resolution::Cancel),
+        ];
+        for (asked, now, ends_as) in cases {
+            let mut book = HoldBook::new([(OrderId(1), order(), Some(100))]);
+            let ending = book.begin(OrderId(1), asked, now);
+            assert_eq!(ending, Ending::Started(ends_as), "{asked:?} at {now}");
+        }
     }
 
     #[test]

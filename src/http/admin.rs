@@ -55,7 +55,7 @@ const DISABLED_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><meta charset=\"
         (status = 403, description = "The admin API is disabled: a page that says so", body = String, content_type = "text/html"),
     ))]
 pub async fn page(call: Call<'_>) -> Answer {
-    let (status, page) = match call.state.admin.token() {
+    let (status, page) = match call.state.admin.token.as_ref() {
         Some(_) => (StatusCode::OK, PAGE),
         None => (StatusCode::FORBIDDEN, DISABLED_PAGE),
     };
@@ -87,7 +87,7 @@ pub async fn page(call: Call<'_>) -> Answer {
 /// 403 while the admin API is disabled; 401 unless the request carries
 /// `Authorization: Bearer <KITARA_ADMIN_TOKEN>`.
 pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = state.admin.token() else {
+    let Some(token) = state.admin.token.as_ref() else {
         return Err(ApiError::AdminDisabled);
     };
     let mut values = headers.get_all(AUTHORIZATION).iter();

@@ -24,12 +24,31 @@ pub enum Status {
 }
 use crate::store::Placed;
 
+/// What every view of a product shows.
 #[derive(Serialize, ToSchema)]
-pub struct ProductView<'a> {
+pub(super) struct ProductFields<'a> {
     id: i64,
     product_name: &'a str,
     current_stock: i64,
     store_id: i64,
+}
+
+impl<'a> From<&'a Product> for ProductFields<'a> {
+    fn from(p: &'a Product) -> Self {
+        ProductFields {
+            id: p.id.0,
+            product_name: &p.name,
+            current_stock: p.stock(),
+            store_id: p.store.0,
+        }
+    }
+}
+
+/// A product as the listing shows it.
+#[derive(Serialize, ToSchema)]
+pub struct ProductView<'a> {
+    #[serde(flatten)]
+    product: ProductFields<'a>,
     store: StoreView<'a>,
 }
 
@@ -42,10 +61,7 @@ pub(super) struct StoreView<'a> {
 impl<'a> From<&'a Product> for ProductView<'a> {
     fn from(p: &'a Product) -> Self {
         ProductView {
-            id: p.id.0,
-            product_name: &p.name,
-            current_stock: p.stock(),
-            store_id: p.store.0,
+            product: ProductFields::from(p),
             store: StoreView {
                 id: p.store.0,
                 store_name: &p.store_name,
@@ -64,7 +80,10 @@ const STOCK_GAP: &str = "\"current_stock\":0";
 pub fn write_product(out: &mut Vec<u8>, product: &Product) {
     let (before, after) = product.rendered.parts(|| {
         let view = ProductView {
-            current_stock: 0,
+            product: ProductFields {
+                current_stock: 0,
+                ..ProductFields::from(product)
+            },
             ..ProductView::from(product)
         };
         let text = serde_json::to_string(&view).unwrap_or_default();
@@ -197,20 +216,15 @@ pub fn orders(orders: &[OrderRow]) -> Vec<u8> {
 /// A product as every admin answer shows it.
 #[derive(Serialize, ToSchema)]
 pub struct AdminProductView<'a> {
-    id: i64,
-    product_name: &'a str,
-    current_stock: i64,
-    store_id: i64,
+    #[serde(flatten)]
+    product: ProductFields<'a>,
     max_per_customer: Option<i64>,
 }
 
 impl<'a> From<&'a Product> for AdminProductView<'a> {
     fn from(p: &'a Product) -> Self {
         AdminProductView {
-            id: p.id.0,
-            product_name: &p.name,
-            current_stock: p.stock(),
-            store_id: p.store.0,
+            product: ProductFields::from(p),
             max_per_customer: p.max_per_customer,
         }
     }

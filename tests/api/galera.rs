@@ -183,6 +183,15 @@ impl Bed {
         format!("mysql://kitara:kitara@{}:3306", self.address(n))
     }
 
+    /// A new database of the test's own, made through node 1, with the demo data.
+    async fn demo_database(&self) -> TestDb {
+        let db = TestDb::on_server(&self.url(1)).await;
+        kitara::db::migrate_and_seed(&db.conn, true)
+            .await
+            .expect("demo data");
+        db
+    }
+
     /// What runs a program on machine `n`.
     pub fn launcher(&self, n: usize) -> Vec<String> {
         vec![
@@ -290,10 +299,7 @@ async fn start_node(bed: &Bed, db: &TestDb, n: usize, skewed: bool) -> Node {
 async fn a_sale_loses_nothing(fault: Fault) {
     let bed = Bed::shared().await;
     let bed = bed.as_ref().expect("started");
-    let db = TestDb::on_server(&bed.url(1)).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("demo data");
+    let db = bed.demo_database().await;
     let mut nodes = Vec::new();
     for n in 1..=3 {
         nodes.push(start_node(bed, &db, n, fault == Fault::SkewedClock && n == 3).await);
@@ -649,10 +655,7 @@ const TOUCHERS: usize = 1;
 async fn a_certification_conflict_is_written_again() {
     let bed = Bed::shared().await;
     let bed = bed.as_ref().expect("started");
-    let db = TestDb::on_server(&bed.url(1)).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("demo data");
+    let db = bed.demo_database().await;
     let node = start_node(bed, &db, 1, false).await;
     let hot = stores_with_products(&node.api, 1, 1_000_000, None)
         .await
@@ -784,10 +787,7 @@ async fn a_stale_owner_cannot_commit_after_a_takeover() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
     let bed = Bed::shared().await;
     let bed = bed.as_ref().expect("started");
-    let db = TestDb::on_server(&bed.url(1)).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("demo data");
+    let db = bed.demo_database().await;
     db.exec("INSERT INTO kitara_store_owners (store_id, owner, epoch) VALUES (1, 'a', 1)")
         .await;
     let owner = kitara::db::connect(&database_args(&db.url_on(&bed.url(1))))
