@@ -56,3 +56,54 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod writer;
+
+/// ARCHITECTURE.md's first invariant, checked on the source: the order path's layers
+/// are `http` → `app` → `cluster` → `store` → `writer` → `db`, and no file of one names
+/// a layer before it; `domain` names none of them.
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    const LAYERS: [&str; 6] = ["http", "app", "cluster", "store", "writer", "db"];
+
+    /// Every `crate::<module>` a file of `folder` names (comments included: a doc
+    /// comment that sends the reader up a layer is a smell too).
+    fn named_by(folder: &str) -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .join(folder);
+        let mut named = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("a folder of src") {
+            let path = entry.expect("an entry").path();
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            for (at, _) in text.match_indices("crate::") {
+                let module: String = text[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                named.push((path.display().to_string(), module));
+            }
+        }
+        named
+    }
+
+    #[test]
+    fn no_layer_names_a_layer_before_it() {
+        for (depth, layer) in LAYERS.iter().enumerate() {
+            for (file, module) in named_by(layer) {
+                let above = LAYERS[..depth].contains(&module.as_str());
+                assert!(
+                    !above,
+                    "{file} names crate::{module}, a layer above {layer}"
+                );
+            }
+        }
+        for (file, module) in named_by("domain") {
+            let layer = LAYERS.contains(&module.as_str());
+            assert!(
+                !layer,
+                "{file} names crate::{module}: domain is under every layer"
+            );
+        }
+    }
+}

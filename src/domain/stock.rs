@@ -35,7 +35,7 @@ impl StockBook {
         self.stock.get(&product).copied()
     }
 
-    /// Judges an order against the stock and, if every line can be served, reserves all
+    /// Decides an order from the stock and, if every line can be served, reserves all
     /// of them. All or nothing: a refused order changes nothing.
     pub fn try_reserve(&mut self, lines: &[OrderLine]) -> Reservation {
         let servable = lines

@@ -342,7 +342,7 @@ impl StoreActor {
         }
     }
 
-    /// Judges each request in arrival order against memory, and hands what it decided
+    /// Decides each request in arrival order from memory, and hands what it decided
     /// to the writer in one submission.
     async fn decide(&mut self, requests: Vec<Asked>) {
         if requests.is_empty() {
@@ -618,7 +618,7 @@ impl StoreActor {
     /// Takes this store's holds out of `LiveHolds`: they are no longer this actor's to
     /// end (its store was lost or handed over, or is being reloaded). Leaving them
     /// would change no answer (an entry is used only while its store is served here, by
-    /// asking the store's current actor, which judges against its own holds) but would
+    /// asking the store's current actor, which decides from its own holds) but would
     /// keep their memory: mutation testing lists `()` here as a survivor.
     pub(super) fn forget_live_holds(&self) {
         for order in self.holds.ids() {

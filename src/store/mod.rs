@@ -98,7 +98,7 @@ pub struct HeldOrder {
 /// The live holds of the stores this node serves, by order id, so that a confirm or
 /// cancel finds its store's actor without reading the order. Each store's actor adds
 /// its holds as they commit (or load) and takes them out as they end; the actor still
-/// judges every request against its own `HoldBook`, so an entry that lags behind costs
+/// decides every request from its own `HoldBook`, so an entry that lags behind costs
 /// a read, never a wrong answer.
 #[derive(Debug, Default)]
 pub struct LiveHolds(dashmap::DashMap<OrderId, Arc<HeldOrder>>);

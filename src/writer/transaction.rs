@@ -78,7 +78,7 @@ enum Ran {
     /// It failed before COMMIT: nothing of it committed.
     Failed(PersistError),
     /// It lost a conflict before COMMIT (a deadlock, or on Galera an abort by another
-    /// node's replicated write): rolled back whole, it is judged and written again.
+    /// node's replicated write): rolled back whole, it is decided and written again.
     Conflicted,
     /// COMMIT was sent and its answer was an error: the token tells the outcome.
     CommitFailed(DbErr, Vec<i64>),
@@ -199,7 +199,7 @@ impl Writer {
                 self.reach.reached(true);
                 // On Galera a COMMIT that loses certification to another node's write is
                 // rolled back whole (1213). Its token still decides: "not committed" is
-                // then certain, and the writes are judged and written again.
+                // then certain, and the writes are decided and written again.
                 let conflict = db::is_conflict(&e);
                 if conflict {
                     tracing::warn!(error = %e, token = token.as_str(), "COMMIT lost a conflict; looking up its outcome");
