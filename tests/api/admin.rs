@@ -48,14 +48,14 @@ fn method(name: &str) -> Method {
 
 /// The ledger of a product as the API shows it: (delta, reason) in order.
 async fn ledger(app: &TestApp, product: i64) -> Vec<(i64, String)> {
-    let (status, body) = app
-        .admin(
+    let body = app
+        .admin_expect(
             Method::GET,
             &format!("/api/v1/admin/products/{product}/movements"),
             None,
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     body["data"]
         .as_array()
         .expect("movements")
@@ -172,26 +172,26 @@ async fn new_users_stores_and_products_serve_at_once(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_admin_app(&db).await;
 
-    let (status, user) = app
-        .admin(
+    let user = app
+        .admin_expect(
             Method::POST,
             "/api/v1/admin/users",
             Some(&json!({"name": "budi 🛒"})),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["code"], 201);
     assert_eq!(user["data"]["name"], "budi 🛒");
     let buyer = user["data"]["id"].as_i64().unwrap();
 
-    let (status, store) = app
-        .admin(
+    let store = app
+        .admin_expect(
             Method::POST,
             "/api/v1/admin/stores",
             Some(&json!({"store_name": "toko budi", "user_id": buyer})),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{store}");
     let store_id = store["data"]["id"].as_i64().unwrap();
     assert_eq!(
         store["data"],
@@ -201,14 +201,14 @@ async fn new_users_stores_and_products_serve_at_once(backend: Backend) {
     assert_eq!(stores["data"].as_array().unwrap().len(), 3, "{stores}");
 
     let name = "<img src=x onerror=alert(1)> & \"kopi\" 😷";
-    let (status, product) = app
-        .admin(
+    let product = app
+        .admin_expect(
             Method::POST,
             "/api/v1/admin/products",
             Some(&json!({"product_name": name, "store_id": store_id, "current_stock": 4, "max_per_customer": 2})),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{product}");
     let id = product_id(&product);
     assert_eq!(
         product["data"],
@@ -257,10 +257,14 @@ async fn stock_deltas_are_decided_with_the_orders_and_written_with_a_ledger_row(
     let restock = |delta: i64, reason: &str| json!({"delta": delta, "reason": reason});
     let stock_path = "/api/v1/admin/products/1/stock";
 
-    let (status, body) = app
-        .admin(Method::POST, stock_path, Some(&restock(5, "truck arrived")))
+    let body = app
+        .admin_expect(
+            Method::POST,
+            stock_path,
+            Some(&restock(5, "truck arrived")),
+            StatusCode::OK,
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["current_stock"], 15);
     assert_eq!(app.listed_stocks().await[&1], 15);
     assert_eq!(db.stocks().await[&1], 15);
@@ -277,10 +281,14 @@ async fn stock_deltas_are_decided_with_the_orders_and_written_with_a_ledger_row(
         (StatusCode::CONFLICT, Some("not enough unheld stock"))
     );
     assert_eq!(db.snapshot().await, before);
-    let (status, body) = app
-        .admin(Method::POST, stock_path, Some(&restock(-7, "broken")))
+    let body = app
+        .admin_expect(
+            Method::POST,
+            stock_path,
+            Some(&restock(-7, "broken")),
+            StatusCode::OK,
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["current_stock"], 0);
     let (_, body) = app.lock(&order(3, &[(1, 1)])).await;
     assert_eq!(body["message"], "all product not available");
@@ -313,14 +321,14 @@ async fn a_patch_renames_and_sets_a_limit_from_the_next_order_on(backend: Backen
     let held = held["data"]["order_id"].as_i64().unwrap();
 
     // The limit counts what the buyer already holds, though nothing counted it before.
-    let (status, body) = app
-        .admin(
+    let body = app
+        .admin_expect(
             Method::PATCH,
             "/api/v1/admin/products/1",
             Some(&json!({"max_per_customer": 4})),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["max_per_customer"], 4);
     let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
     assert_eq!(
@@ -336,14 +344,14 @@ async fn a_patch_renames_and_sets_a_limit_from_the_next_order_on(backend: Backen
     assert_eq!(status, StatusCode::OK);
 
     // A new name shows everywhere; null clears the limit.
-    let (status, body) = app
-        .admin(
+    let body = app
+        .admin_expect(
             Method::PATCH,
             "/api/v1/admin/products/1",
             Some(&json!({"product_name": "masker N95", "max_per_customer": null})),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["data"],
         json!({"id": 1, "product_name": "masker N95", "current_stock": 2, "store_id": 1, "max_per_customer": null})
@@ -373,10 +381,14 @@ async fn a_deleted_product_is_gone_but_its_holds_can_still_end(backend: Backend)
     let (_, held) = app.lock(&order(2, &[(2, 2)])).await;
     let held = held["data"]["order_id"].as_i64().unwrap();
 
-    let (status, body) = app
-        .admin(Method::DELETE, "/api/v1/admin/products/2", None)
+    let body = app
+        .admin_expect(
+            Method::DELETE,
+            "/api/v1/admin/products/2",
+            None,
+            StatusCode::OK,
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["id"], 2);
     assert!(!app.listed_stocks().await.contains_key(&2));
     let (_, admin_listing) = app.admin(Method::GET, "/api/v1/admin/products", None).await;

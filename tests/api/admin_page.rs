@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -136,10 +135,20 @@ async fn select(browser: &Client, css: &str, value: &str) {
     element.select_by_value(value).await.expect(css);
 }
 
-async fn type_into(browser: &Client, css: &str, value: &str) -> Result<(), CmdError> {
-    let field = browser.find(Locator::Css(css)).await?;
-    field.clear().await?;
-    field.send_keys(value).await
+async fn type_into(browser: &Client, css: &str, value: &str) {
+    let field = browser.find(Locator::Css(css)).await.expect(css);
+    field.clear().await.expect(css);
+    field.send_keys(value).await.expect(css);
+}
+
+/// Waits until the `cell` (`name` or `stock`) of product `id`'s row reads `expected`.
+async fn product_shows(browser: &Client, id: i64, cell: &str, expected: &str) {
+    let css = format!("#products tr[data-product-id=\"{id}\"] .{cell}");
+    eventually(&format!("product {id}'s {cell} {expected:?}"), || async {
+        let shown = text(browser, &css).await?;
+        seen(shown == expected, shown)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,9 +164,7 @@ async fn the_owners_page_works_in_a_real_browser() {
     browser.goto(&page).await.expect("open /admin");
 
     // A wrong token is refused, clearly.
-    type_into(&browser, "#token", "not-the-token-at-all")
-        .await
-        .unwrap();
+    type_into(&browser, "#token", "not-the-token-at-all").await;
     click(&browser, "#token-submit").await;
     eventually("the refusal of a wrong token", || async {
         let shown = text(&browser, "#token-error").await?;
@@ -166,7 +173,7 @@ async fn the_owners_page_works_in_a_real_browser() {
     .await;
 
     // The right one shows the demo products with their stock.
-    type_into(&browser, "#token", ADMIN_TOKEN).await.unwrap();
+    type_into(&browser, "#token", ADMIN_TOKEN).await;
     click(&browser, "#token-submit").await;
     for (id, name, stock) in [
         (1, "masker", "10"),
@@ -189,28 +196,18 @@ async fn the_owners_page_works_in_a_real_browser() {
 
     // A restock through the form shows the new stock.
     select(&browser, "#restock-product", "1").await;
-    type_into(&browser, "#restock-delta", "5").await.unwrap();
-    type_into(&browser, "#restock-reason", "truck arrived")
-        .await
-        .unwrap();
+    type_into(&browser, "#restock-delta", "5").await;
+    type_into(&browser, "#restock-reason", "truck arrived").await;
     click(&browser, "#restock-submit").await;
-    eventually("masker's new stock", || async {
-        let shown = text(&browser, "#products tr[data-product-id=\"1\"] .stock").await?;
-        seen(shown == "15", shown)
-    })
-    .await;
+    product_shows(&browser, 1, "stock", "15").await;
     assert_eq!(db.stocks().await[&1], 15);
 
     // A new product, named like markup, is listed by its name as text.
-    type_into(&browser, "#new-name", SCRIPT_LIKE).await.unwrap();
+    type_into(&browser, "#new-name", SCRIPT_LIKE).await;
     select(&browser, "#new-store", "1").await;
-    type_into(&browser, "#new-stock", "7").await.unwrap();
+    type_into(&browser, "#new-stock", "7").await;
     click(&browser, "#new-submit").await;
-    eventually("the new product", || async {
-        let shown = text(&browser, "#products tr[data-product-id=\"4\"] .name").await?;
-        seen(shown == SCRIPT_LIKE, shown)
-    })
-    .await;
+    product_shows(&browser, 4, "name", SCRIPT_LIKE).await;
     let images = browser
         .find_all(Locator::Css("#products img, #orders img"))
         .await
@@ -231,11 +228,7 @@ async fn the_owners_page_works_in_a_real_browser() {
         )
     })
     .await;
-    eventually("the stock the order took", || async {
-        let shown = text(&browser, "#products tr[data-product-id=\"4\"] .stock").await?;
-        seen(shown == "5", shown)
-    })
-    .await;
+    product_shows(&browser, 4, "stock", "5").await;
 
     // No alert ever opened: the name ran nowhere.
     assert!(browser.get_alert_text().await.is_err(), "an alert is open");

@@ -186,14 +186,14 @@ async fn a_store_filter_pages_that_store_alone(backend: Backend) {
         assert_eq!(ids(&body), later);
     }
     // A store with no products is found, and lists nothing.
-    let (status, body) = app
-        .admin(
+    let body = app
+        .admin_expect(
             Method::POST,
             "/api/v1/admin/stores",
             Some(&serde_json::json!({"store_name": "empty", "user_id": 1})),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     let empty = body["data"]["id"].as_i64().unwrap();
     let (status, link, body) =
         get(&app, &format!("/api/v1/products?store_id={empty}&limit=5")).await;
@@ -296,10 +296,13 @@ async fn deleted_products_and_stores_are_gone_from_pages_and_lookups(backend: Ba
         let (status, _, body) = get(&app, &format!("/api/v1/products/{id}")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {body}");
     }
-    let (status, body) = app
-        .admin(Method::DELETE, "/api/v1/admin/products/6", None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    app.admin_expect(
+        Method::DELETE,
+        "/api/v1/admin/products/6",
+        None,
+        StatusCode::OK,
+    )
+    .await;
     let (status, _, body) = get(&app, "/api/v1/products/6").await;
     assert_eq!(
         (status, body["message"].as_str()),

@@ -251,13 +251,14 @@ pub async fn nodes_with_stores<const N: usize>(
     (nodes, products)
 }
 
-/// The first store's product, the index of the node that owns it, and a client for
-/// each node.
-async fn hot_product(
+/// Where the tests of an owner leaving mid-burst begin: three nodes serving three stores
+/// of `stock` units each; the first store's product, the index and id of the node that
+/// owns its store, and a client for each node.
+async fn three_nodes_and_a_hot_product(
     db: &TestDb,
-    nodes: &[Node],
-    products: &BTreeMap<i64, i64>,
-) -> (i64, usize, Arc<Vec<Api>>) {
+    stock: i64,
+) -> ([Node; 3], i64, usize, String, Arc<Vec<Api>>) {
+    let (nodes, products) = nodes_with_stores::<3>(db, 3, stock, None).await;
     let (&store, &hot) = products.iter().next().expect("a store");
     let owner = owners(db).await[&store].0.clone().expect("an owner");
     let at = nodes
@@ -265,7 +266,7 @@ async fn hot_product(
         .position(|n| n.id == owner)
         .expect("a node owns it");
     let apis = Arc::new(nodes.iter().map(|n| Api::new(n.api.addr)).collect());
-    (hot, at, apis)
+    (nodes, hot, at, owner, apis)
 }
 
 /// A lock, retried while it is answered 503 with `Retry-After` (a store being loaded by
@@ -404,9 +405,7 @@ struct Booked {
 /// answers the order it booked.
 async fn a_killed_owner_loses_no_answered_order() {
     let db = TestDb::with_demo_data(Backend::Mysql).await;
-    let (mut nodes, products) = nodes_with_stores::<3>(&db, 3, 600, None).await;
-    let (hot, victim, apis) = hot_product(&db, &nodes, &products).await;
-    let owner = nodes[victim].id.clone();
+    let (mut nodes, hot, victim, owner, apis) = three_nodes_and_a_hot_product(&db, 600).await;
     let initial = db.stocks().await;
     let dead = Arc::new(AtomicBool::new(false));
     let placed_count = Arc::new(AtomicUsize::new(0));
@@ -687,9 +686,7 @@ async fn a_stale_epoch_is_refused_by_the_fence() {
 /// node serves the store within 2 s of the node's exit.
 async fn a_node_stopped_under_load_hands_its_stores_over() {
     let db = TestDb::with_demo_data(Backend::Mysql).await;
-    let (mut nodes, products) = nodes_with_stores::<3>(&db, 3, 100_000, None).await;
-    let (hot, leaving, apis) = hot_product(&db, &nodes, &products).await;
-    let owner = nodes[leaving].id.clone();
+    let (mut nodes, hot, leaving, owner, apis) = three_nodes_and_a_hot_product(&db, 100_000).await;
     let initial = db.stocks().await;
     let stop = Arc::new(AtomicBool::new(false));
     let placed_at: Arc<Mutex<Vec<(Instant, String, Value)>>> = Arc::default();

@@ -236,8 +236,7 @@ async fn holds_pending_at_a_sigkill_expire_at_start_up_or_on_time(backend: Backe
         }
     }
     assert_eq!(db.stocks().await, initial);
-    assert_eq!(api.listed_stocks().await, db.stocks().await);
-    db.assert_invariants(&initial).await;
+    db.assert_settled(&initial, &api).await;
     kill(child).await;
     db.drop_database().await;
 }

@@ -73,12 +73,21 @@ pub fn tool(var: &str, name: &str, install: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {name} is not installed ({install}, or set {var})"
-        );
-        eprintln!("skipping a test: {name} is not on the PATH (nor in {var})");
+    runnable(
+        found.is_some(),
+        &format!("CI=true but {name} is not installed ({install}, or set {var})"),
+        &format!("skipping a test: {name} is not on the PATH (nor in {var})"),
+    );
+    found
+}
+
+/// Whether a test that needs what was `found` can run. When it cannot, it is skipped
+/// on a workstation (saying `skipping`), but fails under `CI=true` (saying `in_ci`):
+/// CI must not pass a test it never ran.
+pub fn runnable(found: bool, in_ci: &str, skipping: &str) -> bool {
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{in_ci}");
+        eprintln!("{skipping}");
     }
     found
 }
@@ -95,15 +104,11 @@ impl Backend {
     /// Whether the tests of this backend can run. Without `KITARA_TEST_MYSQL_URL` the
     /// MariaDB tests pass as no-ops on a workstation, but fail under CI.
     pub fn available(self) -> bool {
-        if self == Backend::Sqlite || std::env::var(MYSQL_URL_VAR).is_ok() {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {MYSQL_URL_VAR} is not set: the MariaDB tests cannot run"
-        );
-        eprintln!("skipping a MariaDB test: {MYSQL_URL_VAR} is not set");
-        false
+        runnable(
+            self == Backend::Sqlite || std::env::var(MYSQL_URL_VAR).is_ok(),
+            &format!("CI=true but {MYSQL_URL_VAR} is not set: the MariaDB tests cannot run"),
+            &format!("skipping a MariaDB test: {MYSQL_URL_VAR} is not set"),
+        )
     }
 }
 
@@ -329,6 +334,13 @@ impl TestDb {
             foreign.is_empty(),
             "details outside their order's store: {foreign:?}"
         );
+    }
+
+    /// The end of a burst: the invariants hold (from `initial`), and `api` lists the
+    /// stock the database holds, so that no answer came from a memory that drifted.
+    pub async fn assert_settled(&self, initial: &BTreeMap<i64, i64>, api: &Api) {
+        self.assert_invariants(initial).await;
+        assert_eq!(api.listed_stocks().await, self.stocks().await);
     }
 
     /// Checks that an order answered 200 is stored exactly as answered.
@@ -694,6 +706,20 @@ impl Api {
         (status, value)
     }
 
+    /// An admin request (as `admin`) that must be answered `expected`: the body, shown
+    /// with the request when the status is another.
+    pub async fn admin_expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        expected: StatusCode,
+    ) -> Value {
+        let (status, answer) = self.admin(method.clone(), path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+        answer
+    }
+
     /// An admin request as a client could write it: any token or none, any body bytes
     /// (sent as `application/json`).
     pub async fn admin_raw(
@@ -842,6 +868,34 @@ pub async fn count_placed(
         }
     }
     placed
+}
+
+/// `clients` customers ordering at once, each sending `orders` locks one after the
+/// other (the body of client `c`'s `i`th is `body(c, i)`), as shoppers do who wait for
+/// an answer before they order again: every answer, client by client.
+pub async fn customers(
+    app: &Arc<TestApp>,
+    clients: i64,
+    orders: i64,
+    body: impl Fn(i64, i64) -> Value + Clone + Send + 'static,
+) -> Vec<(StatusCode, Value)> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (app, body) = (app.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..orders {
+                    answers.push(app.lock(&body(c, i)).await);
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.expect("a client task"));
+    }
+    answers
 }
 
 /// A lock-order body.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestDb, order, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestDb, order, spawn_app, spawn_app_with};
 
 crate::on_both_backends!(
     a_keyed_lock_is_booked_once_and_replayed,
@@ -28,6 +28,17 @@ fn replayed(headers: &hyper::HeaderMap) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// A retry with `key` of the request to `path` first answered `first`: it must be
+/// answered 200 with the same data, marked as replayed. The answer, for the test's
+/// own checks.
+async fn replay(app: &TestApp, path: &str, body: &Value, key: &str, first: &Value) -> Value {
+    let (status, headers, again) = app.post(path, body, Some(key)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(replayed(&headers), "{headers:?}");
+    assert_eq!(again["data"], first["data"]);
+    again
+}
+
 async fn a_keyed_lock_is_booked_once_and_replayed(backend: Backend) {
     let db = TestDb::with_demo_data(backend).await;
     let app = spawn_app(&db).await;
@@ -43,10 +54,7 @@ async fn a_keyed_lock_is_booked_once_and_replayed(backend: Backend) {
     let same = json!({"products": [{"quantity": 1, "product_id": 1}, {"product_id": 2, "quantity": 1},
         {"product_id": 1, "quantity": 1}], "hold_seconds": 600, "user_id": 2});
     for (body, key) in [(&body, "order-7f3a"), (&same, "\"order-7f3a\"")] {
-        let (status, headers, again) = app.post(LOCK, body, Some(key)).await;
-        assert_eq!(status, StatusCode::OK, "{again}");
-        assert!(replayed(&headers), "{headers:?}");
-        assert_eq!(again["data"], first["data"]);
+        let again = replay(&app, LOCK, body, key, &first).await;
         assert_eq!(again["message"], "OK");
     }
     assert_eq!(db.count("orders").await, 1);
@@ -90,10 +98,7 @@ async fn a_replay_does_not_depend_on_what_changed_since(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
 
     // Sold out, and the order confirmed since: the replay is still the original answer.
-    let (status, headers, again) = app.post(LOCK, &all, Some("take-all")).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert!(replayed(&headers));
-    assert_eq!(again["data"], first["data"]);
+    let again = replay(&app, LOCK, &all, "take-all", &first).await;
     assert_eq!(again["data"]["status"], "locked");
     app.stop().await;
 
@@ -105,17 +110,8 @@ async fn a_replay_does_not_depend_on_what_changed_since(backend: Backend) {
 }
 
 /// A retry with `key` is answered as `first` was, replayed, and no second order exists.
-async fn replays_the_one_order(
-    app: &crate::helpers::TestApp,
-    db: &TestDb,
-    body: &serde_json::Value,
-    key: &str,
-    first: &serde_json::Value,
-) {
-    let (status, headers, again) = app.post(LOCK, body, Some(key)).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert!(replayed(&headers));
-    assert_eq!(again["data"], first["data"]);
+async fn replays_the_one_order(app: &TestApp, db: &TestDb, body: &Value, key: &str, first: &Value) {
+    replay(app, LOCK, body, key, first).await;
     assert_eq!(db.count("orders").await, 1);
 }
 
@@ -196,10 +192,7 @@ async fn keyed_confirms_and_cancels_are_replayed_too(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{first}");
     assert!(!replayed(&headers));
     assert_eq!(first["data"]["status"], "confirmed");
-    let (status, headers, again) = app.post(&confirm, &buyer, Some("pay-a")).await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert!(replayed(&headers));
-    assert_eq!(again["data"], first["data"]);
+    replay(&app, &confirm, &buyer, "pay-a", &first).await;
 
     // The key belongs to that confirm: on another endpoint, order or buyer it is a 422.
     for (path, body) in [
@@ -217,9 +210,7 @@ async fn keyed_confirms_and_cancels_are_replayed_too(backend: Backend) {
     let cancel = format!("/api/v1/order/{b}/cancel");
     let (status, _, first) = app.post(&cancel, &buyer, Some("drop-b")).await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    let (status, headers, again) = app.post(&cancel, &buyer, Some("drop-b")).await;
-    assert_eq!((status, replayed(&headers)), (StatusCode::OK, true));
-    assert_eq!(again["data"], first["data"]);
+    replay(&app, &cancel, &buyer, "drop-b", &first).await;
     assert_eq!(db.stocks().await[&1], 9);
     app.stop().await;
     db.drop_database().await;

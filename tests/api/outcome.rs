@@ -371,8 +371,7 @@ async fn served_again(app: &TestApp, body: &serde_json::Value) -> serde_json::Va
 /// The end of a fault test: memory lists what the database holds, the invariants hold,
 /// and everything stops.
 async fn ends_agreeing(db: TestDb, proxy: Proxy, app: TestApp, initial: &BTreeMap<i64, i64>) {
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
-    db.assert_invariants(initial).await;
+    db.assert_settled(initial, &app).await;
     app.stop().await;
     drop(proxy);
     db.drop_database().await;

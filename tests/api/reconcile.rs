@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::helpers::{Backend, TestDb, order, spawn_app};
+use crate::helpers::{Backend, TestDb, customers, order, spawn_app};
 
 crate::on_both_backends!(
     stock_lowered_behind_kitaras_back_is_reconciled,
@@ -85,35 +85,23 @@ async fn stock_taken_behind_kitaras_back_mid_burst_never_oversells(backend: Back
             taken
         })
     };
-    let clients: Vec<_> = (0..16)
-        .map(|c| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                for i in 0..25 {
-                    let lines = [(1 + (c + i) % 2, 1 + (i % 5)), (2, 1)];
-                    let body = order(2, &lines);
-                    answers.push(app.lock(&body).await);
-                }
-                answers
-            })
-        })
-        .collect();
+    let answers = customers(&app, 16, 25, |c, i| {
+        order(2, &[(1 + (c + i) % 2, 1 + (i % 5)), (2, 1)])
+    })
+    .await;
     let mut served = Vec::new();
-    for client in clients {
-        for (status, body) in client.await.unwrap() {
-            match status {
-                StatusCode::OK => served.push(body),
-                StatusCode::BAD_REQUEST => {
-                    assert!(body["message"].as_str().unwrap().ends_with("not available"))
-                }
-                // A second trip in a row is answered 503; never a 500, nor a 503 of any
-                // other cause.
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    assert_eq!(body["message"], "stock changed concurrently", "{body}")
-                }
-                other => panic!("status {other}: {body}"),
+    for (status, body) in answers {
+        match status {
+            StatusCode::OK => served.push(body),
+            StatusCode::BAD_REQUEST => {
+                assert!(body["message"].as_str().unwrap().ends_with("not available"))
             }
+            // A second trip in a row is answered 503; never a 500, nor a 503 of any
+            // other cause.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["message"], "stock changed concurrently", "{body}")
+            }
+            other => panic!("status {other}: {body}"),
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -147,8 +135,7 @@ async fn stock_taken_behind_kitaras_back_mid_burst_never_oversells(backend: Back
     for (product, quantity) in taken {
         *adjusted.get_mut(&product).unwrap() -= quantity;
     }
-    db.assert_invariants(&adjusted).await;
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    db.assert_settled(&adjusted, &app).await;
 
     crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;
@@ -216,37 +203,27 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
             killed
         })
     };
-    let clients: Vec<_> = (0..16)
-        .map(|c| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                for i in 0..30 {
-                    let lines: Vec<(i64, i64)> = if c % 4 == 0 {
-                        vec![(3, 1 + i % 2)]
-                    } else {
-                        vec![(1, 1), (2, 1 + (c + i) % 3)]
-                    };
-                    answers.push(app.lock(&order(1 + c % 3, &lines)).await);
-                }
-                answers
-            })
-        })
-        .collect();
+    let answers = customers(&app, 16, 30, |c, i| {
+        let lines: Vec<(i64, i64)> = if c % 4 == 0 {
+            vec![(3, 1 + i % 2)]
+        } else {
+            vec![(1, 1), (2, 1 + (c + i) % 3)]
+        };
+        order(1 + c % 3, &lines)
+    })
+    .await;
     let mut served = Vec::new();
     let mut unknown = 0;
-    for client in clients {
-        for (status, body) in client.await.unwrap() {
-            match status {
-                StatusCode::OK => served.push(body),
-                StatusCode::BAD_REQUEST => panic!("nothing should run out: {body}"),
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    if body["message"] == "order outcome unknown" {
-                        unknown += 1;
-                    }
+    for (status, body) in answers {
+        match status {
+            StatusCode::OK => served.push(body),
+            StatusCode::BAD_REQUEST => panic!("nothing should run out: {body}"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                if body["message"] == "order outcome unknown" {
+                    unknown += 1;
                 }
-                other => panic!("status {other}: {body}"),
             }
+            other => panic!("status {other}: {body}"),
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -289,8 +266,7 @@ async fn database_connections_killed_mid_burst(backend: Backend) {
             "order {order_id} answered 200 is stored"
         );
     }
-    db.assert_invariants(&initial).await;
-    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    db.assert_settled(&initial, &app).await;
 
     crate::helpers::TestApp::stop_shared(app).await;
     db.drop_database().await;

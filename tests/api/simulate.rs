@@ -5,10 +5,13 @@ use std::process::Output;
 
 use crate::helpers::{Backend, TestDb, spawn_app};
 
-async fn simulate(args: &[&str]) -> Output {
+/// `kitara simulate` with the flags of `line`, split at white space as a shell would
+/// split them (no flag here has a space in it): written as one line, a call reads as
+/// the command a person would type.
+async fn simulate(line: &str) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_kitara"))
         .arg("simulate")
-        .args(args)
+        .args(line.split_whitespace())
         .output()
         .await
         .expect("run kitara simulate")
@@ -21,29 +24,25 @@ fn text(output: &Output) -> (String, String) {
     )
 }
 
+/// The stdout and stderr of a run that must have exited `code`; both are shown when it
+/// did not, since either may say why.
+fn exited(output: &Output, code: i32) -> (String, String) {
+    let (stdout, stderr) = text(output);
+    assert_eq!(output.status.code(), Some(code), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rehearsal_reports_what_it_sold_and_checks_the_listing() {
     let db = TestDb::with_demo_data(Backend::Sqlite).await;
     let app = spawn_app(&db).await;
     let url = format!("http://{}", app.addr);
 
-    let output = simulate(&[
-        "--url",
-        &url,
-        "--customers",
-        "16",
-        "--orders",
-        "120",
-        "--product",
-        "1",
-        "--product",
-        "2",
-        "--confirm-ratio",
-        "0.5",
-    ])
+    let output = simulate(&format!(
+        "--url {url} --customers 16 --orders 120 --product 1 --product 2 --confirm-ratio 0.5"
+    ))
     .await;
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, _) = exited(&output, 0);
     for line in [
         "orders: 120 sent by 16 customers",
         "refused 400 \"all product not available\"",
@@ -68,23 +67,11 @@ async fn a_rehearsal_reports_what_it_sold_and_checks_the_listing() {
     assert_eq!(db.held_or_sold().await.values().sum::<i64>(), sold);
 
     // Holds left to expire come back before the listing is checked.
-    let output = simulate(&[
-        "--url",
-        &url,
-        "--customers",
-        "4",
-        "--orders",
-        "8",
-        "--product",
-        "3",
-        "--hold-seconds",
-        "1",
-        "--confirm-ratio",
-        "0",
-    ])
+    let output = simulate(&format!(
+        "--url {url} --customers 4 --orders 8 --product 3 --hold-seconds 1 --confirm-ratio 0"
+    ))
     .await;
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, _) = exited(&output, 0);
     assert!(stdout.contains("8 left to expire"), "{stdout}");
     assert!(
         stdout.contains("product 3: listed 20 before, 20 after, 0 sold: agrees"),
@@ -92,7 +79,7 @@ async fn a_rehearsal_reports_what_it_sold_and_checks_the_listing() {
     );
 
     // A product that is not listed is refused before anything is sent.
-    let output = simulate(&["--url", &url, "--orders", "1", "--product", "9"]).await;
+    let output = simulate(&format!("--url {url} --orders 1 --product 9")).await;
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -107,19 +94,12 @@ async fn a_rehearsal_reports_what_it_sold_and_checks_the_listing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonsense_flags_an_unreachable_url_and_a_remote_one_get_clear_answers() {
     for args in [
-        &["--url", "http://127.0.0.1:6071", "--customers", "0"][..],
-        &["--url", "http://127.0.0.1:6071", "--confirm-ratio", "2"],
-        &["--url", "http://127.0.0.1:6071", "--duration", "soon"],
-        &[
-            "--url",
-            "http://127.0.0.1:6071",
-            "--orders",
-            "5",
-            "--duration",
-            "5s",
-        ],
-        &["--customers", "4"],
-        &["--url", "http://127.0.0.1:6071", "--bogus"],
+        "--url http://127.0.0.1:6071 --customers 0",
+        "--url http://127.0.0.1:6071 --confirm-ratio 2",
+        "--url http://127.0.0.1:6071 --duration soon",
+        "--url http://127.0.0.1:6071 --orders 5 --duration 5s",
+        "--customers 4",
+        "--url http://127.0.0.1:6071 --bogus",
     ] {
         let output = simulate(args).await;
         let (_, stderr) = text(&output);
@@ -133,26 +113,19 @@ async fn nonsense_flags_an_unreachable_url_and_a_remote_one_get_clear_answers() 
         .local_addr()
         .unwrap()
         .port();
-    let output = simulate(&[
-        "--url",
-        &format!("http://127.0.0.1:{port}"),
-        "--orders",
-        "5",
-    ])
-    .await;
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    let output = simulate(&format!("--url http://127.0.0.1:{port} --orders 5")).await;
+    let (_, stderr) = exited(&output, 2);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("cannot reach Kitara") && stderr.contains("refused"),
         "{stderr}"
     );
 
-    let output = simulate(&["--url", "http://203.0.113.7:6071"]).await;
+    let output = simulate("--url http://203.0.113.7:6071").await;
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr.contains("--allow-remote"), "{stderr}");
-    let output = simulate(&["--url", "https://127.0.0.1:6071"]).await;
+    let output = simulate("--url https://127.0.0.1:6071").await;
     assert_eq!(output.status.code(), Some(2));
 }
 
@@ -162,16 +135,9 @@ async fn a_listing_that_does_not_add_up_exits_1() {
     let app = crate::helpers::spawn_admin_app(&db).await;
     let url = format!("http://{}", app.addr);
     let rehearsal = tokio::spawn(async move {
-        simulate(&[
-            "--url",
-            &url,
-            "--customers",
-            "4",
-            "--duration",
-            "2s",
-            "--product",
-            "3",
-        ])
+        simulate(&format!(
+            "--url {url} --customers 4 --duration 2s --product 3"
+        ))
         .await
     });
     // Another client restocks in the middle of it: once it has placed an order, it has
@@ -184,17 +150,15 @@ async fn a_listing_that_does_not_add_up_exits_1() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let (status, body) = app
-        .admin(
-            hyper::Method::POST,
-            "/api/v1/admin/products/3/stock",
-            Some(&serde_json::json!({"delta": 5, "reason": "mid-rehearsal"})),
-        )
-        .await;
-    assert_eq!(status, hyper::StatusCode::OK, "{body}");
+    app.admin_expect(
+        hyper::Method::POST,
+        "/api/v1/admin/products/3/stock",
+        Some(&serde_json::json!({"delta": 5, "reason": "mid-rehearsal"})),
+        hyper::StatusCode::OK,
+    )
+    .await;
     let output = rehearsal.await.unwrap();
-    let (stdout, stderr) = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let (stdout, stderr) = exited(&output, 1);
     assert!(
         stdout.contains("product 3: listed 20 before") && stdout.contains("DOES NOT AGREE"),
         "{stdout}"
