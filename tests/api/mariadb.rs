@@ -39,7 +39,14 @@ impl PrivateMariadb {
         // files.
         make_traversable(path);
         let datadir = path.join("data");
+        // A temporary directory of its own: bootstraps that share /tmp at the same
+        // moment remove each other's temporary tables and fail ("Installation of system
+        // tables failed!", 1051 Unknown table 'mysql.tmp_user_sys').
+        let tmpdir = path.join("tmp");
+        std::fs::create_dir(&tmpdir).expect("a temp dir for the server");
+        chown_to_mysql(&tmpdir);
         run(Command::new(program("mariadb-install-db").unwrap())
+            .env("TMPDIR", &tmpdir)
             .arg("--user=mysql")
             .arg(format!("--datadir={}", datadir.display()))
             .arg("--auth-root-authentication-method=normal")
@@ -50,7 +57,7 @@ impl PrivateMariadb {
             &config,
             format!(
                 "[mariadbd]\ndatadir={data}\nport={port}\nsocket={dir}/mysqld.sock\n\
-                 pid-file={dir}/mysqld.pid\nbind-address=127.0.0.1\nuser=mysql\n\
+                 pid-file={dir}/mysqld.pid\ntmpdir={dir}/tmp\nbind-address=127.0.0.1\nuser=mysql\n\
                  skip-log-bin\ninnodb_buffer_pool_size=64M\ninnodb_log_file_size=32M\n\
                  innodb_flush_log_at_trx_commit=1\nmax_connections=200\n",
                 data = datadir.display(),
@@ -140,12 +147,13 @@ impl Drop for PrivateMariadb {
 /// Runs a program to its end; its failure, with what it wrote, fails the test.
 fn run(command: &mut Command) {
     let out = command
-        .stdout(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(
         out.status.success(),
-        "{command:?}: {}",
+        "{command:?} ended {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
