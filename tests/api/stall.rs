@@ -7,16 +7,17 @@
 //! - every answer within its bound: the pool's acquire timeout, plus the outcome
 //!   deadline for a write whose COMMIT was in flight;
 //! - afterwards every order answered 200 is stored as answered, every confirm and
-//!   cancel answered 200 is stored, and `kitara check` passes.
+//!   cancel answered 200 is stored, and `kitara check` passes;
+//! - a stock adjustment that failed in a stall takes nothing away, in memory either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Api, Backend, TestDb, order, start_kitara};
+use crate::helpers::{ADMIN_TOKEN, Api, Backend, TestDb, order, start_kitara};
 use crate::mariadb::PrivateMariadb;
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -270,6 +271,61 @@ async fn two_confirms_during_a_stall_are_answered_in_time_mysql() {
         db.statuses().await.get(&id).map(String::as_str),
         Some("confirmed")
     );
+
+    child.start_kill().ok();
+    child.wait().await.ok();
+    db.drop_database().await;
+}
+
+/// A stock adjustment that takes units away and fails while the database is stopped
+/// gives them back in memory: afterwards the listing shows what the database holds, and
+/// every unit still sells. Memory that kept them would under-sell for good: no guard
+/// trips on units memory withholds, so nothing would reload the store (a mutant of
+/// `take_back` that did so survived every other test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_adjustment_that_failed_in_a_stall_takes_nothing_away_mysql() {
+    let Some((server, db)) = private_server_with_demo_data().await else {
+        return;
+    };
+    let acquire = ACQUIRE_TIMEOUT.as_millis().to_string();
+    let outcome = OUTCOME_DEADLINE.as_millis().to_string();
+    let envs = [
+        ("KITARA_DB_ACQUIRE_TIMEOUT_MS", acquire.as_str()),
+        ("KITARA_OUTCOME_DEADLINE_MS", outcome.as_str()),
+        ("KITARA_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let (mut child, api, _logs) = start_kitara(&db.url, &envs).await;
+    let before = db.stocks().await;
+    assert_eq!(api.listed_stocks().await, before);
+
+    server.pause();
+    let restock = serde_json::json!({"delta": -3, "reason": "damaged in the stall"});
+    let (status, answer) = api
+        .admin(
+            Method::POST,
+            "/api/v1/admin/products/1/stock",
+            Some(&restock),
+        )
+        .await;
+    server.resume();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_ne!(answer["message"], "order outcome unknown", "{answer}");
+
+    // Nothing was stored, and memory says so too.
+    assert_eq!(db.stocks().await, before);
+    assert_eq!(api.listed_stocks().await, before);
+    // Every unit of the product sells, once Kitara has seen the database again.
+    let all = order(2, &[(1, before[&1])]);
+    let back = Instant::now();
+    let (status, answer) = loop {
+        let (status, answer) = api.lock(&all).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE || back.elapsed() > Duration::from_secs(5) {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(db.stocks().await[&1], 0);
 
     child.start_kill().ok();
     child.wait().await.ok();
