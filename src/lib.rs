@@ -66,25 +66,64 @@ mod layers {
 
     const LAYERS: [&str; 6] = ["http", "app", "cluster", "store", "writer", "db"];
 
-    /// Every `crate::<module>` a file of `folder` names (comments included: a doc
-    /// comment that sends the reader up a layer is a smell too).
+    /// Every `crate::<module>` a file of `folder` (or of a folder inside it) names, as
+    /// `crate::a::…` or inside `crate::{a::…, b}`; comments count too (a doc comment that
+    /// sends the reader up a layer is a smell as well).
     fn named_by(folder: &str) -> Vec<(String, String)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src")
-            .join(folder);
         let mut named = Vec::new();
-        for entry in std::fs::read_dir(&dir).expect("a folder of src") {
-            let path = entry.expect("an entry").path();
-            let text = std::fs::read_to_string(&path).expect("a source file");
-            for (at, _) in text.match_indices("crate::") {
-                let module: String = text[at + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                named.push((path.display().to_string(), module));
+        let mut folders = vec![
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src")
+                .join(folder),
+        ];
+        while let Some(dir) = folders.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a folder of src") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for (at, _) in text.match_indices("crate::") {
+                    for module in modules_at(&text[at + "crate::".len()..]) {
+                        named.push((path.display().to_string(), module));
+                    }
+                }
             }
         }
         named
+    }
+
+    /// The first segment of the path that starts `text`, or of each path in the braces
+    /// that start it.
+    fn modules_at(text: &str) -> Vec<String> {
+        let name = |t: &str| -> String {
+            t.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let Some(group) = text.strip_prefix('{') else {
+            return vec![name(text)];
+        };
+        let (mut depth, mut names, mut start) = (0, Vec::new(), 0);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    names.push(name(&group[start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.push(name(&group[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        names.retain(|n| !n.is_empty());
+        names
     }
 
     #[test]
@@ -105,5 +144,14 @@ mod layers {
                 "{file} names crate::{module}: domain is under every layer"
             );
         }
+    }
+
+    #[test]
+    fn grouped_paths_name_each_of_their_modules() {
+        assert_eq!(modules_at("db::write::Fence;"), ["db"]);
+        assert_eq!(
+            modules_at("{app::keys::{Claim, KeyError}, store,\n    http::Call};"),
+            ["app", "store", "http"]
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! sent to its store's actor, which decides it in order with the store's orders and has
 //! the writer persist it with its ledger row. Users and stores change no stock: they
 //! are written by the writer directly. A new store gets its own actor and index entry
-//! before it is answered, so it takes orders at once.
+//! before it is answered, so it takes orders at once (on a cluster, once the node it
+//! belongs to has taken it: within the request's bound plus the lease).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +164,9 @@ impl Admin {
 
     /// Creates a store and starts its actor; it takes orders once this returns. On
     /// MySQL this node owns it at epoch 1 from its first transaction; if another node
-    /// should own it, it is handed over there soon after.
+    /// should own it, it is handed over there before this returns, or, if that takes
+    /// longer than the request's bound plus the lease, soon after (its requests get 503
+    /// with `Retry-After` meanwhile).
     pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
         let answer_by = self.answer_by();
         if !self.users.exists(owner, answer_by).await? {
@@ -205,11 +208,11 @@ impl Admin {
             let place = move |db: DatabaseConnection| async move {
                 Manager::place_new(&db, &cluster, store, deadline).await
             };
-            // The store is committed: a placement that did not finish in time is no
-            // reason to answer otherwise. The store is served once its node takes it
-            // (its requests get 503 with Retry-After until then).
+            // The store is committed: a placement that did not finish (in time, or at
+            // all: the manager's next look hands it over then) is no reason to answer
+            // otherwise. Its requests get 503 with `Retry-After` until its node serves it.
             if let Err(error) = self.reads.run(deadline, place).await {
-                tracing::warn!(%store, %error, "a new store is not yet served by its node");
+                tracing::warn!(%store, %error, "a new store is not yet served by the node it belongs to");
             }
         }
         Ok(row)

@@ -28,6 +28,7 @@ pub struct InFlightKeys {
 
 /// A key claimed by the request in progress; dropping it (when the request ends, or the
 /// client goes away) releases the key.
+#[derive(Debug)]
 pub struct Claim<'a> {
     keys: &'a InFlightKeys,
     key: IdempotencyKey,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::DbErr;
 use tokio::time::Instant;
 
-use super::keys::{self, InFlightKeys, KeyError, Keyed};
+use super::keys::{self, Claim, InFlightKeys, KeyError, Keyed};
 use super::users::KnownUsers;
 use crate::catalog::{Catalog, Listing, Product};
 use crate::clock::Clock;
@@ -56,11 +56,12 @@ pub struct Orders {
 
 /// Where a lock ended up.
 #[derive(Debug)]
-pub enum Locked {
+pub enum Locked<'a> {
     /// Placed here.
     Here(Placed),
-    /// Its store is another node's: the request goes there, as it came.
-    There(Arc<Peer>),
+    /// Its store is another node's: the request goes there, as it came, with its key's
+    /// claim here held until it is answered.
+    There(Arc<Peer>, Option<Claim<'a>>),
     /// Its key was stored with this order by an earlier request just like it: the
     /// answer is that request's, again.
     Replayed(OrderRow),
@@ -94,9 +95,10 @@ impl Page {
 
 /// Where a confirm or cancel leaves the order.
 #[derive(Debug)]
-pub enum Ended {
-    /// Its store is another node's: the request goes there, as it came.
-    There(Arc<Peer>),
+pub enum Ended<'a> {
+    /// Its store is another node's: the request goes there, as it came, with its key's
+    /// claim here held until it is answered.
+    There(Arc<Peer>, Option<Claim<'a>>),
     /// The order as it is now: this request's change, or a harmless repeat.
     Order(OrderRow),
     /// The order ended otherwise and cannot change again.
@@ -129,7 +131,7 @@ impl Orders {
         order: LockOrder,
         hold_seconds: Option<u32>,
         key: Option<IdempotencyKey>,
-    ) -> Result<Locked, Keyed<LockError>> {
+    ) -> Result<Locked<'_>, Keyed<LockError>> {
         let expires_at = self.deadline_for(hold_seconds);
         let answer_by = self.answer_by();
         let Some(key) = key else {
@@ -142,7 +144,7 @@ impl Orders {
             return self.place(request).await.map_err(Keyed::Failed);
         };
         let fingerprint = Fingerprint::of_lock(&order, hold_seconds);
-        let _claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
+        let claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
         let record = Arc::new(KeyRecord {
             key: key.clone(),
             fingerprint,
@@ -154,8 +156,9 @@ impl Orders {
             answer_by,
         };
         // A lock for another node's store is forwarded with its key: the owner claims
-        // and stores it.
+        // and stores it there, and the claim here lasts until the owner answered.
         match self.place(request).await {
+            Ok(Locked::There(peer, _)) => Ok(Locked::There(peer, Some(claim))),
             Err(error) if error.may_be_replayed() => {
                 match keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
                     Some(order) => Ok(Locked::Replayed(order)),
@@ -171,7 +174,7 @@ impl Orders {
         }
     }
 
-    async fn place(&self, request: LockRequest) -> Result<Locked, LockError> {
+    async fn place(&self, request: LockRequest) -> Result<Locked<'static>, LockError> {
         let order = &request.order;
         // Rule 4: the buyer must be a known user.
         match self.users.exists(order.buyer(), request.answer_by).await {
@@ -215,7 +218,7 @@ impl Orders {
             .await
         {
             Route::Here(handle) => handle,
-            Route::There(peer) => return Ok(Locked::There(peer)),
+            Route::There(peer) => return Ok(Locked::There(peer, None)),
             Route::Nowhere => return Err(LockError::Failed(Failure::Unowned)),
         };
 
@@ -275,16 +278,19 @@ impl Orders {
         buyer: UserId,
         resolution: Resolution,
         key: Option<IdempotencyKey>,
-    ) -> Result<Ended, Keyed<ResolveError>> {
+    ) -> Result<Ended<'_>, Keyed<ResolveError>> {
         let answer_by = self.answer_by();
         let Some(key) = key else {
-            return self
-                .resolve(id, buyer, resolution, None, answer_by)
-                .await
-                .map_err(Keyed::Failed);
+            return match self.resolve(id, buyer, resolution, None, answer_by).await {
+                // Only a keyed write finds its key taken; were one to, it is unavailable.
+                Err(ResolveError::Failed(Failure::KeyTaken)) => {
+                    Err(Keyed::Failed(Failure::Unavailable.into()))
+                }
+                other => other.map_err(Keyed::Failed),
+            };
         };
         let fingerprint = Fingerprint::of_resolution(resolution, id, buyer);
-        let _claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
+        let claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
         // Not the hot path: a keyed confirm looks its key up first, so that a retry of
         // one that committed is replayed rather than answered as a repeat.
         if let Some(order) = keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
@@ -298,6 +304,7 @@ impl Orders {
             .resolve(id, buyer, resolution, Some(record), answer_by)
             .await
         {
+            Ok(Ended::There(peer, _)) => Ok(Ended::There(peer, Some(claim))),
             // Stored since the look above, by a request just like this one, or (gone
             // now) a 503, so that the retry is judged afresh.
             Err(ResolveError::Failed(Failure::KeyTaken)) => {
@@ -317,7 +324,7 @@ impl Orders {
         resolution: Resolution,
         key: Option<Arc<KeyRecord>>,
         answer_by: Instant,
-    ) -> Result<Ended, ResolveError> {
+    ) -> Result<Ended<'static>, ResolveError> {
         // A live hold of a store served here: its store's actor judges the buyer and
         // the hold, and the answer comes from what its lock committed. Anything else (a
         // hold that ended, another buyer, another node's store) reads the order.
@@ -362,7 +369,7 @@ impl Orders {
                 .await
             {
                 Route::Here(handle) => handle,
-                Route::There(peer) => return Ok(Ended::There(peer)),
+                Route::There(peer) => return Ok(Ended::There(peer, None)),
                 Route::Nowhere => return Err(ResolveError::Failed(Failure::Unowned)),
             };
             match handle

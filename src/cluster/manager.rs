@@ -329,7 +329,8 @@ impl Manager {
     /// A store this node just made, served here at epoch 1: if another node should own
     /// it, hands it over at once (nothing of it is in flight yet), and returns once that
     /// node owns it and has loaded it, or at `deadline`. So a store answered 201 takes
-    /// orders at once, on the node it belongs to.
+    /// orders at once, on the node it belongs to, unless that node took longer than the
+    /// deadline (its requests get 503 with `Retry-After` until it serves the store).
     pub async fn place_new(
         db: &DatabaseConnection,
         cluster: &Cluster,

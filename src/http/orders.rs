@@ -1,12 +1,11 @@
-//! The order endpoints: lock, get, confirm, cancel, and the `Idempotency-Key` of the
-//! three POSTs.
+//! The order endpoints: lock, get, confirm, cancel, and the `Idempotency-Key` header
+//! of the three POSTs.
 //!
-//! A keyed request claims its key for as long as it is in progress (a second request
-//! with it gets 409), then is judged as any other. Its key is stored by the writer with
-//! what it committed, so the fresh path costs no extra read. Only when the answer is not
-//! a fresh 200 (the order was refused, or the database found the key taken) is the key
-//! looked up: a stored key with the same fingerprint is replayed with
-//! `Idempotent-Replayed: true`, one with another fingerprint is a 422.
+//! The header is parsed here; what a key does (claimed while its request is in
+//! progress, stored with what it committed, looked up when the fresh answer is not a
+//! 200) is the application layer's (`app::Orders`, docs/idempotency.md). A replay comes
+//! back as `Locked::Replayed` or `Ended::Replayed` and is answered here with
+//! `Idempotent-Replayed: true`.
 //!
 //! A replay is rendered from the order the key names, as the database has it: the same
 //! order id, lines, detail ids and expiry; a lock's replay says `locked`, as its first
@@ -170,7 +169,7 @@ async fn judge_lock(call: Call<'_>) -> Answer {
     let key = idempotency_key(&parts.headers)?;
     match state.orders.lock(order, hold_seconds, key).await? {
         Locked::Here(placed) => Ok(lock_answer(state, &placed)),
-        Locked::There(peer) => forward_lock(state, &peer, &parts, body).await,
+        Locked::There(peer, _claim) => forward_lock(state, &peer, &parts, body).await,
         Locked::Replayed(order) => Ok(replayed(&views::locked(&order))),
     }
 }
@@ -275,7 +274,7 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
     match orders.end(id, buyer, resolution, key).await? {
         Ended::Order(order) => Ok(response::json_data(&views::order(&order))),
         Ended::Replayed(order) => Ok(replayed(&views::order(&order))),
-        Ended::There(peer) => forward(state, &peer, &parts, body)
+        Ended::There(peer, _claim) => forward(state, &peer, &parts, body)
             .await
             .map_err(|f| ApiError::Resolve(ResolveError::Failed(f))),
         Ended::Conflict(status) => Err(ApiError::OrderEnded(status)),

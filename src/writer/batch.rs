@@ -3,7 +3,8 @@
 
 use std::ops::Range;
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Writer;
@@ -24,8 +25,20 @@ pub(super) struct Ids {
 
 #[derive(Default)]
 struct Blocks {
-    order: Range<i64>,
-    detail: Range<i64>,
+    order: Block,
+    detail: Block,
+}
+
+/// The ids at hand of one sequence, and the reservation of the next block if one is on
+/// its way.
+#[derive(Default)]
+struct Block {
+    ids: Range<i64>,
+    /// A reservation that outlasted the batch that started it: it runs to its end on its
+    /// own task (`db::call`), and the next batch short of ids waits for it rather than
+    /// starting another, so a stalled database holds one connection per sequence for
+    /// reservations, not one per batch.
+    reserving: Option<JoinHandle<Result<Range<i64>, DbErr>>>,
 }
 
 /// Ids reserved at a time: a reservation is a short transaction of its own, so one per
@@ -34,10 +47,9 @@ const BLOCK: i64 = 100_000;
 
 impl Ids {
     /// The first of `count` consecutive ids of each kind, from this node's blocks
-    /// (reserving a new block when the one at hand is short). A reservation, and the wait
-    /// for another writer's, end at `deadline`: a stalled database makes the batch
-    /// unavailable (503) in time, like its transaction would. A reservation given up on
-    /// runs to its end on its own task (`db::call`); its block is simply never used.
+    /// (reserving a new block when the one at hand is short). The wait for the blocks and
+    /// for a reservation ends at `deadline`: a stalled database makes the batch
+    /// unavailable (503) in time, like its transaction would.
     async fn take(
         &self,
         db: &DatabaseConnection,
@@ -48,35 +60,10 @@ impl Ids {
         let mut blocks = tokio::time::timeout_at(deadline, self.blocks.lock())
             .await
             .map_err(|_| PersistError::Unavailable)?;
-        let order = Self::from(db, &mut blocks.order, Sequence::Orders, orders, deadline).await?;
-        let detail = Self::from(db, &mut blocks.detail, Sequence::Details, lines, deadline).await?;
+        let Blocks { order, detail } = &mut *blocks;
+        let order = order.take(db, Sequence::Orders, orders, deadline).await?;
+        let detail = detail.take(db, Sequence::Details, lines, deadline).await?;
         Ok((order, detail))
-    }
-
-    async fn from(
-        db: &DatabaseConnection,
-        block: &mut Range<i64>,
-        sequence: Sequence,
-        count: i64,
-        deadline: Instant,
-    ) -> Result<i64, PersistError> {
-        if block.end - block.start < count.max(1) {
-            let size = BLOCK.max(count);
-            let db = db.clone();
-            let reserved =
-                call::within(
-                    deadline,
-                    async move { ids::reserve(&db, sequence, size).await },
-                );
-            let first = reserved.await.map_err(|e| {
-                crate::warn_summarised!("an id block could not be reserved", error = %e, "an id block could not be reserved");
-                PersistError::Unavailable
-            })?;
-            *block = first..first + size;
-        }
-        let first = block.start;
-        block.start += count;
-        Ok(first)
     }
 
     /// Reserves the first blocks, so that the order path starts with ids at hand.
@@ -99,17 +86,56 @@ impl Ids {
         let Blocks { order, detail } = std::mem::take(&mut *blocks);
         drop(blocks);
         for (sequence, block) in [(Sequence::Orders, order), (Sequence::Details, detail)] {
-            if block.is_empty() {
+            if block.ids.is_empty() {
                 continue;
             }
             let db = db.clone();
+            let (from, to) = (block.ids.start, block.ids.end);
             let given = call::within(deadline, async move {
-                ids::give_back(&db, sequence, block.start, block.end).await
+                ids::give_back(&db, sequence, from, to).await
             });
             if let Err(e) = given.await {
                 tracing::debug!(error = %e, "cannot give back the rest of an id block");
             }
         }
+    }
+}
+
+impl Block {
+    /// The first of `count` consecutive ids, reserving a new block (or waiting for the
+    /// one on its way) while the one at hand is short.
+    async fn take(
+        &mut self,
+        db: &DatabaseConnection,
+        sequence: Sequence,
+        count: i64,
+        deadline: Instant,
+    ) -> Result<i64, PersistError> {
+        while self.ids.end - self.ids.start < count.max(1) {
+            let size = BLOCK.max(count);
+            let reserving = self.reserving.get_or_insert_with(|| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let first = ids::reserve(&db, sequence, size).await?;
+                    Ok(first..first + size)
+                })
+            });
+            // Still on its way at the deadline: it stays, for the next batch.
+            let joined = tokio::time::timeout_at(deadline, reserving)
+                .await
+                .map_err(|_| PersistError::Unavailable)?;
+            self.reserving = None;
+            let reserved = joined
+                .map_err(|e| DbErr::Custom(format!("an id reservation failed: {e}")))
+                .and_then(|reserved| reserved);
+            self.ids = reserved.map_err(|e| {
+                crate::warn_summarised!("an id block could not be reserved", error = %e, "an id block could not be reserved");
+                PersistError::Unavailable
+            })?;
+        }
+        let first = self.ids.start;
+        self.ids.start += count;
+        Ok(first)
     }
 }
 
