@@ -73,7 +73,7 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
     db.exec("INSERT INTO stock_movements (product_id, delta, reason) VALUES (1, 999990, 'test'), (2, 999995, 'test')")
         .await;
     let initial = db.stocks().await;
-    let (mut child, api, mut logs) = start_with_short_bounds(&db).await;
+    let (child, api, mut logs) = start_with_short_bounds(&db).await;
     let api = Arc::new(api);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,9 +199,7 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
     let listed = api.listed_stocks().await;
     assert_eq!(listed, db.stocks().await);
 
-    child.start_kill().ok();
-    child.wait().await.ok();
-    db.drop_database().await;
+    kill_and_drop(child, db).await;
 }
 
 /// Two confirms of one order while the database is stopped: the first is given up at
@@ -215,7 +213,7 @@ async fn two_confirms_during_a_stall_are_answered_in_time_mysql() {
     let Some((server, db)) = private_server_with_demo_data().await else {
         return;
     };
-    let (mut child, api, _logs) = start_with_short_bounds(&db).await;
+    let (child, api, _logs) = start_with_short_bounds(&db).await;
     let api = Arc::new(api);
     let body = serde_json::json!({"user_id": 2, "hold_seconds": 600, "products": [{"product_id": 1, "quantity": 1}]});
     let (status, locked) = api.lock(&body).await;
@@ -272,64 +270,7 @@ async fn two_confirms_during_a_stall_are_answered_in_time_mysql() {
         Some("confirmed")
     );
 
-    child.start_kill().ok();
-    child.wait().await.ok();
-    db.drop_database().await;
-}
-
-/// A stock adjustment that takes units away and fails while the database is stopped
-/// gives them back in memory: afterwards the listing shows what the database holds, and
-/// every unit still sells. Memory that kept them would under-sell for good: no guard
-/// trips on units memory withholds, so nothing would reload the store (a mutant of
-/// `take_back` that did so survived every other test).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stock_adjustment_that_failed_in_a_stall_takes_nothing_away_mysql() {
-    let Some((server, db)) = private_server_with_demo_data().await else {
-        return;
-    };
-    let acquire = ACQUIRE_TIMEOUT.as_millis().to_string();
-    let outcome = OUTCOME_DEADLINE.as_millis().to_string();
-    let envs = [
-        ("KITARA_DB_ACQUIRE_TIMEOUT_MS", acquire.as_str()),
-        ("KITARA_OUTCOME_DEADLINE_MS", outcome.as_str()),
-        ("KITARA_ADMIN_TOKEN", ADMIN_TOKEN),
-    ];
-    let (mut child, api, _logs) = start_kitara(&db.url, &envs).await;
-    let before = db.stocks().await;
-    assert_eq!(api.listed_stocks().await, before);
-
-    server.pause();
-    let restock = serde_json::json!({"delta": -3, "reason": "damaged in the stall"});
-    let (status, answer) = api
-        .admin(
-            Method::POST,
-            "/api/v1/admin/products/1/stock",
-            Some(&restock),
-        )
-        .await;
-    server.resume();
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
-    assert_ne!(answer["message"], "order outcome unknown", "{answer}");
-
-    // Nothing was stored, and memory says so too.
-    assert_eq!(db.stocks().await, before);
-    assert_eq!(api.listed_stocks().await, before);
-    // Every unit of the product sells, once Kitara has seen the database again.
-    let all = order(2, &[(1, before[&1])]);
-    let back = Instant::now();
-    let (status, answer) = loop {
-        let (status, answer) = api.lock(&all).await;
-        if status != StatusCode::SERVICE_UNAVAILABLE || back.elapsed() > Duration::from_secs(5) {
-            break (status, answer);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(db.stocks().await[&1], 0);
-
-    child.start_kill().ok();
-    child.wait().await.ok();
-    db.drop_database().await;
+    kill_and_drop(child, db).await;
 }
 
 /// A private MariaDB (these tests stop it) with a database of the demo data; `None`
@@ -347,7 +288,7 @@ async fn private_server_with_demo_data() -> Option<(PrivateMariadb, TestDb)> {
 }
 
 /// The real binary on `db`, with the acquire timeout and outcome deadline of these
-/// tests, so that a stall is answered within seconds.
+/// tests, so that a stall is answered within seconds, and the admin API on.
 async fn start_with_short_bounds(
     db: &TestDb,
 ) -> (
@@ -362,9 +303,17 @@ async fn start_with_short_bounds(
         &[
             ("KITARA_DB_ACQUIRE_TIMEOUT_MS", &acquire),
             ("KITARA_OUTCOME_DEADLINE_MS", &outcome),
+            ("KITARA_ADMIN_TOKEN", ADMIN_TOKEN),
         ],
     )
     .await
+}
+
+/// The end of a test: Kitara killed, its database dropped.
+async fn kill_and_drop(mut kitara: tokio::process::Child, db: TestDb) {
+    kitara.start_kill().ok();
+    kitara.wait().await.ok();
+    db.drop_database().await;
 }
 
 /// Locks, reads the order back, then confirms or cancels it, until told to stop. A 503
@@ -596,4 +545,50 @@ async fn a_call_cut_off_mid_flight_never_hands_its_answer_to_the_next_caller_mys
     kitara.close().await.ok();
     drop(proxy);
     db.drop_database().await;
+}
+
+/// A stock adjustment that takes units away and fails while the database is stopped
+/// gives them back in memory: afterwards the listing shows what the database holds, and
+/// every unit still sells. Memory that kept them would under-sell for good: no guard
+/// trips on units memory withholds, so nothing would reload the store (a mutant of
+/// `take_back` that did so survived every other test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_adjustment_that_failed_in_a_stall_takes_nothing_away_mysql() {
+    let Some((server, db)) = private_server_with_demo_data().await else {
+        return;
+    };
+    let (child, api, _logs) = start_with_short_bounds(&db).await;
+    let before = db.stocks().await;
+    assert_eq!(api.listed_stocks().await, before);
+
+    server.pause();
+    let restock = serde_json::json!({"delta": -3, "reason": "damaged in the stall"});
+    let (status, answer) = api
+        .admin(
+            Method::POST,
+            "/api/v1/admin/products/1/stock",
+            Some(&restock),
+        )
+        .await;
+    server.resume();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_ne!(answer["message"], "order outcome unknown", "{answer}");
+
+    // Nothing was stored, and memory says so too.
+    assert_eq!(db.stocks().await, before);
+    assert_eq!(api.listed_stocks().await, before);
+    // Every unit of the product sells, once Kitara has seen the database again.
+    let all = order(2, &[(1, before[&1])]);
+    let back = Instant::now();
+    let (status, answer) = loop {
+        let (status, answer) = api.lock(&all).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE || back.elapsed() > Duration::from_secs(5) {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(db.stocks().await[&1], 0);
+
+    kill_and_drop(child, db).await;
 }
