@@ -109,6 +109,12 @@ pub enum Ended<'a> {
     Replayed(OrderRow),
 }
 
+/// A key the database found taken that is not stored now (purged meanwhile): a 503,
+/// so that the retry is judged afresh.
+fn key_gone<E: From<Failure>>() -> Keyed<E> {
+    Keyed::Failed(Failure::Unavailable.into())
+}
+
 impl Orders {
     /// When a request that starts now must be answered (see `answer_within`).
     pub fn answer_by(&self) -> Instant {
@@ -162,11 +168,7 @@ impl Orders {
             Err(error) if error.may_be_replayed() => {
                 match keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
                     Some(order) => Ok(Locked::Replayed(order)),
-                    // A key the database found taken but that is gone now (purged
-                    // meanwhile): a 503, so that the retry is judged afresh.
-                    None if error == LockError::Failed(Failure::KeyTaken) => {
-                        Err(Keyed::Failed(Failure::Unavailable.into()))
-                    }
+                    None if error == LockError::Failed(Failure::KeyTaken) => Err(key_gone()),
                     None => Err(Keyed::Failed(error)),
                 }
             }
@@ -283,9 +285,7 @@ impl Orders {
         let Some(key) = key else {
             return match self.resolve(id, buyer, resolution, None, answer_by).await {
                 // Only a keyed write finds its key taken; were one to, it is unavailable.
-                Err(ResolveError::Failed(Failure::KeyTaken)) => {
-                    Err(Keyed::Failed(Failure::Unavailable.into()))
-                }
+                Err(ResolveError::Failed(Failure::KeyTaken)) => Err(key_gone()),
                 other => other.map_err(Keyed::Failed),
             };
         };
@@ -310,7 +310,7 @@ impl Orders {
             Err(ResolveError::Failed(Failure::KeyTaken)) => {
                 match keys::replayed(&self.reads, &key, fingerprint, answer_by).await? {
                     Some(order) => Ok(Ended::Replayed(order)),
-                    None => Err(Keyed::Failed(Failure::Unavailable.into())),
+                    None => Err(key_gone()),
                 }
             }
             other => other.map_err(Keyed::Failed),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinError;
 use tokio::time::Instant;
 
 /// Runs `call` to its end on a task of its own; answers what it gave, or, once
@@ -42,9 +43,13 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, DbErr>> + Send + 'static,
 {
-    tokio::spawn(call)
-        .await
-        .unwrap_or_else(|join| Err(DbErr::Custom(format!("a database call failed: {join}"))))
+    joined(tokio::spawn(call).await)
+}
+
+/// What a database call run on a task of its own answered, its task's failure (a panic)
+/// being the call's.
+pub fn joined<T>(answer: Result<Result<T, DbErr>, JoinError>) -> Result<T, DbErr> {
+    answer.unwrap_or_else(|join| Err(DbErr::Custom(format!("a database call failed: {join}"))))
 }
 
 /// The error of a call that outlasted its deadline: to the rest of Kitara it is the

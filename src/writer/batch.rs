@@ -125,10 +125,7 @@ impl Block {
                 .await
                 .map_err(|_| PersistError::Unavailable)?;
             self.reserving = None;
-            let reserved = joined
-                .map_err(|e| DbErr::Custom(format!("an id reservation failed: {e}")))
-                .and_then(|reserved| reserved);
-            self.ids = reserved.map_err(|e| {
+            self.ids = call::joined(joined).map_err(|e| {
                 crate::warn_summarised!("an id block could not be reserved", error = %e, "an id block could not be reserved");
                 PersistError::Unavailable
             })?;

@@ -57,11 +57,12 @@ impl PrivateMariadb {
             &config,
             format!(
                 "[mariadbd]\ndatadir={data}\nport={port}\nsocket={dir}/mysqld.sock\n\
-                 pid-file={dir}/mysqld.pid\ntmpdir={dir}/tmp\nbind-address=127.0.0.1\nuser=mysql\n\
+                 pid-file={dir}/mysqld.pid\ntmpdir={tmp}\nbind-address=127.0.0.1\nuser=mysql\n\
                  skip-log-bin\ninnodb_buffer_pool_size=64M\ninnodb_log_file_size=32M\n\
                  innodb_flush_log_at_trx_commit=1\nmax_connections=200\n",
                 data = datadir.display(),
                 dir = path.display(),
+                tmp = tmpdir.display(),
             ),
         )
         .expect("write my.cnf");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_TOKEN, Api, Backend, TestDb, order, start_kitara};
+use crate::helpers::{ADMIN_TOKEN, Api, Backend, Started, TestDb, order, start_kitara};
 use crate::mariadb::PrivateMariadb;
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -289,13 +289,7 @@ async fn private_server_with_demo_data() -> Option<(PrivateMariadb, TestDb)> {
 
 /// The real binary on `db`, with the acquire timeout and outcome deadline of these
 /// tests, so that a stall is answered within seconds, and the admin API on.
-async fn start_with_short_bounds(
-    db: &TestDb,
-) -> (
-    tokio::process::Child,
-    Api,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+async fn start_with_short_bounds(db: &TestDb) -> Started {
     let acquire = ACQUIRE_TIMEOUT.as_millis().to_string();
     let outcome = OUTCOME_DEADLINE.as_millis().to_string();
     start_kitara(
