@@ -114,6 +114,28 @@ pub struct Settings {
     #[arg(long, env = "KITARA_IDEMPOTENCY_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=8_760))]
     pub idempotency_hours: u32,
 
+    /// Record every change of a store as an event (the outbox, the stream). Off only to
+    /// measure what events cost: the stream then has nothing new to send
+    #[arg(long, env = "KITARA_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
+
+    /// How long events are kept, in days; older ones are purged (each store's last one
+    /// stays). 0 keeps only each store's last event
+    #[arg(long, env = "KITARA_EVENTS_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=3_650))]
+    pub events_days: u32,
+
+    /// Where every event is POSTed (http or https), signed with `KITARA_WEBHOOK_SECRET`
+    #[arg(long, env = "KITARA_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The key of the webhooks' HMAC-SHA256 signature, at least 16 characters
+    #[arg(long, env = "KITARA_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// How long one webhook delivery may take before it is tried again, in milliseconds
+    #[arg(long = "webhook-timeout-ms", env = "KITARA_WEBHOOK_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
+    pub webhook_timeout: Duration,
+
     /// Orders a store's mailbox holds before further orders are answered 503
     #[arg(long, env = "KITARA_MAILBOX_SIZE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub mailbox_size: u32,
@@ -207,6 +229,10 @@ impl Settings {
 
     pub fn idempotency_keep(&self) -> Duration {
         Duration::from_secs(u64::from(self.idempotency_hours) * 3_600)
+    }
+
+    pub fn events_keep(&self) -> Duration {
+        Duration::from_secs(u64::from(self.events_days) * 86_400)
     }
 }
 

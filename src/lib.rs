@@ -55,6 +55,7 @@ pub mod simulate;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod writer;
 
 /// ARCHITECTURE.md's first invariant, checked on the source: the order path's layers

@@ -91,6 +91,18 @@ labels!(
     }
 );
 
+labels!(
+    /// Why a webhook delivery failed (it is tried again).
+    WebhookFailure {
+        /// The endpoint answered, but not 2xx.
+        Status = "status",
+        /// No answer within the delivery timeout.
+        Timeout = "timeout",
+        /// The endpoint could not be reached, or the connection broke.
+        Unreachable = "unreachable",
+    }
+);
+
 /// Request latency buckets, in microseconds.
 const LATENCY_US: &[u64] = &[
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
@@ -117,6 +129,12 @@ pub struct Metrics {
     pub orders_per_commit: Arc<Histogram>,
     pub holds_active: Gauge,
     pub expiries: Counter,
+    pub events: Counter,
+    pub webhook_deliveries: Counter,
+    webhook_failures: Arc<Labeled>,
+    /// The age of the oldest event not yet acknowledged by the webhook endpoint, in
+    /// milliseconds, read when scraped.
+    pub webhook_lag_ms: Gauge,
     pub mailbox_depth: Gauge,
     pub writer_queue: Gauge,
     pub stores_owned: Gauge,
@@ -188,6 +206,30 @@ impl Metrics {
             "Holds that expired",
             Counter::default(),
         );
+        let events = registered(
+            &mut registry,
+            "events",
+            "Events of stores' changes committed by this node",
+            Counter::default(),
+        );
+        let webhook_deliveries = registered(
+            &mut registry,
+            "webhook_deliveries",
+            "Events the webhook endpoint acknowledged (2xx)",
+            Counter::default(),
+        );
+        let webhook_failures = Arc::new(Labeled::new("kind", WebhookFailure::LABELS));
+        registry.register(
+            "webhook_failures",
+            "Webhook deliveries that failed and will be tried again, by kind: a status that is not 2xx, no answer in time, an endpoint not reached",
+            Exported(webhook_failures.clone()),
+        );
+        let webhook_lag_ms = registered(
+            &mut registry,
+            "webhook_lag_milliseconds",
+            "How far webhook deliveries are behind: the age of the oldest event of the stores served here not yet acknowledged (0 when none is)",
+            Gauge::default(),
+        );
         let mailbox_depth = registered(
             &mut registry,
             "mailbox_depth_max",
@@ -241,6 +283,10 @@ impl Metrics {
             orders_per_commit,
             holds_active,
             expiries,
+            events,
+            webhook_deliveries,
+            webhook_failures,
+            webhook_lag_ms,
             mailbox_depth,
             writer_queue,
             stores_owned,
@@ -270,6 +316,12 @@ impl Metrics {
     pub fn db_error(&self, kind: DbError) {
         if self.enabled {
             self.db_errors.add(kind as usize);
+        }
+    }
+
+    pub fn webhook_failure(&self, kind: WebhookFailure) {
+        if self.enabled {
+            self.webhook_failures.add(kind as usize);
         }
     }
 

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::app::admin::{Admin, AdminToken};
+use crate::app::events::{self, Events};
 use crate::app::keys::{self, InFlightKeys};
 use crate::app::orders::Orders;
 use crate::app::users::KnownUsers;
@@ -30,7 +31,8 @@ use crate::health::{self, Readiness};
 use crate::http::{self, ServerConfig};
 use crate::logs;
 use crate::metrics::{DbError, Metrics};
-use crate::store::{ActorConfig, LiveHolds, Registry, Shared};
+use crate::store::{ActorConfig, Feed, LiveHolds, Registry, Shared};
+use crate::webhooks::{WebhookConfig, WebhookError, Webhooks};
 use crate::writer::WriterHandle;
 use crate::writer::{self, WriterConfig};
 
@@ -63,6 +65,10 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Webhook(#[from] WebhookError),
+    #[error("KITARA_WEBHOOK_URL needs events: KITARA_EVENTS must not be false")]
+    WebhookWithoutEvents,
     #[error("cannot join the cluster: {0}")]
     Join(#[from] JoinError),
     #[error(
@@ -88,6 +94,9 @@ pub struct Application {
     /// SQLite: the lock that keeps a second `serve` off the file, held until exit.
     sqlite_lock: Option<std::fs::File>,
     purger: JoinHandle<()>,
+    events_purger: JoinHandle<()>,
+    /// The webhooks' supervisor, when `KITARA_WEBHOOK_URL` is set.
+    deliverers: Option<JoinHandle<()>>,
     prober: JoinHandle<()>,
     summariser: JoinHandle<()>,
     server: ServerConfig,
@@ -115,6 +124,14 @@ impl Application {
             lock_sqlite(&settings.database.database_url)?
         };
         db::prepare_for_serve(&db).await?;
+        let webhook = WebhookConfig::new(
+            settings.webhook_url.as_deref(),
+            settings.webhook_secret.as_deref(),
+            settings.webhook_timeout,
+        )?;
+        if webhook.is_some() && !settings.events {
+            return Err(StartupError::WebhookWithoutEvents);
+        }
         if mysql {
             enough_connections(settings.database.db_pool_size, settings.writers)?;
         }
@@ -170,6 +187,7 @@ impl Application {
         .map_err(StartupError::Ids)?;
 
         let live = Arc::new(LiveHolds::default());
+        let feed = Arc::new(Feed::default());
         let shared = Shared {
             catalog: catalog.clone(),
             metrics: metrics.clone(),
@@ -178,6 +196,7 @@ impl Application {
             clock: clock.clone(),
             registry: Arc::new(Registry::default()),
             live: live.clone(),
+            feed: settings.events.then(|| feed.clone()),
         };
         let adopted = adopt(&shared.writer).await.map_err(StartupError::Adopt)?;
         if adopted > 0 {
@@ -246,6 +265,17 @@ impl Application {
                 .saturating_sub(2 * writers + 2)
                 .max(2),
         );
+        let events_reads = reads.clone();
+        let webhooks = webhook.map(|config| {
+            Webhooks::new(
+                config,
+                db.clone(),
+                cluster.clone(),
+                feed.clone(),
+                metrics.clone(),
+            )
+        });
+        let closing = tokio::sync::watch::Sender::new(false);
         let state = Arc::new(AppState {
             orders: Orders {
                 catalog: catalog.clone(),
@@ -269,6 +299,15 @@ impl Application {
                 reads,
                 answer_within,
             },
+            webhooks: webhooks.clone(),
+            events: Events {
+                feed,
+                reads: events_reads,
+                cluster: cluster.clone(),
+                closing: closing.subscribe(),
+                answer_within,
+            },
+            closing,
             catalog,
             cluster,
             clock,
@@ -287,6 +326,8 @@ impl Application {
             addr,
             state,
             purger: keys::spawn_purger(db.clone(), settings.idempotency_keep()),
+            events_purger: events::spawn_purger(db.clone(), settings.events_keep()),
+            deliverers: webhooks.as_ref().map(Webhooks::spawn),
             prober,
             summariser,
             db,
@@ -329,6 +370,10 @@ impl Application {
         };
         http::serve(self.listener, self.state.clone(), self.server, shutdown).await;
         self.purger.abort();
+        self.events_purger.abort();
+        if let Some(deliverers) = &self.deliverers {
+            deliverers.abort();
+        }
         self.prober.abort();
         if let Some((task, stop)) = self.manager {
             stop.notify_one();
@@ -365,7 +410,13 @@ impl Application {
 async fn adopt(writer: &WriterHandle) -> Result<i64, PersistError> {
     let answer_by = tokio::time::Instant::now() + writer.answer_within();
     match writer
-        .write(Write::Admin(AdminWrite::Adopt), answer_by)
+        .write(
+            Write::Admin {
+                change: AdminWrite::Adopt,
+                event: None,
+            },
+            answer_by,
+        )
         .await?
     {
         Written::Admin(adopted) => Ok(adopted),

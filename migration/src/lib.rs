@@ -10,8 +10,19 @@ mod m20261125_000001_create_tables;
 mod m20261202_000001_add_holds_keys_limits;
 mod m20261203_000001_add_stock_movements;
 mod m20261206_000001_add_store_ownership;
+mod m20261207_000001_add_events;
 
 pub struct Migrator;
+
+/// A table of Kitara's own on MySQL: InnoDB, and UTF-8 whatever the server's default.
+fn for_mysql(table: &mut TableCreateStatement, backend: sea_orm_migration::sea_orm::DbBackend) {
+    if backend == sea_orm_migration::sea_orm::DbBackend::MySql {
+        table
+            .engine("InnoDB")
+            .character_set("utf8mb4")
+            .collate("utf8mb4_unicode_ci");
+    }
+}
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
@@ -21,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_add_holds_keys_limits::Migration),
             Box::new(m20261203_000001_add_stock_movements::Migration),
             Box::new(m20261206_000001_add_store_ownership::Migration),
+            Box::new(m20261207_000001_add_events::Migration),
         ]
     }
 }

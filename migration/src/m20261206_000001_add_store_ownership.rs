@@ -15,6 +15,8 @@
 //! deleted store is only read when a store with its id exists again).
 
 use sea_orm_migration::prelude::*;
+
+use crate::for_mysql;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 #[derive(DeriveMigrationName)]
@@ -51,15 +53,6 @@ fn millis(column: &mut ColumnDef, backend: DbBackend) -> &mut ColumnDef {
     match backend {
         DbBackend::MySql => column.custom(Alias::new("DATETIME(3)")),
         _ => column.date_time(),
-    }
-}
-
-fn for_mysql(table: &mut TableCreateStatement, backend: DbBackend) {
-    if backend == DbBackend::MySql {
-        table
-            .engine("InnoDB")
-            .character_set("utf8mb4")
-            .collate("utf8mb4_unicode_ci");
     }
 }
 

@@ -365,7 +365,16 @@ impl Admin {
     /// A write that belongs to no store: through the writer, on its own.
     async fn admin_write(&self, write: AdminWrite, answer_by: Instant) -> Result<i64, AdminError> {
         let writer = self.cluster.writer().ok_or(AdminError::ShuttingDown)?;
-        match writer.write(Write::Admin(write), answer_by).await {
+        match writer
+            .write(
+                Write::Admin {
+                    change: write,
+                    event: None,
+                },
+                answer_by,
+            )
+            .await
+        {
             Ok(Written::Admin(created)) => Ok(created),
             Ok(_) => Err(AdminError::Unavailable),
             Err(PersistError::Refused | PersistError::Conflicted) => {

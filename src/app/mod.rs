@@ -9,6 +9,7 @@
 //! front end.
 
 pub mod admin;
+pub mod events;
 pub mod keys;
 pub mod orders;
 pub mod users;
@@ -25,6 +26,13 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub orders: orders::Orders,
     pub admin: admin::Admin,
+    pub events: events::Events,
+    /// The webhooks' deliverers, when `KITARA_WEBHOOK_URL` is set (`/metrics` shows
+    /// their lag).
+    pub webhooks: Option<std::sync::Arc<crate::webhooks::Webhooks>>,
+    /// Set when the server starts shutting down: long-lived answers (event streams)
+    /// end, so that draining requests does not wait for them.
+    pub closing: tokio::sync::watch::Sender<bool>,
     pub catalog: Arc<Catalog>,
     /// Which stores this node serves, and the other nodes.
     pub cluster: Arc<Cluster>,

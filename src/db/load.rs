@@ -102,6 +102,8 @@ pub struct StoreState {
     pub limits: Vec<(ProductId, i64)>,
     pub holds: Vec<HoldRow>,
     pub purchases: Vec<PurchaseRow>,
+    /// The number of its last event (0 before its first): its actor numbers on from it.
+    pub last_event: i64,
 }
 
 /// The state of one store, or of every store (`None`) grouped by store, read in one
@@ -178,6 +180,9 @@ pub async fn stores(
             .or_default()
             .purchases
             .push(purchase);
+    }
+    for (store, last) in super::events::last_seqs(&txn, only).await? {
+        stores.entry(store).or_default().last_event = last;
     }
     txn.commit().await?;
     Ok(stores)

@@ -5,6 +5,7 @@
 
 pub mod call;
 pub mod check;
+pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod load;

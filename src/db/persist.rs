@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, Statement, Value};
 
+use super::events::{self, EventDraft, Stored};
 use super::write::{AdminWrite, Fence};
 use crate::domain::{Deadline, NodeId, OrderLine, OrderStatus, ProductId};
 
@@ -64,10 +65,20 @@ pub struct Batch<'a> {
     /// Written after the rest, one prepared statement or two each: they are rare, and
     /// they carry the owner's text (names, reasons), which only travels as a bound
     /// value.
-    pub admin: Vec<&'a AdminWrite>,
+    pub admin: Vec<AdminRow<'a>>,
+    /// The events of the orders' changes, rendered (an admin write's event is rendered
+    /// and written with it, once the database gave a new product its id).
+    pub events: Vec<Stored>,
     /// The stores whose writes these are, each with the epoch its node owns it at: the
     /// transaction commits only if every one of them is still owned at that epoch.
     pub fences: Vec<Fence>,
+}
+
+/// An admin write, with its event and that event's number if events are on.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminRow<'a> {
+    pub change: &'a AdminWrite,
+    pub event: Option<(i64, &'a EventDraft)>,
 }
 
 /// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
@@ -219,8 +230,8 @@ pub struct Plan {
     guarded: u64,
     /// Rows its inserts write.
     inserted: u64,
-    /// Run after it, one or two prepared statements each.
-    admin: Vec<AdminWrite>,
+    /// Run after it, one or two prepared statements each (three with its event).
+    admin: Vec<(AdminWrite, Option<(i64, EventDraft)>)>,
     /// Send its statements one request each (see `statements_apart`).
     apart: bool,
 }
@@ -252,8 +263,12 @@ pub async fn write_plan(txn: &DatabaseTransaction, plan: &Plan) -> Result<Vec<i6
         });
     }
     let mut answered = Vec::with_capacity(plan.admin.len());
-    for change in &plan.admin {
-        answered.push(write_admin(txn, change).await?);
+    for (change, event) in &plan.admin {
+        let created = write_admin(txn, change).await?;
+        if let Some((seq, draft)) = event {
+            events::insert_one(txn, &draft.render_product(*seq, ProductId(created))).await?;
+        }
+        answered.push(created);
     }
     Ok(answered)
 }
@@ -276,8 +291,8 @@ impl Plan {
         // products' rows: a restock is a guarded delta like an order's, and an edit or a
         // deletion locks its row there too, in id order, so that two writers' transactions
         // never wait for each other's rows in opposite orders.
-        for change in &batch.admin {
-            match change {
+        for row in &batch.admin {
+            match row.change {
                 AdminWrite::Restock { product, delta, .. } => {
                     let entry = stock.entry(*product).or_default();
                     if *delta < 0 {
@@ -366,6 +381,10 @@ impl Plan {
             sql.text("; ");
             inserted += batch.keys.len() as u64;
         }
+        if !batch.events.is_empty() {
+            inserted += events::insert(&mut sql, &batch.events);
+            sql.text("; ");
+        }
         sql.text("INSERT INTO kitara_commits (token, orders) VALUES (")
             .token(token)
             .text(", ")
@@ -376,7 +395,14 @@ impl Plan {
             sql: sql.0,
             guarded,
             inserted,
-            admin: batch.admin.iter().map(|&change| change.clone()).collect(),
+            admin: batch
+                .admin
+                .iter()
+                .map(|row| {
+                    let event = row.event.map(|(seq, draft)| (seq, draft.clone()));
+                    (row.change.clone(), event)
+                })
+                .collect(),
             apart: false,
         }
     }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::events::{EventDraft, Stored};
 use crate::domain::{
     Deadline, Fingerprint, IdempotencyKey, LockOrder, NodeId, OrderDetailId, OrderId,
     ProductChange, ProductId, Resolution, StoreId, UserId,
@@ -61,6 +62,7 @@ pub enum Write {
         order: Arc<LockOrder>,
         expires_at: Option<Deadline>,
         key: Option<Arc<KeyRecord>>,
+        event: Option<EventDraft>,
     },
     /// A hold that ends; cancelled and expired holds give their units back.
     End {
@@ -68,10 +70,14 @@ pub enum Write {
         resolution: Resolution,
         order: Arc<LockOrder>,
         key: Option<Arc<KeyRecord>>,
+        event: Option<EventDraft>,
     },
     /// A change the store's owner made; its ledger row, if it has one, is written with
     /// it.
-    Admin(AdminWrite),
+    Admin {
+        change: AdminWrite,
+        event: Option<EventDraft>,
+    },
 }
 
 /// What the admin API changes. A change of a product's stock is decided by its store's
@@ -155,7 +161,16 @@ impl Write {
     pub fn key(&self) -> Option<&KeyRecord> {
         match self {
             Write::Lock { key, .. } | Write::End { key, .. } => key.as_deref(),
-            Write::Admin(_) => None,
+            Write::Admin { .. } => None,
+        }
+    }
+
+    /// The event of its change, if events are on and it has one.
+    pub fn event(&self) -> Option<&EventDraft> {
+        match self {
+            Write::Lock { event, .. } | Write::End { event, .. } | Write::Admin { event, .. } => {
+                event.as_ref()
+            }
         }
     }
 }
@@ -179,3 +194,11 @@ pub enum Written {
 
 /// One result per write of a submission, in the order they were submitted.
 pub type Outcome = Vec<Result<Written, PersistError>>;
+
+/// What became of a submission: its outcome, and the events of what committed, in
+/// order.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub outcome: Outcome,
+    pub events: Vec<Stored>,
+}

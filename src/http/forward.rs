@@ -4,7 +4,7 @@
 //! node that does not own the store any more answers 503 with `Retry-After`.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{self, HeaderName};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Request, Response};
@@ -77,7 +77,7 @@ pub async fn forward(
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts.extensions.insert(Forwarded);
-            Ok(Response::from_parts(parts, Full::new(body)))
+            Ok(Response::from_parts(parts, Either::Left(Full::new(body))))
         }
         Err(error) => {
             crate::warn_summarised!("a forwarded request failed", node = %peer.node, %error, "a forwarded request failed");

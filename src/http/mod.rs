@@ -5,6 +5,7 @@
 
 mod admin;
 mod call;
+mod events;
 mod forward;
 mod openapi;
 mod operations;
@@ -131,6 +132,7 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("no longer accepting connections; draining requests in flight");
+    state.closing.send_replace(true);
     if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()

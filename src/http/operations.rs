@@ -42,6 +42,10 @@ pub async fn metrics(call: Call<'_>) -> Answer {
     if !state.metrics.enabled {
         return Err(ApiError::NotFound);
     }
+    if let Some(webhooks) = &state.webhooks {
+        let lag = i64::try_from(webhooks.lag().as_millis()).unwrap_or(i64::MAX);
+        state.metrics.webhook_lag_ms.set(lag);
+    }
     let deepest = state.cluster.deepest_mailbox();
     state.metrics.mailbox_depth.set(deepest as i64);
     state

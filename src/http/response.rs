@@ -1,19 +1,29 @@
 //! The JSON envelope every answer uses, and the one place where errors become HTTP
 //! statuses.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use futures_util::stream::BoxStream;
+use http_body_util::{Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::app::admin::AdminError;
+use crate::app::events::StreamError;
 use crate::app::keys::{KeyError, Keyed};
 use crate::domain::OrderStatus;
 use crate::store::{ChangeError, Failure, LockError, ResolveError};
 
-pub type Body = Full<Bytes>;
+/// An answer's body: whole (every answer but one), or sent as it is made (an event
+/// stream).
+pub type Body = Either<Full<Bytes>, Streamed>;
+
+/// A body sent frame by frame as it is made.
+pub type Streamed = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
@@ -86,7 +96,7 @@ fn with_body(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 /// An answer outside the envelope (`/metrics`, `/admin`, the OpenAPI document).
 pub fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(Either::Left(Full::new(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -134,6 +144,9 @@ pub enum ApiError {
     Unauthorized,
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A store's events from a position older than what is kept.
+    #[error("{0}")]
+    Purged(StreamError),
     /// `GET /readyz` while the database has not answered lately.
     #[error("not ready: the database has not answered for {} s", crate::health::READY_WITHIN.as_secs())]
     NotReady,
@@ -143,6 +156,16 @@ pub enum ApiError {
     /// A bug; the cause was logged.
     #[error("internal error")]
     Internal,
+}
+
+impl From<StreamError> for ApiError {
+    fn from(error: StreamError) -> Self {
+        match error {
+            StreamError::StoreNotFound => ApiError::StoreNotFound,
+            StreamError::Admin(error) => ApiError::Admin(error),
+            purged @ StreamError::Purged { .. } => ApiError::Purged(purged),
+        }
+    }
 }
 
 impl From<KeyError> for ApiError {
@@ -203,6 +226,7 @@ impl ApiError {
             | ApiError::KeyInProgress
             | ApiError::Resolve(ResolveError::NotHeld) => StatusCode::CONFLICT,
             ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Purged(_) => StatusCode::GONE,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Admin(

@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use utoipa::OpenApi;
 
 use super::call::{Answer, Call, Handler};
-use super::{admin, openapi, operations, orders, response};
+use super::{admin, events, openapi, operations, orders, response};
 
 /// One method of a route, and who answers it.
 pub struct Operation {
@@ -98,6 +98,7 @@ routes![
     "/api/v1/admin/products/{id}/movements", "admin_movements", admin: true,
         [GET => admin::movements],
     "/api/v1/admin/orders", "admin_orders", admin: true, [GET => admin::orders],
+    "/api/v1/admin/stores/{id}/events", "admin_events", admin: true, [GET => events::stream],
     "/api/v1/admin/cluster", "admin_cluster", admin: true, [GET => admin::cluster],
 ];
 

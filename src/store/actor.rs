@@ -16,13 +16,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Asked, Attempt, Cause, ChangeAttempt, EndRequest, LockAttempt};
+use super::events::{Feed, StoreEvents};
 use super::{
     Command, Failure, HeldOrder, LiveHolds, LockError, Placed, Registry, ResolveError, StoreHandle,
 };
 use crate::catalog::{Catalog, Product, PublishedStock};
 use crate::clock::Clock;
 use crate::db::load::StoreState;
-use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
+use crate::db::write::{Fence, PersistError, Settled, Write, Written};
 use crate::domain::{
     Changes, Deadline, Ending, HoldBook, OrderId, ProductId, Purchases, Reservation, Resolution,
     StockBook, StoreId,
@@ -62,6 +63,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Where a confirm or cancel finds the live holds of this node's stores.
     pub live: Arc<LiveHolds>,
+    /// Where committed events are published; `None` when events are off.
+    pub feed: Option<Arc<Feed>>,
 }
 
 /// Starts the actor of one store with the state read from the database (a new store's
@@ -84,6 +87,7 @@ pub fn spawn(
         clock,
         registry,
         live,
+        feed,
     } = shared;
     let (sender, mailbox) = mpsc::channel(config.mailbox);
     let moved = clock.is_manual().then(|| clock.watch());
@@ -119,13 +123,14 @@ pub fn spawn(
         expiring: false,
         reload_after: false,
         changes: Changes::default(),
+        events: feed.map(|feed| StoreEvents::new(feed, 0)),
     };
     actor.replace_state(state);
     let handle = StoreHandle { sender, epoch };
     (handle, tokio::spawn(actor.run()))
 }
 
-type InFlight = Pin<Box<dyn Future<Output = (Vec<Attempt>, Outcome)> + Send>>;
+type InFlight = Pin<Box<dyn Future<Output = (Vec<Attempt>, Settled)> + Send>>;
 
 pub(super) struct StoreActor {
     pub(super) store: StoreId,
@@ -182,6 +187,8 @@ pub(super) struct StoreActor {
     pub(super) reload_after: bool,
     /// The owner's changes of the store's products that the writer has not answered.
     pub(super) changes: Changes,
+    /// The store's events, when they are on.
+    pub(super) events: Option<StoreEvents>,
 }
 
 impl StoreActor {
@@ -197,8 +204,8 @@ impl StoreActor {
             tokio::select! {
                 // Answering committed writes comes first: it frees clients soonest.
                 biased;
-                Some((attempts, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.settle(attempts, outcome).await;
+                Some((attempts, settled)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.settle(attempts, settled).await;
                 }
                 received = self.mailbox.recv_many(&mut batch, self.batch_size), if open => {
                     if received == 0 {
@@ -310,6 +317,7 @@ impl StoreActor {
                 resolution: Resolution::Expire,
                 order: hold.order.clone(),
                 key: None,
+                event: None,
             });
             attempts.push(Attempt::End {
                 request: EndRequest {
@@ -337,8 +345,8 @@ impl StoreActor {
                 .await
             {}
         }
-        while let Some((attempts, outcome)) = self.in_flight.next().await {
-            self.settle(attempts, outcome).await;
+        while let Some((attempts, settled)) = self.in_flight.next().await {
+            self.settle(attempts, settled).await;
         }
     }
 
@@ -397,6 +405,7 @@ impl StoreActor {
                                 order: attempt.order.clone(),
                                 expires_at: attempt.expires_at,
                                 key: attempt.key.clone(),
+                                event: None,
                             });
                             attempts.push(Attempt::Lock(attempt));
                         }
@@ -435,6 +444,7 @@ impl StoreActor {
                                 resolution,
                                 order,
                                 key,
+                                event: None,
                             });
                             attempts.push(Attempt::End {
                                 request,
@@ -445,7 +455,10 @@ impl StoreActor {
                 }
                 Asked::Change(attempt) => match self.begin_change(&attempt.change) {
                     Ok(write) => {
-                        writes.push(Write::Admin(write));
+                        writes.push(Write::Admin {
+                            change: write,
+                            event: None,
+                        });
                         attempts.push(Attempt::Change(attempt));
                     }
                     Err(error) => attempt.answer(Err(error)),
@@ -456,16 +469,33 @@ impl StoreActor {
     }
 
     /// Hands decided writes to the writer; the outcome comes back through `in_flight`.
-    async fn submit(&mut self, attempts: Vec<Attempt>, writes: Vec<Write>) {
+    /// With events on, what is decided while a submission is at the writer is held
+    /// until it is back (`store::events`).
+    async fn submit(&mut self, mut attempts: Vec<Attempt>, mut writes: Vec<Write>) {
+        let mut first_event = None;
+        if let Some(events) = &mut self.events {
+            events.held.extend(attempts.into_iter().zip(writes));
+            if !self.in_flight.is_empty() {
+                return;
+            }
+            (attempts, writes) = std::mem::take(&mut events.held).into_iter().unzip();
+            first_event = Some((self.store, events.next_seq));
+            self.draft_events(&mut writes);
+        }
         let Some(answer_by) = attempts.iter().map(Attempt::answer_by).min() else {
             return;
         };
-        match self.writer.submit(writes, self.fence, answer_by).await {
+        match self
+            .writer
+            .submit(writes, self.fence, first_event, answer_by)
+            .await
+        {
             Ok(outcome) => self.in_flight.push(Box::pin(async move {
-                let outcome = outcome
-                    .await
-                    .unwrap_or_else(|_| vec![Err(PersistError::Unavailable); attempts.len()]);
-                (attempts, outcome)
+                let settled = outcome.await.unwrap_or_else(|_| Settled {
+                    outcome: vec![Err(PersistError::Unavailable); attempts.len()],
+                    events: Vec::new(),
+                });
+                (attempts, settled)
             })),
             Err(_) => {
                 for attempt in attempts {
@@ -478,10 +508,18 @@ impl StoreActor {
         }
     }
 
-    async fn settle(&mut self, attempts: Vec<Attempt>, outcome: Outcome) {
+    /// Hands over what was held while a submission was at the writer, once none is.
+    async fn submit_held(&mut self) {
+        let held = self.events.as_ref().is_some_and(|e| !e.held.is_empty());
+        if held && self.in_flight.is_empty() {
+            self.submit(Vec::new(), Vec::new()).await;
+        }
+    }
+
+    async fn settle(&mut self, attempts: Vec<Attempt>, settled: Settled) {
         let mut failed = Vec::new();
         let mut again = Vec::new();
-        self.apply(attempts, outcome, &mut failed, &mut again);
+        self.apply(attempts, settled, &mut failed, &mut again);
         self.publish_holds();
         // Nothing of a write that failed as `Unavailable` committed: memory takes it back
         // exactly, and it is decided once more if its request can still be answered in
@@ -497,9 +535,9 @@ impl StoreActor {
             // Memory and database may now disagree. Wait until nothing of this store is
             // in flight, so the database holds every decision memory still counts, then
             // reload: what is read is then the whole truth.
-            while let Some((attempts, outcome)) = self.in_flight.next().await {
+            while let Some((attempts, settled)) = self.in_flight.next().await {
                 let mut more = Vec::new();
-                self.apply(attempts, outcome, &mut more, &mut again);
+                self.apply(attempts, settled, &mut more, &mut again);
                 for (attempt, error) in more {
                     if error == PersistError::Unavailable {
                         self.retry_or_answer_lost(attempt, &mut again);
@@ -507,6 +545,19 @@ impl StoreActor {
                         failed.push((attempt, error));
                     }
                 }
+            }
+            // Held decisions are in memory but not at the writer: a reload would lose
+            // them. Nothing of them was written; they are decided again after it.
+            for (attempt, _) in self
+                .events
+                .as_mut()
+                .map(|e| std::mem::take(&mut e.held))
+                .unwrap_or_default()
+            {
+                if let Attempt::Change(change) = &attempt {
+                    self.changes.landed(&change.change);
+                }
+                self.retry_or_answer_lost(attempt, &mut again);
             }
             let deadline = failed
                 .iter()
@@ -520,6 +571,7 @@ impl StoreActor {
             }
         }
         self.decide(again).await;
+        self.submit_held().await;
     }
 
     /// Applies what committed and answers it; collects the writes that failed, and the
@@ -527,11 +579,12 @@ impl StoreActor {
     fn apply(
         &mut self,
         attempts: Vec<Attempt>,
-        outcome: Outcome,
+        settled: Settled,
         failed: &mut Vec<(Attempt, PersistError)>,
         again: &mut Vec<Asked>,
     ) {
-        for (attempt, result) in attempts.into_iter().zip(outcome) {
+        self.committed_events(settled.events);
+        for (attempt, result) in attempts.into_iter().zip(settled.outcome) {
             if matches!(attempt, Attempt::End { ref request, .. } if request.respond_to.is_none()) {
                 self.expiring = false;
             }

@@ -5,6 +5,7 @@
 
 mod actor;
 mod attempt;
+mod events;
 mod products;
 mod recovery;
 
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 pub use crate::domain::ProductChange;
 pub use actor::{ActorConfig, Shared, spawn};
+pub use events::Feed;
 
 use crate::catalog::Product;
 use crate::db::write::KeyRecord;

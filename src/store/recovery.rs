@@ -228,6 +228,9 @@ impl StoreActor {
                 .iter()
                 .map(|p| (p.buyer, p.product, p.units)),
         );
+        if let Some(events) = &mut self.events {
+            events.next_seq = state.last_event + 1;
+        }
         self.forget_live_holds();
         for hold in &state.holds {
             self.live.insert(

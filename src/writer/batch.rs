@@ -9,10 +9,11 @@ use tokio::time::Instant;
 
 use super::Writer;
 use crate::db::call;
+use crate::db::events::OrderFacts;
 use crate::db::ids::{self, Sequence};
 use crate::db::persist;
 use crate::db::write::{Committed, Fence, PersistError, Write, Written};
-use crate::domain::{OrderDetailId, OrderId};
+use crate::domain::{OrderDetailId, OrderId, OrderStatus, ProductId};
 
 /// Kitara numbers order and detail rows itself, so one multi-row insert can write a
 /// batch and still answer every id. It numbers from blocks reserved in the database
@@ -137,7 +138,10 @@ impl Block {
 }
 
 impl Writer {
-    /// Numbers the new orders and writes everything in one transaction.
+    /// Numbers the new orders and the events, and writes everything in one
+    /// transaction. Events are numbered on from `next_seq`, which moves on only when
+    /// the transaction committed: a write set aside (a key taken, a fence failed) takes
+    /// no number, so each store's events stay 1, 2, 3, … with no gap.
     pub(super) async fn write(
         &mut self,
         writes: &[&Write],
@@ -146,7 +150,7 @@ impl Writer {
     ) -> Result<Vec<Written>, PersistError> {
         let locks = writes.iter().filter_map(|w| match w {
             Write::Lock { order, .. } => Some(order.lines().len() as i64),
-            Write::End { .. } | Write::Admin(_) => None,
+            Write::End { .. } | Write::Admin { .. } => None,
         });
         let (count, lines) = locks.fold((0i64, 0i64), |(c, l), n| (c + 1, l + n));
         let (first_order, first_detail) = self.ids.take(&self.db, count, lines, answer_by).await?;
@@ -160,8 +164,15 @@ impl Writer {
             fences,
             ..Default::default()
         };
+        let mut next_seq = self.next_seq.clone();
         let mut written = Vec::with_capacity(writes.len());
         for &w in writes {
+            let seq = w.event().map(|draft| {
+                let next = next_seq.entry(draft.store).or_insert(1);
+                *next += 1;
+                *next - 1
+            });
+            let numbered = seq.zip(w.event());
             let (done, key_order) = match w {
                 Write::Lock {
                     store,
@@ -181,6 +192,18 @@ impl Writer {
                         lines: order.lines(),
                         expires_at: *expires_at,
                     });
+                    if let Some((seq, draft)) = numbered {
+                        batch.events.push(draft.render_order(
+                            seq,
+                            OrderFacts {
+                                id: OrderId(order_id),
+                                buyer: order.buyer(),
+                                status: OrderStatus::Locked,
+                                lines: order.lines(),
+                                first_detail: Some(OrderDetailId(first_detail_id)),
+                            },
+                        ));
+                    }
                     let committed = Committed {
                         order_id: OrderId(order_id),
                         detail_ids: (first_detail_id..=detail_id).map(OrderDetailId).collect(),
@@ -202,10 +225,25 @@ impl Writer {
                             &[]
                         },
                     });
+                    if let Some((seq, draft)) = numbered {
+                        batch.events.push(draft.render_order(
+                            seq,
+                            OrderFacts {
+                                id: *order_id,
+                                buyer: order.buyer(),
+                                status: resolution.status(),
+                                lines: order.lines(),
+                                first_detail: None,
+                            },
+                        ));
+                    }
                     (Written::Ended, order_id.0)
                 }
-                Write::Admin(change) => {
-                    batch.admin.push(change);
+                Write::Admin { change, .. } => {
+                    batch.admin.push(persist::AdminRow {
+                        change,
+                        event: numbered,
+                    });
                     // Filled in with what the database answered.
                     (Written::Admin(0), 0)
                 }
@@ -219,6 +257,7 @@ impl Writer {
             }
             written.push(done);
         }
+        batch.events.sort_unstable_by_key(|e| (e.store, e.seq));
         self.sequence += 1;
         let [boot, process, writer] = self.token_prefix;
         let token = persist::Token::new(&[boot, process, writer, u128::from(self.sequence)]);
@@ -226,7 +265,8 @@ impl Writer {
             .statements_apart(self.statements_apart);
         let orders = batch.orders.len();
         let writes = orders + batch.ended.len() + batch.admin.len();
-        drop(batch);
+        let mut events = std::mem::take(&mut batch.events);
+        let admin_events: Vec<_> = batch.admin.iter().map(|row| row.event).collect();
         let outcome = self.transact(plan, token, writes, orders, answer_by).await;
         if outcome == Err(PersistError::Refused) {
             // A duplicate id (a row inserted behind Kitara's back) is one way to be
@@ -234,11 +274,19 @@ impl Writer {
             self.ids.renew(&self.db, answer_by).await;
         }
         let mut answered = outcome?.into_iter();
+        let mut admin_events = admin_events.into_iter();
         for w in &mut written {
             if let Written::Admin(value) = w {
                 *value = answered.next().unwrap_or_default();
+                // Rendered as the transaction wrote it, now that the id is known here.
+                if let Some(Some((seq, draft))) = admin_events.next() {
+                    events.push(draft.render_product(seq, ProductId(*value)));
+                }
             }
         }
+        drop(batch);
+        self.next_seq = next_seq;
+        self.committed.extend(events);
         Ok(written)
     }
 }

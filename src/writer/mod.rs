@@ -33,6 +33,7 @@ mod outcome;
 mod refused;
 mod transaction;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,8 +42,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::db::write::{Fence, Outcome, PersistError, Write, Written};
-use crate::domain::NodeId;
+use crate::db::events::Stored;
+use crate::db::write::{Fence, PersistError, Settled, Write, Written};
+use crate::domain::{NodeId, StoreId};
 use crate::metrics::Metrics;
 use batch::Ids;
 use transaction::{Opening, Reach};
@@ -53,11 +55,15 @@ struct Submission {
     /// The store the writes belong to and its epoch (MySQL), proven in their
     /// transaction; `None` for writes of no store (users, stores) and on SQLite.
     fence: Option<Fence>,
+    /// The store whose events its writes carry, and the number its first event takes
+    /// (events on). A store has at most one such submission at the writer at a time, so
+    /// its number follows everything of the store that committed.
+    events: Option<(StoreId, i64)>,
     /// When the first of its requests must be answered: a transaction holding it that
     /// has not sent its COMMIT by then is given up (nothing of it commits), and one
     /// whose COMMIT is in flight is waited for until the outcome deadline after it.
     answer_by: Instant,
-    done: oneshot::Sender<Outcome>,
+    done: oneshot::Sender<Settled>,
 }
 
 /// The actors' side of the writer. Cloning it is cheap; the writer stops when every
@@ -75,18 +81,21 @@ pub struct WriterClosed;
 
 impl WriterHandle {
     /// Queues decided writes; the receiver yields the outcome after the transaction
-    /// holding them has committed or failed.
+    /// holding them has committed or failed. `events`: the store whose events the
+    /// writes carry and the number of the first.
     pub async fn submit(
         &self,
         writes: Vec<Write>,
         fence: Option<Fence>,
+        events: Option<(StoreId, i64)>,
         answer_by: Instant,
-    ) -> Result<oneshot::Receiver<Outcome>, WriterClosed> {
+    ) -> Result<oneshot::Receiver<Settled>, WriterClosed> {
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Submission {
                 writes,
                 fence,
+                events,
                 answer_by,
                 done,
             })
@@ -111,13 +120,13 @@ impl WriterHandle {
     /// stores, and start-up's adoption.
     pub async fn write(&self, write: Write, answer_by: Instant) -> Result<Written, PersistError> {
         let outcome = self
-            .submit(vec![write], None, answer_by)
+            .submit(vec![write], None, None, answer_by)
             .await
             .map_err(|_| PersistError::Unavailable)?;
         outcome
             .await
             .ok()
-            .and_then(|mut o| o.pop())
+            .and_then(|mut settled| settled.outcome.pop())
             .unwrap_or(Err(PersistError::Unavailable))
     }
 }
@@ -175,6 +184,8 @@ pub async fn spawn(
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
                 opening: None,
+                next_seq: HashMap::new(),
+                committed: Vec::new(),
             };
             tokio::spawn(writer.run())
         })
@@ -209,6 +220,11 @@ struct Writer {
     /// Always `None` on SQLite, where an open `BEGIN IMMEDIATE` would hold the
     /// database's write lock while idle.
     opening: Option<Opening>,
+    /// While a batch is written: the number the next event of each of its stores
+    /// takes, moved on by each transaction that commits (`batch`).
+    next_seq: HashMap<StoreId, i64>,
+    /// While a batch is written: the events that committed.
+    committed: Vec<Stored>,
 }
 
 impl Writer {
@@ -261,12 +277,23 @@ impl Writer {
             .iter()
             .flat_map(|s| std::iter::repeat_n(s.fence, s.writes.len()))
             .collect();
+        self.next_seq = batch.iter().filter_map(|s| s.events).collect();
         let outcomes = self.write_all(&writes, &fences, answer_by).await;
         drop(writes);
+        let mut committed = std::mem::take(&mut self.committed);
+        committed.sort_unstable_by_key(|e| (e.store, e.seq));
         let mut outcomes = outcomes.into_iter();
         for submission in batch {
-            let mine = outcomes.by_ref().take(submission.writes.len()).collect();
-            let _ = submission.done.send(mine);
+            let outcome = outcomes.by_ref().take(submission.writes.len()).collect();
+            let events = match submission.events {
+                Some((store, _)) => committed
+                    .iter()
+                    .filter(|e| e.store == store)
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            let _ = submission.done.send(Settled { outcome, events });
         }
     }
 }

@@ -1,0 +1,264 @@
+//! Following a store's events (SPEC.md, "Every change as an event"): history from the
+//! database, then live events fanned out from memory, and the purge of old events.
+//!
+//! A follower subscribes to the store's live events first and reads history second, so
+//! that nothing committed in between is missed; it skips what it already sent, by
+//! number. The database holds each store's events as a gap-free prefix (its actor has
+//! one transaction of them in flight at a time), so history read at any moment is
+//! complete up to its last event. On a node that does not serve the store, nothing is
+//! published here: the follower reads the database every `POLL` instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sea_orm::DatabaseConnection;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::admin::{Admin, AdminError};
+use crate::cluster::{Cluster, Route};
+use crate::db::call::{self, Reads};
+use crate::db::events::{self, Event};
+use crate::domain::StoreId;
+use crate::store::Feed;
+
+/// A comment line this often keeps an idle stream open through proxies.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How often a follower of a store served by another node reads the database.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Outbox rows read from the database per query (each holds one transaction's events
+/// of the store).
+const PAGE: u32 = 64;
+
+/// Frames a follower's task may queue for its client before it waits; a client that
+/// stays behind makes it fall behind the store's feed, and then it is disconnected.
+const QUEUE: usize = 64;
+
+/// The stores' event streams.
+pub struct Events {
+    pub feed: Arc<Feed>,
+    pub reads: Reads,
+    pub cluster: Arc<Cluster>,
+    /// Turns true when the server shuts down: every stream ends.
+    pub closing: watch::Receiver<bool>,
+    /// How long a read may wait for the database.
+    pub answer_within: Duration,
+}
+
+/// Why a stream did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("store not found")]
+    StoreNotFound,
+    /// The position asked for is older than what is kept.
+    #[error("events after position {after} are purged; the first event kept is {first_kept}")]
+    Purged { after: i64, first_kept: i64 },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+}
+
+impl Events {
+    /// Starts following `store` after position `after`: the frames of its events, as
+    /// `text/event-stream` writes them, then a comment every `KEEP_ALIVE` while nothing
+    /// happens. The stream ends when the client goes, falls too far behind, or the
+    /// server shuts down.
+    pub async fn follow(
+        &self,
+        admin: &Admin,
+        store: StoreId,
+        after: i64,
+    ) -> Result<mpsc::Receiver<Bytes>, StreamError> {
+        let answer_by = Instant::now() + self.answer_within;
+        if !admin.has_store(store, answer_by).await? {
+            return Err(StreamError::StoreNotFound);
+        }
+        let live = self.feed.subscribe(store);
+        let read =
+            move |db: DatabaseConnection| async move { events::first_kept(&db, store).await };
+        let first_kept = self
+            .reads
+            .run(answer_by, read)
+            .await
+            .map_err(AdminError::from)?;
+        if let Some(first_kept) = first_kept
+            && after + 1 < first_kept
+        {
+            return Err(StreamError::Purged { after, first_kept });
+        }
+        let (frames, receiver) = mpsc::channel(QUEUE);
+        let follower = Follower {
+            store,
+            last: after,
+            live,
+            frames,
+            reads: self.reads.clone(),
+            cluster: self.cluster.clone(),
+            closing: self.closing.clone(),
+            answer_within: self.answer_within,
+        };
+        tokio::spawn(follower.run());
+        Ok(receiver)
+    }
+}
+
+/// One client's stream of one store.
+struct Follower {
+    store: StoreId,
+    /// The last event sent.
+    last: i64,
+    live: broadcast::Receiver<Event>,
+    frames: mpsc::Sender<Bytes>,
+    reads: Reads,
+    cluster: Arc<Cluster>,
+    closing: watch::Receiver<bool>,
+    answer_within: Duration,
+}
+
+/// Why a follower stops.
+struct Stop;
+
+/// What woke a follower up.
+enum Woke {
+    Live(Result<Event, broadcast::error::RecvError>),
+    Poll,
+    KeepAlive,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let _ = self.serve().await;
+        tracing::debug!(store = %self.store, last = self.last, "an event stream ended");
+    }
+
+    async fn serve(&mut self) -> Result<(), Stop> {
+        self.catch_up().await?;
+        let mut keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let woke = tokio::select! {
+                received = self.live.recv() => Woke::Live(received),
+                _ = poll.tick() => Woke::Poll,
+                _ = keep_alive.tick() => Woke::KeepAlive,
+                _ = self.closing.wait_for(|closing| *closing) => return Err(Stop),
+                () = self.frames.closed() => return Err(Stop),
+            };
+            match woke {
+                Woke::Live(Ok(event)) if event.seq <= self.last => {}
+                Woke::Live(Ok(event)) if event.seq == self.last + 1 => self.send(&event).await?,
+                // Published before this follower caught up, or by a store loaded anew
+                // here: the database has what lies between.
+                Woke::Live(Ok(_)) => self.catch_up().await?,
+                // Too far behind to be fed from memory: the client reconnects with its
+                // last id and reads the rest from the database.
+                Woke::Live(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    tracing::info!(store = %self.store, last = self.last, "an event stream fell behind; disconnecting it");
+                    return Err(Stop);
+                }
+                Woke::Live(Err(broadcast::error::RecvError::Closed)) => return Err(Stop),
+                Woke::Poll => {
+                    if !matches!(self.cluster.route(self.store), Route::Here(_)) {
+                        self.catch_up().await?;
+                    }
+                }
+                Woke::KeepAlive => self.frame(Bytes::from_static(b": keep-alive\n\n")).await?,
+            }
+        }
+    }
+
+    /// Sends every event the database holds after the last one sent.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        loop {
+            let (store, after) = (self.store, self.last);
+            let read = move |db: DatabaseConnection| async move {
+                events::after(&db, store, after, PAGE).await
+            };
+            let page = match self
+                .reads
+                .run(Instant::now() + self.answer_within, read)
+                .await
+            {
+                Ok(page) => page,
+                // Tried again at the next event, or the next poll.
+                Err(e) => {
+                    crate::warn_summarised!("cannot read a store's events", error = %e, "cannot read a store's events");
+                    return Ok(());
+                }
+            };
+            if page.is_empty() {
+                return Ok(());
+            }
+            for event in &page {
+                self.send(event).await?;
+            }
+        }
+    }
+
+    async fn send(&mut self, event: &Event) -> Result<(), Stop> {
+        let mut frame = Vec::with_capacity(event.body.len() + 64);
+        frame.extend_from_slice(b"id: ");
+        frame.extend_from_slice(event.seq.to_string().as_bytes());
+        frame.extend_from_slice(b"\nevent: ");
+        frame.extend_from_slice(event.kind.as_str().as_bytes());
+        frame.extend_from_slice(b"\ndata: ");
+        frame.extend_from_slice(&event.body);
+        frame.extend_from_slice(b"\n\n");
+        self.frame(Bytes::from(frame)).await?;
+        self.last = event.seq;
+        Ok(())
+    }
+
+    async fn frame(&self, frame: Bytes) -> Result<(), Stop> {
+        self.frames.send(frame).await.map_err(|_| Stop)
+    }
+}
+
+/// A pause between steps, so that a sweep of a large table yields to the writer.
+const PURGE_PAUSE: Duration = Duration::from_millis(10);
+
+/// How often the purge sweeps.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// Starts the task that deletes events decided more than `keep` ago (each store's last
+/// one stays: its actor numbers on from it): now, then every `PURGE_INTERVAL`, a store
+/// and a small chunk at a time, on its own pooled connection, off the order path.
+pub fn spawn_purger(db: DatabaseConnection, keep: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PURGE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+            let before_ms = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(keep_ms);
+            let mut purged = 0u64;
+            let mut from = StoreId(0);
+            loop {
+                // Detached: shutdown aborts the purger, never a statement half-way.
+                let db = db.clone();
+                let step =
+                    call::detached(async move { events::purge_step(&db, before_ms, from).await });
+                match step.await {
+                    Ok((deleted, next)) => {
+                        purged += deleted;
+                        let Some(next) = next else { break };
+                        from = next;
+                        tokio::time::sleep(PURGE_PAUSE).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot purge events");
+                        break;
+                    }
+                }
+            }
+            if purged > 0 {
+                tracing::info!(purged, "purged events past their time");
+            }
+        }
+    })
+}
