@@ -58,18 +58,20 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 17] = [
+pub(crate) const TABLE_ORDER: [&str; 19] = [
     "hot",
     "hot-c16",
     "hot-c256",
     "redis-c16",
     "redis-c256",
     "hot-no-metrics",
+    "hot-no-events",
     "hot-holds",
     "lock-confirm",
     "expiry-wave",
     "sell-out",
     "spread",
+    "spread-no-events",
     "spread-3-nodes",
     "storm",
     "ceiling",

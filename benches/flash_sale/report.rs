@@ -129,6 +129,17 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         "ratio hot/hot-no-metrics (what recording metrics costs): {:.3}",
         rate("hot") / rate("hot-no-metrics")
     );
+    for (with, without, what) in [
+        ("hot", "hot-no-events", "hot"),
+        ("spread", "spread-no-events", "spread"),
+    ] {
+        if rows.contains_key(with) && rows.contains_key(without) {
+            println!(
+                "ratio {what} with events/without (what the outbox costs): {:.2}",
+                rate(with) / rate(without)
+            );
+        }
+    }
     for (kitara, redis, connections) in [
         ("hot-c16", "redis-c16", 16),
         ("hot-c256", "redis-c256", 256),

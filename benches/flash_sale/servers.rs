@@ -26,6 +26,8 @@ pub(crate) enum Server {
     Kitara,
     /// Kitara with `KITARA_METRICS=false`: what recording metrics costs.
     KitaraWithoutMetrics,
+    /// Kitara with `KITARA_EVENTS=false`: what recording every change as an event costs.
+    KitaraWithoutEvents,
     RowLock,
     /// Three Kitara nodes on one MySQL database, each owning its share of the stores;
     /// the load goes to all three, so two requests in three are forwarded.
@@ -49,6 +51,7 @@ impl Running {
         }
         let mut settings = Settings::local(&db.url);
         settings.metrics = server != Server::KitaraWithoutMetrics;
+        settings.events = server != Server::KitaraWithoutEvents;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
@@ -56,7 +59,10 @@ impl Running {
         let (addr, task) = server_runtime()
             .spawn(async move {
                 match server {
-                    Server::Kitara | Server::KitaraWithoutMetrics | Server::KitaraThreeNodes => {
+                    Server::Kitara
+                    | Server::KitaraWithoutMetrics
+                    | Server::KitaraWithoutEvents
+                    | Server::KitaraThreeNodes => {
                         let app = Application::build(settings).await.expect("build Kitara");
                         let addr = app.addr();
                         (addr, tokio::spawn(app.run_until(stopped)))
