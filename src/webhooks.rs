@@ -33,7 +33,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sea_orm::DatabaseConnection;
 use sha2::Sha256;
-use tokio::sync::broadcast;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -54,10 +53,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Outbox rows read at a time (each holds one transaction's events of the store).
 const PAGE: u32 = 16;
 
-/// How often a deliverer with nothing to send looks at the outbox anyway (a store
-/// loaded anew, events published before it subscribed), and how often the
-/// supervisor looks for stores this node started or stopped serving.
-const LOOK: Duration = Duration::from_millis(250);
+/// How often the supervisor looks for stores this node started serving.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// A deliverer with nothing to send waits for its store's head in the feed, which moves
+/// with every event committed here (it watches before it first reads the outbox, so
+/// none is missed); it reads the outbox anyway after this long. With 10,000 stores, a look
+/// every 250 ms each would be 40,000 queries a second of an idle node.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A read of the outbox or of a position that failed is tried again after this.
+const RETRY_READ: Duration = Duration::from_secs(1);
 
 /// Where and how events are POSTed.
 #[derive(Clone)]
@@ -217,37 +223,49 @@ impl Webhooks {
         })
     }
 
-    fn served(&self, store: StoreId) -> bool {
-        matches!(self.cluster.route(store), Route::Here(_))
+    /// The epoch this node serves `store` at, if it serves it (`Some(None)` on SQLite).
+    fn serving(&self, store: StoreId) -> Option<Option<i64>> {
+        match self.cluster.route(store) {
+            Route::Here(handle) => Some(handle.epoch()),
+            _ => None,
+        }
     }
 
     /// Delivers `store`'s events in order while it is served here.
+    /// A deliverer serves one tenure of its store here: if the store leaves (and
+    /// perhaps comes back at a newer epoch), it stops before its next event, and the
+    /// supervisor starts another from the position stored meanwhile.
     async fn deliver(&self, store: StoreId) -> Result<(), Gone> {
-        let mut live = self.feed.subscribe(store);
-        let mut position = self.position(store).await?;
+        let mut head = self.feed.head(store);
+        let tenure = self.serving(store).ok_or(Gone)?;
+        let served = || self.serving(store) == Some(tenure);
+        let mut position = self.position(store, &served).await?;
         let mut storing: Option<JoinHandle<()>> = None;
         let mut stored = position;
         loop {
-            if !self.served(store) {
+            if !served() {
                 return Err(Gone);
             }
             let page = self.page(store, position).await;
             let Some(first) = page.first() else {
                 self.behind.remove(&store);
                 tokio::select! {
-                    received = live.recv() => {
-                        if let Err(broadcast::error::RecvError::Closed) = received {
+                    changed = head.changed() => {
+                        if changed.is_err() {
                             return Err(Gone);
                         }
                     }
-                    () = tokio::time::sleep(LOOK) => {}
+                    () = tokio::time::sleep(IDLE) => {}
                 }
                 continue;
             };
             self.behind.insert(store, first.at_ms);
             for event in &page {
+                if !served() {
+                    return Err(Gone);
+                }
                 self.behind.insert(store, event.at_ms);
-                self.deliver_one(event).await?;
+                self.deliver_one(event, &served).await?;
                 position = event.seq;
                 // One write of the position at a time, each with the newest.
                 if storing.as_ref().is_none_or(JoinHandle::is_finished) && position > stored {
@@ -280,15 +298,15 @@ impl Webhooks {
 
     /// Where `store`'s deliveries resume: tried until it is read, while the store is
     /// served here.
-    async fn position(&self, store: StoreId) -> Result<i64, Gone> {
+    async fn position(&self, store: StoreId, served: &impl Fn() -> bool) -> Result<i64, Gone> {
         loop {
             let db = self.db.clone();
             match call::detached(async move { events::delivered(&db, store).await }).await {
                 Ok(position) => return Ok(position),
                 Err(e) => {
                     crate::warn_summarised!("cannot read a webhook position", error = %e, "cannot read a webhook position");
-                    tokio::time::sleep(LOOK * 4).await;
-                    if !self.served(store) {
+                    tokio::time::sleep(RETRY_READ).await;
+                    if !served() {
                         return Err(Gone);
                     }
                 }
@@ -305,14 +323,14 @@ impl Webhooks {
             Ok(page) => page,
             Err(e) => {
                 crate::warn_summarised!("cannot read events to deliver", error = %e, "cannot read events to deliver");
-                tokio::time::sleep(LOOK).await;
+                tokio::time::sleep(RETRY_READ).await;
                 Vec::new()
             }
         }
     }
 
     /// POSTs one event until the endpoint answers 2xx, or its store leaves this node.
-    async fn deliver_one(&self, event: &Event) -> Result<(), Gone> {
+    async fn deliver_one(&self, event: &Event, served: &impl Fn() -> bool) -> Result<(), Gone> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             match self.attempt(event).await {
@@ -327,7 +345,7 @@ impl Webhooks {
                     tracing::debug!(store = %event.store, seq = event.seq, failure = kind.label(), "a webhook delivery failed; retrying");
                     tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if !self.served(event.store) {
+                    if !served() {
                         return Err(Gone);
                     }
                 }

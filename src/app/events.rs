@@ -30,6 +30,11 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a follower of a store served by another node reads the database.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How often a follower of a store served here reads the database anyway: events are
+/// published as they commit, but not those learnt only by a reload (a COMMIT whose
+/// answer was lost), nor those a failed read left unsent.
+const OWNER_POLL: Duration = Duration::from_secs(2);
+
 /// Outbox rows read from the database per query (each holds one transaction's events
 /// of the store).
 const PAGE: u32 = 64;
@@ -137,6 +142,7 @@ impl Follower {
     async fn serve(&mut self) -> Result<(), Stop> {
         self.catch_up().await?;
         let mut keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let mut last_read = Instant::now();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -161,8 +167,10 @@ impl Follower {
                 }
                 Woke::Live(Err(broadcast::error::RecvError::Closed)) => return Err(Stop),
                 Woke::Poll => {
-                    if !matches!(self.cluster.route(self.store), Route::Here(_)) {
+                    let here = matches!(self.cluster.route(self.store), Route::Here(_));
+                    if !here || last_read.elapsed() >= OWNER_POLL {
                         self.catch_up().await?;
+                        last_read = Instant::now();
                     }
                 }
                 Woke::KeepAlive => self.frame(Bytes::from_static(b": keep-alive\n\n")).await?,
@@ -212,8 +220,13 @@ impl Follower {
         Ok(())
     }
 
-    async fn frame(&self, frame: Bytes) -> Result<(), Stop> {
-        self.frames.send(frame).await.map_err(|_| Stop)
+    /// Queues a frame for the client; a client that stops reading holds the follower
+    /// here until it goes, or the server shuts down.
+    async fn frame(&mut self, frame: Bytes) -> Result<(), Stop> {
+        tokio::select! {
+            sent = self.frames.send(frame) => sent.map_err(|_| Stop),
+            _ = self.closing.wait_for(|closing| *closing) => Err(Stop),
+        }
     }
 }
 

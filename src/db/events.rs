@@ -435,9 +435,18 @@ pub async fn after(
     after: i64,
     rows: u32,
 ) -> Result<Vec<Event>, DbErr> {
-    let sql =
-        "SELECT body FROM kitara_events WHERE store_id = ? AND last_seq > ? ORDER BY seq LIMIT ?";
-    let values = [Value::from(store.0), Value::from(after), Value::from(rows)];
+    // From the row that holds event `after + 1` (the last one that starts at or before
+    // it), through the index on (store_id, seq): never a scan from the oldest row.
+    let sql = "SELECT body FROM kitara_events WHERE store_id = ? AND last_seq > ? AND seq >= \
+               COALESCE((SELECT MAX(seq) FROM kitara_events WHERE store_id = ? AND seq <= ?), 0) \
+               ORDER BY seq LIMIT ?";
+    let values = [
+        Value::from(store.0),
+        Value::from(after),
+        Value::from(store.0),
+        Value::from(after + 1),
+        Value::from(rows),
+    ];
     let mut events = Vec::new();
     for row in db.query_all_raw(super::prepared(db, sql, values)).await? {
         let body: Vec<u8> = row.try_get_by_index(0)?;

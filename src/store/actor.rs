@@ -554,8 +554,14 @@ impl StoreActor {
                 .map(|e| std::mem::take(&mut e.held))
                 .unwrap_or_default()
             {
-                if let Attempt::Change(change) = &attempt {
-                    self.changes.landed(&change.change);
+                match &attempt {
+                    Attempt::Change(change) => self.changes.landed(&change.change),
+                    // An expiry nobody waits for: the reload re-arms its hold, and the
+                    // timer must run again.
+                    Attempt::End { request, .. } if request.respond_to.is_none() => {
+                        self.expiring = false;
+                    }
+                    _ => {}
                 }
                 self.retry_or_answer_lost(attempt, &mut again);
             }

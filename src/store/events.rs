@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::actor::StoreActor;
 use super::attempt::Attempt;
@@ -23,34 +23,48 @@ use crate::db::events::{
 use crate::db::write::{AdminWrite, Write};
 use crate::domain::{ProductId, StoreId};
 
-/// Events kept per store for subscribers that fall behind: one that is further behind
-/// is disconnected (it reconnects with its last id and reads the rest from the
-/// database), never buffered without bound.
-pub const FEED_CAPACITY: usize = 4_096;
+/// Events kept per followed store for followers that fall behind: one that is further
+/// behind is disconnected (it reconnects with its last id and reads the rest from the
+/// database), never buffered without bound. Allocated only for a store someone follows
+/// here.
+pub const FEED_CAPACITY: usize = 1_024;
 
-/// The live events of the stores served here, fanned out from memory: a subscriber
-/// costs the order path one `send` per event, whatever their number.
+/// The live events of the stores served here, fanned out from memory: a follower costs
+/// the order path one `send` per event, whatever their number; and, per store, the last
+/// event that committed, which wakes the webhooks' deliverer without holding events.
 #[derive(Default)]
 pub struct Feed {
-    stores: dashmap::DashMap<StoreId, broadcast::Sender<Event>>,
+    followed: dashmap::DashMap<StoreId, broadcast::Sender<Event>>,
+    heads: dashmap::DashMap<StoreId, watch::Sender<i64>>,
 }
 
 impl Feed {
     /// Every event of `store` that commits here from now on.
     pub fn subscribe(&self, store: StoreId) -> broadcast::Receiver<Event> {
-        self.stores
+        self.followed
             .entry(store)
             .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
             .subscribe()
     }
 
+    /// The number of `store`'s last event committed here, changing as more commit.
+    pub fn head(&self, store: StoreId) -> watch::Receiver<i64> {
+        self.heads
+            .entry(store)
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
     /// Publishes committed events, in order.
     fn publish(&self, store: StoreId, events: Vec<Stored>) {
-        let Some(sender) = self.stores.get(&store).map(|s| s.clone()) else {
+        if let (Some(head), Some(last)) = (self.heads.get(&store), events.last()) {
+            head.send_replace(last.seq);
+        }
+        let Some(sender) = self.followed.get(&store).map(|s| s.clone()) else {
             return;
         };
         if sender.receiver_count() == 0 {
-            self.stores
+            self.followed
                 .remove_if(&store, |_, s| s.receiver_count() == 0);
             return;
         }

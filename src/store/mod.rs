@@ -381,6 +381,11 @@ impl StoreHandle {
         }
     }
 
+    /// The epoch its actor owns the store at (MySQL; `None` on SQLite).
+    pub fn epoch(&self) -> Option<i64> {
+        self.epoch
+    }
+
     /// Commands waiting in the mailbox.
     pub fn depth(&self) -> usize {
         self.sender.max_capacity() - self.sender.capacity()
