@@ -298,6 +298,7 @@ impl Application {
                 users,
                 reads,
                 answer_within,
+                keys: InFlightKeys::default(),
             },
             webhooks: webhooks.clone(),
             events: Events {
@@ -414,6 +415,7 @@ async fn adopt(writer: &WriterHandle) -> Result<i64, PersistError> {
             Write::Admin {
                 change: AdminWrite::Adopt,
                 event: None,
+                key: None,
             },
             answer_by,
         )

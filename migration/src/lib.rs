@@ -11,6 +11,7 @@ mod m20261202_000001_add_holds_keys_limits;
 mod m20261203_000001_add_stock_movements;
 mod m20261206_000001_add_store_ownership;
 mod m20261207_000001_add_events;
+mod m20261208_000001_add_admin_keys;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_add_stock_movements::Migration),
             Box::new(m20261206_000001_add_store_ownership::Migration),
             Box::new(m20261207_000001_add_events::Migration),
+            Box::new(m20261208_000001_add_admin_keys::Migration),
         ]
     }
 }

@@ -16,14 +16,16 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
+use super::keys::{InFlightKeys, KeyError, Keyed};
 use super::users::KnownUsers;
 use crate::catalog::{Catalog, Product};
 use crate::cluster::{Cluster, Manager, Peer, Route};
 use crate::db::call::Reads;
+use crate::db::keys;
 use crate::db::load::{self, MovementRow, OrderFilter, OrderRow, StoreRow};
 use crate::db::owners::{self, NodeRow, OwnerRow};
-use crate::db::write::{AdminWrite, PersistError, Write, Written};
-use crate::domain::{ProductId, StoreId, UserId};
+use crate::db::write::{AdminWrite, KeyRecord, PersistError, Write, Written};
+use crate::domain::{Fingerprint, IdempotencyKey, ProductId, StoreId, UserId};
 use crate::store::{ChangeError, Failure, ProductChange, StoreHandle};
 
 /// The shortest `KITARA_ADMIN_TOKEN` Kitara starts with.
@@ -80,6 +82,8 @@ pub struct Admin {
     pub reads: Reads,
     /// See `Orders::answer_within`.
     pub answer_within: Duration,
+    /// The keys of admin writes in progress here.
+    pub keys: InFlightKeys,
 }
 
 /// Where a change of a product ended up.
@@ -110,6 +114,17 @@ pub enum AdminError {
     Unavailable,
     #[error("shutting down")]
     ShuttingDown,
+    /// The request's idempotency key is already stored: nothing of it was written.
+    #[error("idempotency key already stored")]
+    KeyTaken,
+}
+
+/// What a keyed admin write came to: done now, or the answer an earlier request with
+/// the same key got, as the database had it when that one committed.
+#[derive(Debug)]
+pub enum Admitted<T> {
+    Done(T),
+    Replayed { status: u16, data: String },
 }
 
 impl From<DbErr> for AdminError {
@@ -153,9 +168,75 @@ impl Admin {
         Ok(self.store_row(store, answer_by).await?.is_some())
     }
 
-    pub async fn create_user(&self, name: String) -> Result<UserId, AdminError> {
+    /// Runs an admin write under its `Idempotency-Key`, if it has one, with the rules of
+    /// the order endpoints: the key is claimed while the request is in progress (409
+    /// for another one), a key stored for this very request answers what that one got
+    /// (its status and `data`), one stored for another request is a 422; otherwise
+    /// `run` writes the change with the key in its transaction, and a key another
+    /// request stored meanwhile is looked up again.
+    pub async fn keyed<T, Fut>(
+        &self,
+        key: Option<(IdempotencyKey, Fingerprint)>,
+        run: impl FnOnce(Option<Arc<KeyRecord>>) -> Fut,
+    ) -> Result<Admitted<T>, Keyed<AdminError>>
+    where
+        Fut: std::future::Future<Output = Result<T, AdminError>>,
+    {
+        let Some((key, fingerprint)) = key else {
+            return run(None).await.map(Admitted::Done).map_err(Keyed::Failed);
+        };
+        let _claim = self.keys.claim(&key).ok_or(KeyError::InProgress)?;
+        if let Some(answer) = self.stored_answer(&key, fingerprint).await? {
+            return Ok(answer);
+        }
+        let record = Arc::new(KeyRecord {
+            key: key.clone(),
+            fingerprint,
+        });
+        match run(Some(record)).await {
+            Err(AdminError::KeyTaken) => match self.stored_answer(&key, fingerprint).await? {
+                Some(answer) => Ok(answer),
+                // Taken, then gone (purged) before it was read: nothing was written.
+                None => Err(Keyed::Failed(AdminError::Unavailable)),
+            },
+            other => other.map(Admitted::Done).map_err(Keyed::Failed),
+        }
+    }
+
+    /// What `key` was stored with, if it was stored for this very request.
+    async fn stored_answer<T>(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+    ) -> Result<Option<Admitted<T>>, KeyError> {
+        let text = key.clone();
+        let read = move |db: DatabaseConnection| async move { keys::stored(&db, &text).await };
+        let stored = self
+            .reads
+            .run(self.answer_by(), read)
+            .await
+            .map_err(|e| {
+                crate::warn_summarised!("idempotency key lookup failed", error = %e, "idempotency key lookup failed");
+                KeyError::Unavailable
+            })?;
+        match stored {
+            None => Ok(None),
+            Some(stored) if stored.fingerprint != fingerprint => Err(KeyError::Reused),
+            Some(stored) => match stored.answer {
+                Some((status, data)) => Ok(Some(Admitted::Replayed { status, data })),
+                // An order's key: another request, whatever its fingerprint.
+                None => Err(KeyError::Reused),
+            },
+        }
+    }
+
+    pub async fn create_user(
+        &self,
+        name: String,
+        key: Option<Arc<KeyRecord>>,
+    ) -> Result<UserId, AdminError> {
         let created = self
-            .admin_write(AdminWrite::NewUser { name }, self.answer_by())
+            .admin_write(AdminWrite::NewUser { name }, key, self.answer_by())
             .await?;
         let user = UserId(created);
         self.users.add(user);
@@ -167,7 +248,12 @@ impl Admin {
     /// should own it, it is handed over there before this returns, or, if that takes
     /// longer than the request's bound plus the lease, soon after (its requests get 503
     /// with `Retry-After` meanwhile).
-    pub async fn create_store(&self, name: String, owner: UserId) -> Result<StoreRow, AdminError> {
+    pub async fn create_store(
+        &self,
+        name: String,
+        owner: UserId,
+        key: Option<Arc<KeyRecord>>,
+    ) -> Result<StoreRow, AdminError> {
         let answer_by = self.answer_by();
         if !self.users.exists(owner, answer_by).await? {
             return Err(AdminError::UserNotFound(owner));
@@ -183,7 +269,7 @@ impl Admin {
             owner,
             served_by,
         };
-        let id = match self.admin_write(write, answer_by).await {
+        let id = match self.admin_write(write, key, answer_by).await {
             Err(AdminError::Change(ChangeError::Failed(Failure::Conflict))) => {
                 return Err(AdminError::UserNotFound(owner));
             }
@@ -226,6 +312,7 @@ impl Admin {
         name: String,
         stock: i64,
         limit: Option<i64>,
+        key: Option<Arc<KeyRecord>>,
     ) -> Result<Changed, AdminError> {
         let answer_by = self.answer_by();
         let store_name = match self.store_rows.get(&store).map(|s| s.store_name.clone()) {
@@ -248,8 +335,9 @@ impl Admin {
             limit,
             store_name: store_name.as_str().into(),
         };
-        match handle.change(change, answer_by).await {
+        match handle.change(change, key, answer_by).await {
             Err(ChangeError::Failed(Failure::Conflict)) => Err(AdminError::StoreNotFound(store)),
+            Err(ChangeError::Failed(Failure::KeyTaken)) => Err(AdminError::KeyTaken),
             other => other.map(Changed::Here).map_err(AdminError::Change),
         }
     }
@@ -260,6 +348,7 @@ impl Admin {
         &self,
         product: ProductId,
         change: ProductChange,
+        key: Option<Arc<KeyRecord>>,
     ) -> Result<Changed, AdminError> {
         let answer_by = self.answer_by();
         let not_found = AdminError::ProductNotFound(product);
@@ -278,8 +367,9 @@ impl Admin {
             Ok(handle) => handle,
             Err(peer) => return Ok(Changed::There(peer)),
         };
-        match handle.change(change, answer_by).await {
+        match handle.change(change, key, answer_by).await {
             Err(ChangeError::NotFound) => Err(not_found),
+            Err(ChangeError::Failed(Failure::KeyTaken)) => Err(AdminError::KeyTaken),
             other => other.map(Changed::Here).map_err(AdminError::Change),
         }
     }
@@ -363,13 +453,19 @@ impl Admin {
     }
 
     /// A write that belongs to no store: through the writer, on its own.
-    async fn admin_write(&self, write: AdminWrite, answer_by: Instant) -> Result<i64, AdminError> {
+    async fn admin_write(
+        &self,
+        write: AdminWrite,
+        key: Option<Arc<KeyRecord>>,
+        answer_by: Instant,
+    ) -> Result<i64, AdminError> {
         let writer = self.cluster.writer().ok_or(AdminError::ShuttingDown)?;
         match writer
             .write(
                 Write::Admin {
                     change: write,
                     event: None,
+                    key,
                 },
                 answer_by,
             )
@@ -383,9 +479,8 @@ impl Admin {
             Err(PersistError::OutcomeUnknown) => Err(AdminError::Change(ChangeError::Failed(
                 Failure::OutcomeUnknown,
             ))),
-            Err(PersistError::Unavailable | PersistError::KeyTaken | PersistError::Fenced) => {
-                Err(AdminError::Unavailable)
-            }
+            Err(PersistError::KeyTaken) => Err(AdminError::KeyTaken),
+            Err(PersistError::Unavailable | PersistError::Fenced) => Err(AdminError::Unavailable),
         }
     }
 }

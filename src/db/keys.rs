@@ -10,18 +10,22 @@ use sea_orm::{ConnectionTrait, DbErr, Value};
 
 use crate::domain::{Fingerprint, IdempotencyKey, OrderId};
 
-/// A stored key: what it is bound to, and the order its request placed or ended.
+/// A stored key: what it is bound to, and the order its request placed or ended; or,
+/// for an admin write, the answer it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub fingerprint: Fingerprint,
     pub order_id: OrderId,
+    /// An admin write's status and `data`, as the database had it at COMMIT.
+    pub answer: Option<(u16, String)>,
 }
 
 pub async fn stored(
     db: &impl ConnectionTrait,
     key: &IdempotencyKey,
 ) -> Result<Option<StoredKey>, DbErr> {
-    let sql = "SELECT fingerprint, order_id FROM idempotency_keys WHERE idempotency_key = ?";
+    let sql = "SELECT fingerprint, order_id, answer_status, answer FROM idempotency_keys \
+               WHERE idempotency_key = ?";
     let Some(row) = db
         .query_one_raw(super::prepared(
             db,
@@ -36,10 +40,58 @@ pub async fn stored(
     let fingerprint = fingerprint
         .try_into()
         .map_err(|_| DbErr::Custom("a stored fingerprint is not 16 bytes".into()))?;
+    let status: Option<i32> = row.try_get_by_index(2)?;
+    let answer: Option<String> = row.try_get_by_index(3)?;
     Ok(Some(StoredKey {
         fingerprint: Fingerprint(fingerprint),
         order_id: OrderId(row.try_get_by_index(1)?),
+        answer: status.and_then(|s| u16::try_from(s).ok()).zip(answer),
     }))
+}
+
+/// What an admin write answers with: the row it made or changed, as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOf {
+    User(i64),
+    Store(i64),
+    Product(i64),
+}
+
+/// Stores an admin write's key in its transaction, after the write, with its answer
+/// made by the database from the row as the write left it: the answer a retry gets.
+pub(crate) async fn store_admin(
+    db: &impl ConnectionTrait,
+    key: &IdempotencyKey,
+    fingerprint: &Fingerprint,
+    status: u16,
+    answer: AnswerOf,
+) -> Result<u64, DbErr> {
+    let (data, id) = match answer {
+        AnswerOf::User(id) => ("JSON_OBJECT('id', id, 'name', name) FROM users", id),
+        AnswerOf::Store(id) => (
+            "JSON_OBJECT('id', id, 'store_name', store_name, 'user_id', user_id) FROM stores",
+            id,
+        ),
+        AnswerOf::Product(id) => (
+            "JSON_OBJECT('id', id, 'product_name', product_name, 'current_stock', current_stock, \
+             'store_id', store_id, 'max_per_customer', max_per_customer) FROM products",
+            id,
+        ),
+    };
+    let sql = format!(
+        "INSERT INTO idempotency_keys (idempotency_key, fingerprint, order_id, answer_status, answer) \
+         SELECT ?, ?, 0, ?, {data} WHERE id = ?"
+    );
+    let values = [
+        Value::from(key.as_bytes().to_vec()),
+        Value::from(fingerprint.0.to_vec()),
+        Value::from(i32::from(status)),
+        Value::from(id),
+    ];
+    Ok(db
+        .execute_raw(super::prepared(db, &sql, values))
+        .await?
+        .rows_affected())
 }
 
 /// Keys looked up per statement; a shorter list is padded with its first key, so the

@@ -22,8 +22,11 @@ use std::fmt::Write as _;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, ExecResult, Statement, Value};
 
 use super::events::{self, EventDraft, Stored};
-use super::write::{AdminWrite, Fence};
-use crate::domain::{Deadline, NodeId, OrderLine, OrderStatus, ProductId};
+use super::keys;
+use super::write::{AdminWrite, Fence, KeyRecord};
+use crate::domain::{
+    Deadline, Fingerprint, IdempotencyKey, NodeId, OrderLine, OrderStatus, ProductId,
+};
 
 /// An order ready to be written, with the ids Kitara gave it.
 #[derive(Debug)]
@@ -79,6 +82,7 @@ pub struct Batch<'a> {
 pub struct AdminRow<'a> {
     pub change: &'a AdminWrite,
     pub event: Option<(i64, &'a EventDraft)>,
+    pub key: Option<&'a KeyRecord>,
 }
 
 /// A transaction token: lowercase hexadecimal digits and dashes only, so it can be
@@ -230,10 +234,19 @@ pub struct Plan {
     guarded: u64,
     /// Rows its inserts write.
     inserted: u64,
-    /// Run after it, one or two prepared statements each (three with its event).
-    admin: Vec<(AdminWrite, Option<(i64, EventDraft)>)>,
+    /// Run after it, one or two prepared statements each, and one more for its event
+    /// and for its key.
+    admin: Vec<AdminPlan>,
     /// Send its statements one request each (see `statements_apart`).
     apart: bool,
+}
+
+/// An admin write as a plan holds it.
+#[derive(Debug)]
+struct AdminPlan {
+    change: AdminWrite,
+    event: Option<(i64, EventDraft)>,
+    key: Option<(IdempotencyKey, Fingerprint)>,
 }
 
 /// Runs the plan inside `txn`; the caller commits. Answers, for each admin write in
@@ -263,10 +276,19 @@ pub async fn write_plan(txn: &DatabaseTransaction, plan: &Plan) -> Result<Vec<i6
         });
     }
     let mut answered = Vec::with_capacity(plan.admin.len());
-    for (change, event) in &plan.admin {
+    for AdminPlan { change, event, key } in &plan.admin {
         let created = write_admin(txn, change).await?;
         if let Some((seq, draft)) = event {
             events::insert_one(txn, &draft.render_product(*seq, ProductId(created))).await?;
+        }
+        if let (Some((key, fingerprint)), Some((status, answer))) = (key, change.answer(created)) {
+            let stored = keys::store_admin(txn, key, fingerprint, status, answer).await?;
+            if stored != 1 {
+                return Err(WriteError::GuardTripped {
+                    expected: 1,
+                    matched: stored,
+                });
+            }
         }
         answered.push(created);
     }
@@ -398,9 +420,10 @@ impl Plan {
             admin: batch
                 .admin
                 .iter()
-                .map(|row| {
-                    let event = row.event.map(|(seq, draft)| (seq, draft.clone()));
-                    (row.change.clone(), event)
+                .map(|row| AdminPlan {
+                    change: row.change.clone(),
+                    event: row.event.map(|(seq, draft)| (seq, draft.clone())),
+                    key: row.key.map(|k| (k.key.clone(), k.fingerprint)),
                 })
                 .collect(),
             apart: false,

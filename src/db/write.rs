@@ -77,6 +77,8 @@ pub enum Write {
     Admin {
         change: AdminWrite,
         event: Option<EventDraft>,
+        /// Stored with the change, with the answer its request was given.
+        key: Option<Arc<KeyRecord>>,
     },
 }
 
@@ -122,6 +124,21 @@ pub enum AdminWrite {
 }
 
 impl AdminWrite {
+    /// The status its request is answered with (201 for what it creates), and the row
+    /// the answer shows, given what the write created (see `Written::Admin`).
+    pub fn answer(&self, created: i64) -> Option<(u16, super::keys::AnswerOf)> {
+        use super::keys::AnswerOf;
+        match self {
+            AdminWrite::NewUser { .. } => Some((201, AnswerOf::User(created))),
+            AdminWrite::NewStore { .. } => Some((201, AnswerOf::Store(created))),
+            AdminWrite::NewProduct { .. } => Some((201, AnswerOf::Product(created))),
+            AdminWrite::Restock { product, .. }
+            | AdminWrite::EditProduct { product, .. }
+            | AdminWrite::DeleteProduct { product } => Some((200, AnswerOf::Product(product.0))),
+            AdminWrite::Adopt => None,
+        }
+    }
+
     /// What persists a change of `store`'s products its actor decided.
     pub fn of_change(store: StoreId, change: &ProductChange) -> Self {
         match change {
@@ -160,8 +177,9 @@ impl Write {
     /// The idempotency key stored with it, if its request had one.
     pub fn key(&self) -> Option<&KeyRecord> {
         match self {
-            Write::Lock { key, .. } | Write::End { key, .. } => key.as_deref(),
-            Write::Admin { .. } => None,
+            Write::Lock { key, .. } | Write::End { key, .. } | Write::Admin { key, .. } => {
+                key.as_deref()
+            }
         }
     }
 
@@ -176,7 +194,9 @@ impl Write {
 }
 
 /// An idempotency key to store with a write, bound to its request's fingerprint; the
-/// row also names the write's order, from which a replay is answered.
+/// row also names the write's order, from which a replay is answered (an admin write's
+/// row holds its answer).
+#[derive(Debug)]
 pub struct KeyRecord {
     pub key: IdempotencyKey,
     pub fingerprint: Fingerprint,

@@ -73,6 +73,14 @@ impl Fingerprint {
         Self::of_text(&format!("{endpoint}\norder {order}\nuser {buyer}"))
     }
 
+    /// An admin write: its endpoint (the route's label), the id its path names, and
+    /// its body written canonically (keys sorted, no spacing), so that key order and
+    /// spacing do not change it.
+    pub fn of_admin(endpoint: &str, id: Option<i64>, canonical_body: &str) -> Self {
+        let id = id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        Self::of_text(&format!("admin {endpoint}\nid {id}\n{canonical_body}"))
+    }
+
     /// The first half of a SHA-256: 128 bits tell requests apart, and the stored key
     /// row stays small.
     fn of_text(text: &str) -> Self {

@@ -16,19 +16,21 @@ use serde_json::value::RawValue;
 use super::call::{Answer, Call};
 use super::forward::forward;
 use super::openapi::{
-    AdminGuard, AdminProductsAnswer, BodyRefusals, ClusterAnswer, EditProduct, MovementsAnswer,
-    NewProduct, NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal, StockDelta, StoreAnswer,
-    StoresAnswer, UserAnswer,
+    AdminGuard, AdminProductsAnswer, BodyRefusals, ClusterAnswer, EditProduct, KeyHeader,
+    MovementsAnswer, NewProduct, NewStore, NewUser, OrdersAnswer, ProductAnswer, Refusal,
+    StockDelta, StoreAnswer, StoresAnswer, UserAnswer,
 };
 use super::query::Query;
 use super::request::{self, Fields, bad, integer, integer_from, required};
 use super::response::{self, ApiError};
 use super::views;
 use crate::app::AppState;
-use crate::app::admin::{AdminError, Changed};
+use crate::app::admin::{AdminError, Admitted, Changed};
 use crate::cluster::Peer;
 use crate::db::load::OrderFilter;
-use crate::domain::{MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId};
+use crate::domain::{
+    Fingerprint, IdempotencyKey, MAX_QUANTITY, OrderStatus, ProductId, StoreId, UserId,
+};
 use crate::store::{ChangeError, ProductChange};
 
 /// The owner's page: plain HTML, CSS and JavaScript, embedded; it works only through
@@ -113,24 +115,34 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// Create a user.
 #[utoipa::path(operation_id = "admin_new_user", post, path = "/api/v1/admin/users", tag = "admin", security(("bearer" = [])),
+    params(KeyHeader),
     request_body = NewUser,
     responses(
         (status = 201, description = "Created", body = UserAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
         AdminGuard,
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Refusal),
         BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
 pub async fn new_user(call: Call<'_>) -> Answer {
     let state = call.state;
-    let (_, body) = call.json_body().await?;
+    let (parts, body) = call.json_body().await?;
     let object = object(&body, &["name"])?;
     let name = name(&object, "name")?;
-    let id = state.admin.create_user(name.clone()).await?;
-    Ok(response::created(views::UserView {
-        id: id.0,
-        name: &name,
-    }))
+    let key = admin_key("admin_users", None, &parts, &body)?;
+    let admin = &state.admin;
+    match admin
+        .keyed(key, |key| admin.create_user(name.clone(), key))
+        .await?
+    {
+        Admitted::Done(id) => Ok(response::created(views::UserView {
+            id: id.0,
+            name: &name,
+        })),
+        Admitted::Replayed { status, data } => replayed(status, &data, &["id", "name"]),
+    }
 }
 
 /// Every live store.
@@ -147,23 +159,33 @@ pub async fn stores(call: Call<'_>) -> Answer {
 
 /// Create a store; it takes orders at once.
 #[utoipa::path(operation_id = "admin_new_store", post, path = "/api/v1/admin/stores", tag = "admin", security(("bearer" = [])),
+    params(KeyHeader),
     request_body = NewStore,
     responses(
         (status = 201, description = "Created; it takes orders at once", body = StoreAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
         AdminGuard,
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Refusal),
         (status = 404, description = "No such user", body = Refusal),
         BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "The database is unavailable", body = Refusal),
     ))]
 pub async fn new_store(call: Call<'_>) -> Answer {
     let state = call.state;
-    let (_, body) = call.json_body().await?;
+    let (parts, body) = call.json_body().await?;
     let object = object(&body, &["store_name"])?;
     let store_name = name(&object, "store_name")?;
     let owner = UserId(id_field(&object, "user_id")?);
-    let store = state.admin.create_store(store_name, owner).await?;
-    Ok(response::created(views::AdminStoreView::from(&store)))
+    let key = admin_key("admin_stores", None, &parts, &body)?;
+    let admin = &state.admin;
+    let created = admin.keyed(key, |key| admin.create_store(store_name, owner, key));
+    match created.await? {
+        Admitted::Done(store) => Ok(response::created(views::AdminStoreView::from(&store))),
+        Admitted::Replayed { status, data } => {
+            replayed(status, &data, &["id", "store_name", "user_id"])
+        }
+    }
 }
 
 /// Every orderable product, with its limit.
@@ -187,13 +209,16 @@ pub async fn products(call: Call<'_>) -> Answer {
 
 /// Create a product.
 #[utoipa::path(operation_id = "admin_new_product", post, path = "/api/v1/admin/products", tag = "admin", security(("bearer" = [])),
+    params(KeyHeader),
     request_body = NewProduct,
     responses(
         (status = 201, description = "Created; orderable and listed at once", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
         AdminGuard,
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Refusal),
         (status = 404, description = "No such store", body = Refusal),
         BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 pub async fn new_product(call: Call<'_>) -> Answer {
@@ -204,27 +229,32 @@ pub async fn new_product(call: Call<'_>) -> Answer {
     let store = StoreId(id_field(&object, "store_id")?);
     let stock = integer_from(required(&object, "current_stock")?, "current_stock", 0)?;
     let limit = limit(&object)?.flatten();
-    let changed = state
-        .admin
-        .create_product(store, product_name, stock, limit)
-        .await?;
-    match changed {
-        Changed::Here(product) => Ok(response::created(views::AdminProductView::from(&product))),
-        Changed::There(peer) => forward_change(state, &peer, &parts, body).await,
+    let key = admin_key("admin_products", None, &parts, &body)?;
+    let admin = &state.admin;
+    let changed = admin.keyed(key, |key| {
+        admin.create_product(store, product_name, stock, limit, key)
+    });
+    match changed.await? {
+        Admitted::Done(Changed::Here(product)) => {
+            Ok(response::created(views::AdminProductView::from(&product)))
+        }
+        Admitted::Done(Changed::There(peer)) => forward_change(state, &peer, &parts, body).await,
+        Admitted::Replayed { status, data } => replayed(status, &data, PRODUCT_FIELDS),
     }
 }
 
 /// Rename a product, or set or clear its per-customer limit.
 #[utoipa::path(operation_id = "admin_edit_product", patch, path = "/api/v1/admin/products/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = i64, Path, minimum = 1)),
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
     request_body = EditProduct,
     responses(
         (status = 200, description = "The product as changed", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule, or nothing to change", body = Refusal),
         AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
-        (status = 409, description = "Another change of this product is in progress", body = Refusal),
+        (status = 409, description = "Another change of this product, or a request with this Idempotency-Key, is in progress", body = Refusal),
         BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 pub async fn edit_product(call: Call<'_>) -> Answer {
@@ -244,37 +274,47 @@ pub async fn edit_product(call: Call<'_>) -> Answer {
         name,
         limit,
     };
-    change(state, edit, &parts, body).await
+    change(state, "admin_product PATCH", edit, &parts, body).await
 }
 
 /// Delete a product (softly); its holds still end normally.
 #[utoipa::path(operation_id = "admin_delete_product", delete, path = "/api/v1/admin/products/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = i64, Path, minimum = 1)),
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
     responses(
         (status = 200, description = "Deleted (softly): the product as it was", body = ProductAnswer),
+        (status = 400, description = "The Idempotency-Key breaks its rule", body = Refusal),
         AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
-        (status = 409, description = "Another change of this product is in progress", body = Refusal),
+        (status = 409, description = "Another change of this product, or a request with this Idempotency-Key, is in progress", body = Refusal),
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 pub async fn delete_product(call: Call<'_>) -> Answer {
     let product = product(call.id)?;
     let (parts, _) = call.request.into_parts();
     let delete = ProductChange::Delete { product };
-    change(call.state, delete, &parts, Bytes::new()).await
+    change(
+        call.state,
+        "admin_product DELETE",
+        delete,
+        &parts,
+        Bytes::new(),
+    )
+    .await
 }
 
 /// Restock a product, or take back unheld units, with a reason in its ledger.
 #[utoipa::path(operation_id = "admin_stock", post, path = "/api/v1/admin/products/{id}/stock", tag = "admin", security(("bearer" = [])),
-    params(("id" = i64, Path, minimum = 1)),
+    params(("id" = i64, Path, minimum = 1), KeyHeader),
     request_body = StockDelta,
     responses(
         (status = 200, description = "The product with its new stock", body = ProductAnswer),
         (status = 400, description = "A field breaks a rule", body = Refusal),
         AdminGuard,
         (status = 404, description = "No such product", body = Refusal),
-        (status = 409, description = "Not enough unheld stock, or an edit of the product is in progress", body = Refusal),
+        (status = 409, description = "Not enough unheld stock, an edit of the product in progress, or a request with this Idempotency-Key in progress", body = Refusal),
         BodyRefusals,
+        (status = 422, description = "The Idempotency-Key was used for another request", body = Refusal),
         (status = 503, description = "Busy or the database unavailable", body = Refusal),
     ))]
 pub async fn stock(call: Call<'_>) -> Answer {
@@ -288,7 +328,7 @@ pub async fn stock(call: Call<'_>) -> Answer {
         delta,
         reason,
     };
-    change(state, restock, &parts, body).await
+    change(state, "admin_stock", restock, &parts, body).await
 }
 
 /// A product's ledger.
@@ -352,16 +392,81 @@ fn product(id: Option<i64>) -> Result<ProductId, ApiError> {
 
 /// Makes a change of an existing product, here or on the node that owns its store;
 /// answers with the product it left.
-async fn change(state: &AppState, change: ProductChange, parts: &Parts, body: Bytes) -> Answer {
+async fn change(
+    state: &AppState,
+    endpoint: &str,
+    change: ProductChange,
+    parts: &Parts,
+    body: Bytes,
+) -> Answer {
     let product = change.product().ok_or(AdminError::UnknownProduct)?;
-    match state.admin.change_product(product, change).await? {
-        Changed::Here(changed) => Ok(response::json(
+    let key = admin_key(endpoint, Some(product.0), parts, &body)?;
+    let admin = &state.admin;
+    let changed = admin.keyed(key, |key| admin.change_product(product, change, key));
+    match changed.await? {
+        Admitted::Done(Changed::Here(changed)) => Ok(response::json(
             StatusCode::OK,
             "OK",
             Some(views::AdminProductView::from(&changed)),
         )),
-        Changed::There(peer) => forward_change(state, &peer, parts, body).await,
+        Admitted::Done(Changed::There(peer)) => forward_change(state, &peer, parts, body).await,
+        Admitted::Replayed { status, data } => replayed(status, &data, PRODUCT_FIELDS),
     }
+}
+
+/// The fields of a product as every admin answer shows it, in order.
+const PRODUCT_FIELDS: &[&str] = &[
+    "id",
+    "product_name",
+    "current_stock",
+    "store_id",
+    "max_per_customer",
+];
+
+/// The request's `Idempotency-Key`, bound to the endpoint, the id its path names and
+/// its body written canonically (so key order and spacing do not change it).
+fn admin_key(
+    endpoint: &str,
+    id: Option<i64>,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<Option<(IdempotencyKey, Fingerprint)>, ApiError> {
+    let Some(key) = request::idempotency_key(&parts.headers)? else {
+        return Ok(None);
+    };
+    // A body that got this far is one JSON object (or none, for a deletion).
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|value| value.to_string())
+        .unwrap_or_default();
+    Ok(Some((key, Fingerprint::of_admin(endpoint, id, &canonical))))
+}
+
+/// The answer an earlier request with the same key got, again: its status, and its
+/// `data` as the database had it when that request's change committed, written as the
+/// fresh answer writes it (`fields` in order).
+fn replayed(status: u16, data: &str, fields: &[&str]) -> Answer {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(data).map_err(|e| {
+            tracing::error!(error = %e, "a stored admin answer is not a JSON object");
+            ApiError::Internal
+        })?;
+    let mut rendered = String::from("{");
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            rendered.push(',');
+        }
+        let value = object.get(*field).unwrap_or(&serde_json::Value::Null);
+        rendered.push_str(&serde_json::to_string(field).unwrap_or_default());
+        rendered.push(':');
+        rendered.push_str(&value.to_string());
+    }
+    rendered.push('}');
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut response = response::json_data_with(status, rendered.as_bytes());
+    response
+        .headers_mut()
+        .insert(response::REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
 }
 
 async fn forward_change(state: &AppState, peer: &Peer, parts: &Parts, body: Bytes) -> Answer {

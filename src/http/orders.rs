@@ -17,9 +17,9 @@ use std::ops::RangeInclusive;
 
 use bytes::Bytes;
 
+use hyper::Response;
 use hyper::header::{HeaderValue, LINK};
 use hyper::http::request::Parts;
-use hyper::{HeaderMap, Response};
 
 use super::call::{Answer, Call};
 use super::forward::{Forwarded, forward};
@@ -34,13 +34,13 @@ use super::views;
 use crate::app::AppState;
 use crate::app::orders::{Ended, Locked};
 use crate::cluster::Peer;
-use crate::domain::{IdempotencyKey, OrderId, ProductId, Resolution, StoreId};
+use crate::domain::{OrderId, ProductId, Resolution, StoreId};
 use crate::metrics::LockOutcome;
 use crate::store::{Failure, LockError, Placed, ResolveError};
 use sea_orm::DbErr;
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const REPLAYED: &str = "idempotent-replayed";
+use super::request::idempotency_key;
+use super::response::REPLAYED;
 
 /// The parameters of `GET /api/v1/products`; the others are ignored.
 const CATALOGUE_QUERY: [&str; 3] = ["store_id", "after_id", "limit"];
@@ -279,21 +279,6 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
             .map_err(|f| ApiError::Resolve(ResolveError::Failed(f))),
         Ended::Conflict(status) => Err(ApiError::OrderEnded(status)),
         Ended::NotFound => Err(ApiError::OrderNotFound),
-    }
-}
-
-/// The `Idempotency-Key` header, if the request has one.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
-    let (first, second) = (values.next(), values.next());
-    match (first, second) {
-        (None, _) => Ok(None),
-        (Some(value), None) => IdempotencyKey::parse(value.as_bytes())
-            .map(Some)
-            .map_err(|e| ApiError::BadRequest(e.to_string())),
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(
-            "send one Idempotency-Key header, not several".into(),
-        )),
     }
 }
 

@@ -380,6 +380,26 @@ pub(super) fn integer_from(value: &RawValue, field: &str, min: i64) -> Result<i6
     }
 }
 
+/// The `Idempotency-Key` header.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` header, if the request has one.
+pub(super) fn idempotency_key(
+    headers: &HeaderMap,
+) -> Result<Option<crate::domain::IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let (first, second) = (values.next(), values.next());
+    match (first, second) {
+        (None, _) => Ok(None),
+        (Some(value), None) => crate::domain::IdempotencyKey::parse(value.as_bytes())
+            .map(Some)
+            .map_err(|e| ApiError::BadRequest(e.to_string())),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "send one Idempotency-Key header, not several".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

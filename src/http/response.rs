@@ -18,6 +18,9 @@ use crate::app::keys::{KeyError, Keyed};
 use crate::domain::OrderStatus;
 use crate::store::{ChangeError, Failure, LockError, ResolveError};
 
+/// The header of an answer given again for a request's `Idempotency-Key`.
+pub const REPLAYED: &str = "idempotent-replayed";
+
 /// An answer's body: whole (every answer but one), or sent as it is made (an event
 /// stream).
 pub type Body = Either<Full<Bytes>, Streamed>;

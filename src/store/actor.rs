@@ -234,8 +234,8 @@ impl StoreActor {
                                     retried: false,
                                 }))
                             }
-                            Command::Change { change, answer_by, respond_to } => {
-                                asked.push(Asked::Change(ChangeAttempt { change, answer_by, respond_to }))
+                            Command::Change { change, key, answer_by, respond_to } => {
+                                asked.push(Asked::Change(ChangeAttempt { change, key, answer_by, respond_to }))
                             }
                             Command::SettleDue { respond_to } => {
                                 // What came before it is decided first.
@@ -458,6 +458,7 @@ impl StoreActor {
                         writes.push(Write::Admin {
                             change: write,
                             event: None,
+                            key: attempt.key.clone(),
                         });
                         attempts.push(Attempt::Change(attempt));
                     }

@@ -46,6 +46,8 @@ impl EndRequest {
 /// A change of the store's products the actor is handling.
 pub(super) struct ChangeAttempt {
     pub(super) change: ProductChange,
+    /// Stored with the change, with its answer (`db::keys::store_admin`).
+    pub(super) key: Option<Arc<KeyRecord>>,
     pub(super) answer_by: Instant,
     pub(super) respond_to: oneshot::Sender<ChangeResult>,
 }

@@ -294,6 +294,7 @@ enum Command {
     },
     Change {
         change: ProductChange,
+        key: Option<Arc<KeyRecord>>,
         answer_by: Instant,
         respond_to: oneshot::Sender<ChangeResult>,
     },
@@ -342,10 +343,17 @@ impl StoreHandle {
         .await
     }
 
-    /// Makes a change of the store's products; answers after it committed.
-    pub async fn change(&self, change: ProductChange, answer_by: Instant) -> ChangeResult {
+    /// Makes a change of the store's products; answers after it committed (with `key`,
+    /// if given, stored in its transaction).
+    pub async fn change(
+        &self,
+        change: ProductChange,
+        key: Option<Arc<KeyRecord>>,
+        answer_by: Instant,
+    ) -> ChangeResult {
         self.ask(|respond_to| Command::Change {
             change,
+            key,
             answer_by,
             respond_to,
         })

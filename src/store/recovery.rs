@@ -146,12 +146,7 @@ impl StoreActor {
                 attempt.answer(Err(failure.into()));
             }
             Attempt::End { mut request, .. } => request.answer(Err(failure(false).into())),
-            // A change carries no key of its own.
-            Attempt::Change(attempt) => attempt.answer(Err(match failure(true) {
-                Failure::KeyTaken => Failure::Unavailable,
-                other => other,
-            }
-            .into())),
+            Attempt::Change(attempt) => attempt.answer(Err(failure(true).into())),
         }
     }
 

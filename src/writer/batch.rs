@@ -239,16 +239,18 @@ impl Writer {
                     }
                     (Written::Ended, order_id.0)
                 }
-                Write::Admin { change, .. } => {
+                Write::Admin { change, key, .. } => {
                     batch.admin.push(persist::AdminRow {
                         change,
                         event: numbered,
+                        key: key.as_deref(),
                     });
                     // Filled in with what the database answered.
                     (Written::Admin(0), 0)
                 }
             };
-            if let Some(record) = w.key() {
+            // An admin write stores its key itself, with its answer (`persist`).
+            if let Some(record) = w.key().filter(|_| !matches!(w, Write::Admin { .. })) {
                 batch.keys.push(persist::KeyRow {
                     key: record.key.as_bytes(),
                     fingerprint: &record.fingerprint.0,

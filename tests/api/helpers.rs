@@ -706,6 +706,27 @@ impl Api {
         (status, value)
     }
 
+    /// An admin request with `ADMIN_TOKEN` and `Idempotency-Key: key`; a body is sent as
+    /// JSON, as it is written.
+    pub async fn admin_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("idempotency-key", key);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let body = Bytes::from(body.unwrap_or_default().to_owned());
+        self.send(builder.body(Full::new(body)).unwrap()).await
+    }
+
     /// An admin request (as `admin`) that must be answered `expected`: the body, shown
     /// with the request when the status is another.
     pub async fn admin_expect(

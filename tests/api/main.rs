@@ -6,6 +6,7 @@ mod helpers;
 mod mariadb;
 
 mod admin;
+mod admin_keys;
 mod admin_page;
 mod burst;
 mod catalogue;

@@ -327,6 +327,10 @@ mod mysql {
                     change_settled_despite(cut, change).await;
                 }
             };
+        a_keyed_restock_retried_after_a_cut_commit_applies_once_mysql =>
+            for cut in [Cut::AfterCommit, Cut::InsteadOfCommit] {
+                keyed_restock_once_despite(cut).await;
+            };
         an_unreachable_database_answers_outcome_unknown_then_recovers_mysql =>
             outcome_unknown().await;
         a_lookup_that_waits_on_a_lock_ends_at_the_deadline_mysql =>
@@ -476,6 +480,49 @@ async fn change_settled_despite(cut: Cut, change: &str) {
     let unbalanced = db.unbalanced().await;
     assert!(unbalanced.is_empty(), "{cut:?} {change}: {unbalanced:?}");
     assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    drop(proxy);
+    db.drop_database().await;
+}
+
+/// A restock with an `Idempotency-Key` whose COMMIT was cut, then retried with the
+/// key, as a client does after a timeout or a 503: whether the first committed (its
+/// token says so: 200, and the retry is a replay) or not (503, and the retry applies
+/// it), the restock is applied exactly once.
+async fn keyed_restock_once_despite(cut: Cut) {
+    let (db, proxy, app) = through_proxy(5_000).await;
+    let before = db.stocks().await[&1];
+    let (path, body) = (
+        "/api/v1/admin/products/1/stock",
+        r#"{"delta": 5, "reason": "retried truck"}"#,
+    );
+    proxy.cut_next_commit(cut);
+    let (first, _, answer) = app
+        .admin_keyed(hyper::Method::POST, path, "truck-7", Some(body))
+        .await;
+    assert!(proxy.cut_done(), "{cut:?}: no COMMIT was cut");
+    assert!(
+        first == StatusCode::OK || first == StatusCode::SERVICE_UNAVAILABLE,
+        "{cut:?}: {first} {answer}"
+    );
+    let (again, headers, retried) = app
+        .admin_keyed(hyper::Method::POST, path, "truck-7", Some(body))
+        .await;
+    assert_eq!(again, StatusCode::OK, "{cut:?}: {retried}");
+    assert_eq!(
+        headers.contains_key("idempotent-replayed"),
+        first == StatusCode::OK,
+        "{cut:?}: a retry replays what committed, and applies what did not"
+    );
+    let restocks = db
+        .query_i64s("SELECT COUNT(*) FROM stock_movements WHERE reason = 'retried truck'")
+        .await[0][0];
+    assert_eq!(
+        (restocks, db.stocks().await[&1]),
+        (1, before + 5),
+        "{cut:?}"
+    );
+    assert!(db.unbalanced().await.is_empty());
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
