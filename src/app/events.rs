@@ -69,22 +69,26 @@ pub enum StreamError {
 impl Events {
     /// Starts following `store` after position `after`: the frames of its events, as
     /// `text/event-stream` writes them, then a comment every `KEEP_ALIVE` while nothing
-    /// happens. The stream ends when the client goes, falls too far behind, or the
+    /// happens; and the number of its last event when the stream started (a client that
+    /// has just read the store's state follows from there). The stream ends when the client goes, falls too far behind, or the
     /// server shuts down.
     pub async fn follow(
         &self,
         admin: &Admin,
         store: StoreId,
         after: i64,
-    ) -> Result<mpsc::Receiver<Bytes>, StreamError> {
+    ) -> Result<(mpsc::Receiver<Bytes>, i64), StreamError> {
         let answer_by = Instant::now() + self.answer_within;
         if !admin.has_store(store, answer_by).await? {
             return Err(StreamError::StoreNotFound);
         }
         let live = self.feed.subscribe(store);
-        let read =
-            move |db: DatabaseConnection| async move { events::first_kept(&db, store).await };
-        let first_kept = self
+        let read = move |db: DatabaseConnection| async move {
+            let first = events::first_kept(&db, store).await?;
+            let last = events::last_seqs(&db, Some(store)).await?;
+            Ok((first, last.first().map_or(0, |(_, last)| *last)))
+        };
+        let (first_kept, last) = self
             .reads
             .run(answer_by, read)
             .await
@@ -106,7 +110,7 @@ impl Events {
             answer_within: self.answer_within,
         };
         tokio::spawn(follower.run());
-        Ok(receiver)
+        Ok((receiver, last))
     }
 }
 

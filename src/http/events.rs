@@ -15,6 +15,10 @@ use crate::domain::StoreId;
 /// The header a reconnecting `EventSource` sends with the last id it received.
 const LAST_EVENT_ID: &str = "last-event-id";
 
+/// The number of the store's last event when the stream started: a client that reads
+/// the store's state (a `HEAD` of the stream, then the admin reads) follows from there.
+const LAST_EVENT: &str = "kitara-last-event-id";
+
 /// A store's events: history after a position, then live ones as they commit.
 #[utoipa::path(operation_id = "admin_store_events", get, path = "/api/v1/admin/stores/{id}/events", tag = "admin", security(("bearer" = [])),
     params(
@@ -23,7 +27,8 @@ const LAST_EVENT_ID: &str = "last-event-id";
         ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; a reconnecting client sends it"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: each event as `id: <seq>`, `event: <type>`, `data: <event JSON>`, a comment line at least every 15 s", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: each event as `id: <seq>`, `event: <type>`, `data: <event JSON>`, a comment line at least every 15 s", content_type = "text/event-stream", body = String,
+            headers(("Kitara-Last-Event-Id" = i64, description = "The store's last event when the stream started"))),
         (status = 400, description = "`after` or `Last-Event-ID` is not an integer", body = Refusal),
         AdminGuard,
         (status = 404, description = "No such store", body = Refusal),
@@ -39,7 +44,7 @@ pub async fn stream(call: Call<'_>) -> Answer {
         None => from_query.unwrap_or(0),
     };
     let state = call.state;
-    let frames = state.events.follow(&state.admin, store, after).await?;
+    let (frames, last) = state.events.follow(&state.admin, store, after).await?;
     let body = futures_util::stream::unfold(frames, |mut frames| async move {
         let frame = frames.recv().await?;
         Some((Ok(Frame::data(frame)), frames))
@@ -51,6 +56,7 @@ pub async fn stream(call: Call<'_>) -> Answer {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies that buffer answers would hold events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(LAST_EVENT, HeaderValue::from(last));
     Ok(response)
 }
 

@@ -214,7 +214,9 @@ async fn the_owners_page_works_in_a_real_browser() {
         .unwrap();
     assert!(images.is_empty(), "a name became markup");
 
-    // An order placed through the API appears, locked.
+    // An order placed through the API appears, locked: the page reads no orders after it
+    // opened (with two stores it follows both streams and polls nothing), so what shows
+    // it is the store's event stream, which the live feed lists too.
     let (status, placed) = app.lock(&order(2, &[(4, 2), (1, 1)])).await;
     assert_eq!(status, StatusCode::OK, "{placed}");
     let order_id = placed["data"]["order_id"].as_i64().unwrap();
@@ -229,6 +231,15 @@ async fn the_owners_page_works_in_a_real_browser() {
     })
     .await;
     product_shows(&browser, 4, "stock", "5").await;
+    eventually("the order in the live feed", || async {
+        let kinds = text(&browser, "#feed li:first-child .type").await?;
+        let what = text(&browser, "#feed li:first-child .what").await?;
+        seen(
+            kinds == "order.locked" && what.contains(&format!("order #{order_id} ")),
+            format!("{kinds} {what}"),
+        )
+    })
+    .await;
 
     // No alert ever opened: the name ran nowhere.
     assert!(browser.get_alert_text().await.is_err(), "an alert is open");

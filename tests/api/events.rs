@@ -352,6 +352,8 @@ async fn a_stream_sends_history_then_live_events_and_resumes_after_its_last_id(b
         held.push(body["data"]["order_id"].as_i64().unwrap());
     }
     let mut stream = Stream::open(&app, 1, None, "").await.expect("a stream");
+    // Where a client that reads the store's state now follows from.
+    assert_eq!(stream.response.headers()["kitara-last-event-id"], "3");
     let history = stream.take(3, Duration::from_secs(5)).await;
     assert_eq!(history.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(history[2].data["data"]["order_id"], held[2]);
