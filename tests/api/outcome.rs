@@ -376,9 +376,33 @@ async fn served_again(app: &TestApp, body: &serde_json::Value) -> serde_json::Va
 /// and everything stops.
 async fn ends_agreeing(db: TestDb, proxy: Proxy, app: TestApp, initial: &BTreeMap<i64, i64>) {
     db.assert_settled(initial, &app).await;
+    events_agree(&db).await;
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
+}
+
+/// The events and the changes agree, whatever the cut COMMITs came to: each store's
+/// events number exactly its changes that exist (an order placed, an order ended, a
+/// stock adjustment), so an event exists if and only if its change does (the numbers
+/// have no gap: `events`).
+async fn events_agree(db: &TestDb) {
+    for store in [1, 2] {
+        let changes = db
+            .query_i64s(&format!(
+                "SELECT (SELECT COUNT(*) FROM orders WHERE store_id = {store}) \
+                 + (SELECT COUNT(*) FROM orders WHERE store_id = {store} AND status <> 'locked') \
+                 + (SELECT COUNT(*) FROM stock_movements m JOIN products p ON p.id = m.product_id \
+                    WHERE p.store_id = {store} AND m.reason NOT IN ('created', 'adopted'))"
+            ))
+            .await[0][0];
+        let events = db
+            .query_i64s(&format!(
+                "SELECT COALESCE(MAX(last_seq), 0) FROM kitara_events WHERE store_id = {store}"
+            ))
+            .await[0][0];
+        assert_eq!(events, changes, "store {store}: events against changes");
+    }
 }
 
 async fn through_proxy(deadline_ms: u64) -> (TestDb, Proxy, TestApp) {
@@ -480,6 +504,7 @@ async fn change_settled_despite(cut: Cut, change: &str) {
     let unbalanced = db.unbalanced().await;
     assert!(unbalanced.is_empty(), "{cut:?} {change}: {unbalanced:?}");
     assert_eq!(app.listed_stocks().await, db.stocks().await);
+    events_agree(&db).await;
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
@@ -523,6 +548,7 @@ async fn keyed_restock_once_despite(cut: Cut) {
         "{cut:?}"
     );
     assert!(db.unbalanced().await.is_empty());
+    events_agree(&db).await;
     app.stop().await;
     drop(proxy);
     db.drop_database().await;
