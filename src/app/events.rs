@@ -35,6 +35,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// answer was lost), nor those a failed read left unsent.
 const OWNER_POLL: Duration = Duration::from_secs(2);
 
+/// Events written to a follower's client at once, at most.
+const LIVE_BATCH: usize = 256;
+
 /// Outbox rows read from the database per query (each holds one transaction's events
 /// of the store).
 const PAGE: u32 = 64;
@@ -159,7 +162,9 @@ impl Follower {
             };
             match woke {
                 Woke::Live(Ok(event)) if event.seq <= self.last => {}
-                Woke::Live(Ok(event)) if event.seq == self.last + 1 => self.send(&event).await?,
+                Woke::Live(Ok(event)) if event.seq == self.last + 1 => {
+                    self.send_live(event).await?
+                }
                 // Published before this follower caught up, or by a store loaded anew
                 // here: the database has what lies between.
                 Woke::Live(Ok(_)) => self.catch_up().await?,
@@ -204,23 +209,53 @@ impl Follower {
             if page.is_empty() {
                 return Ok(());
             }
-            for event in &page {
-                self.send(event).await?;
-            }
+            self.send(&page).await?;
         }
     }
 
-    async fn send(&mut self, event: &Event) -> Result<(), Stop> {
-        let mut frame = Vec::with_capacity(event.body.len() + 64);
-        frame.extend_from_slice(b"id: ");
-        frame.extend_from_slice(event.seq.to_string().as_bytes());
-        frame.extend_from_slice(b"\nevent: ");
-        frame.extend_from_slice(event.kind.as_str().as_bytes());
-        frame.extend_from_slice(b"\ndata: ");
-        frame.extend_from_slice(&event.body);
-        frame.extend_from_slice(b"\n\n");
+    /// Sends `first` and whatever the feed already holds after it, in one write: at a
+    /// flash sale's rate, a follower costs a write per batch of events, not per event.
+    async fn send_live(&mut self, first: Event) -> Result<(), Stop> {
+        let mut batch = vec![first];
+        let mut ahead = false;
+        while batch.len() < LIVE_BATCH {
+            let next = batch[batch.len() - 1].seq + 1;
+            match self.live.try_recv() {
+                Ok(event) if event.seq == next => batch.push(event),
+                Ok(event) if event.seq < next => {}
+                Ok(_) => {
+                    ahead = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(_) => return Err(Stop),
+            }
+        }
+        self.send(&batch).await?;
+        if ahead {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends consecutive events, the next ones after the last sent, as one frame.
+    async fn send(&mut self, events: &[Event]) -> Result<(), Stop> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let size = events.iter().map(|e| e.body.len() + 64).sum();
+        let mut frame = Vec::with_capacity(size);
+        for event in events {
+            frame.extend_from_slice(b"id: ");
+            frame.extend_from_slice(event.seq.to_string().as_bytes());
+            frame.extend_from_slice(b"\nevent: ");
+            frame.extend_from_slice(event.kind.as_str().as_bytes());
+            frame.extend_from_slice(b"\ndata: ");
+            frame.extend_from_slice(&event.body);
+            frame.extend_from_slice(b"\n\n");
+        }
         self.frame(Bytes::from(frame)).await?;
-        self.last = event.seq;
+        self.last = last.seq;
         Ok(())
     }
 
