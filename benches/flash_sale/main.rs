@@ -31,6 +31,7 @@ mod catalogue;
 mod cpu;
 mod db;
 mod few_clients;
+mod followers;
 mod galera;
 mod load;
 mod report;
@@ -58,7 +59,7 @@ pub(crate) const SELL_OUT_STOCK: i64 = 10_000;
 pub(crate) const HUGE_STOCK: i64 = 1_000_000_000;
 
 /// The workloads as the table lists them (and as `KITARA_BENCH_ONLY` names them).
-pub(crate) const TABLE_ORDER: [&str; 19] = [
+pub(crate) const TABLE_ORDER: [&str; 20] = [
     "hot",
     "hot-c16",
     "hot-c256",
@@ -66,6 +67,7 @@ pub(crate) const TABLE_ORDER: [&str; 19] = [
     "redis-c256",
     "hot-no-metrics",
     "hot-no-events",
+    "hot-followed",
     "hot-holds",
     "lock-confirm",
     "expiry-wave",

@@ -129,6 +129,12 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         "ratio hot/hot-no-metrics (what recording metrics costs): {:.3}",
         rate("hot") / rate("hot-no-metrics")
     );
+    if rows.contains_key("hot-followed") {
+        println!(
+            "ratio hot-followed/hot (100 stream followers and a webhook attached): {:.2}",
+            rate("hot-followed") / rate("hot")
+        );
+    }
     for (with, without, what) in [
         ("hot", "hot-no-events", "hot"),
         ("spread", "spread-no-events", "spread"),

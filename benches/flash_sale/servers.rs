@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::db::BenchDb;
+use crate::followers::{self, Attached};
 use crate::server_runtime;
 
 /// What serves a workload: Kitara as shipped, or a baseline.
@@ -28,6 +29,8 @@ pub(crate) enum Server {
     KitaraWithoutMetrics,
     /// Kitara with `KITARA_EVENTS=false`: what recording every change as an event costs.
     KitaraWithoutEvents,
+    /// Kitara with 100 followers of the hot store's stream and a webhook receiver.
+    KitaraFollowed,
     RowLock,
     /// Three Kitara nodes on one MySQL database, each owning its share of the stores;
     /// the load goes to all three, so two requests in three are forwarded.
@@ -40,6 +43,8 @@ pub(crate) struct Running {
     pub(crate) task: tokio::task::JoinHandle<()>,
     /// The other nodes of a cluster.
     others: Vec<Running>,
+    /// What follows the server's events (`KitaraFollowed`).
+    pub(crate) attached: Option<Attached>,
 }
 
 impl Running {
@@ -52,6 +57,15 @@ impl Running {
         let mut settings = Settings::local(&db.url);
         settings.metrics = server != Server::KitaraWithoutMetrics;
         settings.events = server != Server::KitaraWithoutEvents;
+        let receiver = if server == Server::KitaraFollowed {
+            let (url, seen, task) = Attached::receiver().await;
+            settings.admin_token = Some(followers::TOKEN.into());
+            settings.webhook_url = Some(url);
+            settings.webhook_secret = Some(followers::SECRET.into());
+            Some((seen, task))
+        } else {
+            None
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
@@ -62,6 +76,7 @@ impl Running {
                     Server::Kitara
                     | Server::KitaraWithoutMetrics
                     | Server::KitaraWithoutEvents
+                    | Server::KitaraFollowed
                     | Server::KitaraThreeNodes => {
                         let app = Application::build(settings).await.expect("build Kitara");
                         let addr = app.addr();
@@ -84,6 +99,7 @@ impl Running {
             stop,
             task,
             others: Vec::new(),
+            attached: receiver.map(|(seen, task)| Attached::follow(addr, 1, seen, task)),
         }
     }
 
@@ -125,6 +141,9 @@ impl Running {
     }
 
     pub(crate) async fn stop(self) {
+        if let Some(attached) = &self.attached {
+            attached.stop();
+        }
         for other in self.others {
             Box::pin(other.stop()).await;
         }

@@ -91,6 +91,14 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
             Expect::Commits,
         ),
         (
+            "hot-followed",
+            "hot, 100 stream followers and a webhook attached (kitara)",
+            Server::KitaraFollowed,
+            (1, 1, HUGE_STOCK),
+            Lock,
+            Expect::Commits,
+        ),
+        (
             "hot-holds",
             "hot with holds and keys (kitara)",
             Server::Kitara,
@@ -216,6 +224,7 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
         ..
     } in workloads
     {
+        let attached = running.attached.as_ref().map(|a| a.seen.clone());
         running.stop().await;
         let note = match expect {
             Expect::Commits => {
@@ -225,7 +234,11 @@ pub(crate) async fn interleaved(bench: &Bench) -> Interleaved {
                     let keys = db.count("idempotency_keys").await;
                     assert_eq!(keys, load.ok, "{name}: every 200 stored its key");
                 }
-                db.batching_note().await
+                let batching = db.batching_note().await;
+                match attached {
+                    Some(seen) => format!("{batching}; {}", followed_note(&seen, load.ok)),
+                    None => batching,
+                }
             }
             Expect::AllRefused => {
                 let stored = db.check_invariants().await;
@@ -537,4 +550,28 @@ async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
         .iter()
         .find(|p| p["id"] == product)?["current_stock"]
         .as_i64()
+}
+
+/// What the followers and the webhook receiver of `hot-followed` saw of its `events`
+/// (one per order).
+fn followed_note(seen: &crate::followers::Seen, events: u64) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let followed = seen.followed.load(Relaxed);
+    let delivered = seen.last_delivered.load(Relaxed);
+    let mut lags = seen.lags_ms.lock().map(|l| l.clone()).unwrap_or_default();
+    lags.sort_unstable();
+    let pick = |q: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    format!(
+        "followers got {:.0} % of the events ({} reconnects); the webhook acknowledged {} of {} events (lag p50 {} ms, p99 {} ms)",
+        100.0 * followed as f64 / (events as f64 * crate::followers::FOLLOWERS as f64).max(1.0),
+        seen.reconnects.load(Relaxed),
+        delivered,
+        events,
+        pick(0.5),
+        pick(0.99),
+    )
 }
