@@ -42,9 +42,15 @@ const LIVE_BATCH: usize = 256;
 /// of the store).
 const PAGE: u32 = 64;
 
-/// Frames a follower's task may queue for its client before it waits; a client that
-/// stays behind makes it fall behind the store's feed, and then it is disconnected.
-const QUEUE: usize = 64;
+/// Frames a follower's task may queue for its client before it waits (a frame holds up
+/// to `LIVE_BATCH` events); a client that stays behind makes it fall behind the store's
+/// feed, and then it is disconnected.
+const QUEUE: usize = 8;
+
+/// A client that takes no frame for this long is disconnected: one that stopped reading
+/// without closing would otherwise hold its follower, and what it queued, for good. It
+/// reconnects with its last id and misses nothing.
+const STALLED: Duration = Duration::from_secs(5);
 
 /// The stores' event streams.
 pub struct Events {
@@ -259,12 +265,16 @@ impl Follower {
         Ok(())
     }
 
-    /// Queues a frame for the client; a client that stops reading holds the follower
-    /// here until it goes, or the server shuts down.
+    /// Queues a frame for the client, waiting while its queue is full: until the client
+    /// takes one, goes, stalls for `STALLED`, or the server shuts down.
     async fn frame(&mut self, frame: Bytes) -> Result<(), Stop> {
         tokio::select! {
             sent = self.frames.send(frame) => sent.map_err(|_| Stop),
             _ = self.closing.wait_for(|closing| *closing) => Err(Stop),
+            () = tokio::time::sleep(STALLED) => {
+                tracing::info!(store = %self.store, last = self.last, "an event stream's client stopped reading; disconnecting it");
+                Err(Stop)
+            }
         }
     }
 }

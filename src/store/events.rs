@@ -25,9 +25,10 @@ use crate::domain::{ProductId, StoreId};
 
 /// Events kept per followed store for followers that fall behind: one that is further
 /// behind is disconnected (it reconnects with its last id and reads the rest from the
-/// database), never buffered without bound. Allocated only for a store someone follows
-/// here.
-pub const FEED_CAPACITY: usize = 1_024;
+/// database), never buffered without bound. More than one submission of a store can
+/// hold (its mailbox's 4,096 orders and a batch), so that a follower that keeps up is
+/// never dropped by one large commit. Allocated only for a store someone follows here.
+pub const FEED_CAPACITY: usize = 8_192;
 
 /// The live events of the stores served here, fanned out from memory: a follower costs
 /// the order path one `send` per event, whatever their number; and, per store, the last

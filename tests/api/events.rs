@@ -23,6 +23,7 @@ crate::on_both_backends!(
     a_stream_sends_history_then_live_events_and_resumes_after_its_last_id,
     a_purged_position_is_gone_and_names_the_first_kept,
     bad_input_on_the_stream_is_named_and_changes_nothing,
+    a_client_that_stops_reading_is_disconnected_and_resumes_after_its_last_id,
 );
 
 /// A store's event stream as a client reads it.
@@ -520,5 +521,85 @@ async fn bad_input_on_the_stream_is_named_and_changes_nothing(backend: Backend) 
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(db.count("kitara_events").await, 0);
     app.stop().await;
+    db.drop_database().await;
+}
+
+/// The ids in a raw answer's bytes, in order.
+fn ids_in(bytes: &[u8]) -> Vec<i64> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ")?.trim().parse().ok())
+        .collect()
+}
+
+async fn a_client_that_stops_reading_is_disconnected_and_resumes_after_its_last_id(
+    backend: Backend,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::with_demo_data(backend).await;
+    // Long names make long events: the sockets' buffers fill sooner.
+    let long = "n".repeat(255);
+    db.exec(&format!(
+        "UPDATE products SET current_stock = 100000, product_name = '{long}' WHERE id = 1"
+    ))
+    .await;
+    add_users(&db, 10).await;
+    let app = Arc::new(
+        spawn_app_at(&db, manual_clock(), |s| {
+            s.admin_token = Some(ADMIN_TOKEN.into())
+        })
+        .await,
+    );
+    // A client with a small receive window that reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /api/v1/admin/stores/1/events HTTP/1.1\r\nHost: kitara\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let events = 20_000;
+    let answers =
+        crate::helpers::customers(&app, 10, events / 10, |c, _| order(c + 1, &[(1, 1)])).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    // It falls more than the store's feed behind while it reads nothing: when it reads
+    // again, what was already on its way is there, then the end of its stream (a client
+    // that stays silent with its queue full is dropped after 5 s, sooner).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let mut got = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = stalled.read(&mut buffer).await.unwrap_or(0);
+            got.extend_from_slice(&buffer[..n]);
+            if n == 0 || got.ends_with(b"\r\n0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled client's stream never ended");
+    let ids = ids_in(&got);
+    let last = *ids.last().expect("some events before it stalled");
+    assert_eq!(
+        ids,
+        (1..=last).collect::<Vec<_>>(),
+        "in order, none missing"
+    );
+    assert!(
+        last < events,
+        "it got everything: it never stalled the server"
+    );
+    // Reconnecting with its last id, it gets the rest, nothing twice.
+    let mut resumed = Stream::open(&app, 1, Some(&last.to_string()), "")
+        .await
+        .expect("a stream");
+    let rest = resumed
+        .take((events - last) as usize, Duration::from_secs(10))
+        .await;
+    assert_eq!(rest.first().map(|e| e.id), Some(last + 1));
+    assert_eq!(rest.last().map(|e| e.id), Some(events));
+    TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
