@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, DbErr, Value};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::persist::Sql;
+use super::sql::Sql;
 use crate::domain::{
     Deadline, OrderDetailId, OrderId, OrderLine, OrderStatus, ProductId, Resolution, StoreId,
     UserId,

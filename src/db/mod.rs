@@ -12,6 +12,7 @@ pub mod load;
 pub mod owners;
 pub mod persist;
 mod seed;
+mod sql;
 pub mod write;
 
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 
-use super::persist::Sql;
+use super::sql::Sql;
 use crate::domain::{NodeId, Seen, StoreId};
 
 /// A node as `kitara_nodes` records it.

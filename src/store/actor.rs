@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::attempt::{Asked, Attempt, Cause, ChangeAttempt, EndRequest, LockAttempt};
-use super::events::{Feed, StoreEvents};
+use super::feed::{Feed, StoreEvents};
 use super::{
     Command, Failure, HeldOrder, LiveHolds, LockError, Placed, Registry, ResolveError, StoreHandle,
 };

@@ -6,6 +6,7 @@
 mod actor;
 mod attempt;
 mod events;
+mod feed;
 mod products;
 mod recovery;
 
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 pub use crate::domain::ProductChange;
 pub use actor::{ActorConfig, Shared, spawn};
-pub use events::Feed;
+pub use feed::Feed;
 
 use crate::catalog::Product;
 use crate::db::write::KeyRecord;
