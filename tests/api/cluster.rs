@@ -463,18 +463,14 @@ async fn a_killed_owner_loses_no_answered_order() {
             }
         })
     });
-    let clients: Vec<_> = clients.collect();
-    while placed_count.load(Ordering::Relaxed) < 150 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut clients: Vec<_> = clients.collect();
+    until_placed(&placed_count, 150, &mut clients, &nodes).await;
     dead.store(true, Ordering::Relaxed);
     nodes[victim].kill();
     let killed = Instant::now();
     let at_kill = placed_count.load(Ordering::Relaxed);
     // The first order placed after the kill was placed by the new owner.
-    while placed_count.load(Ordering::Relaxed) <= at_kill + 24 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_placed(&placed_count, at_kill + 25, &mut clients, &nodes).await;
     let served_again = killed.elapsed();
     for client in clients {
         client.await.unwrap();
@@ -511,6 +507,38 @@ async fn a_killed_owner_loses_no_answered_order() {
     }
     println!("{} retried attempts booked once each", booked.retried);
     db.drop_database().await;
+}
+
+/// Waits until `placed` reaches `count`. A client that ended first (none may: the stock
+/// outlasts the test) fails the test with its panic and the nodes' logs, and so does a
+/// wait longer than a minute, far more than the orders take, so that a stuck cluster
+/// fails rather than hangs.
+async fn until_placed(
+    placed: &AtomicUsize,
+    count: usize,
+    clients: &mut Vec<tokio::task::JoinHandle<()>>,
+    nodes: &[Node],
+) {
+    let started = Instant::now();
+    while placed.load(Ordering::Relaxed) < count {
+        let ended = clients.iter().position(|c| c.is_finished());
+        if ended.is_some() || started.elapsed() > Duration::from_secs(60) {
+            let logs: String = nodes.iter().map(Node::logs).collect();
+            eprintln!("{logs}");
+            if let Some(at) = ended
+                && let Err(e) = clients.remove(at).await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!(
+                "{} orders placed, not {count}, after {:?}",
+                placed.load(Ordering::Relaxed),
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The fence, without timing luck: the owner of a limited product's store is paused
