@@ -10,6 +10,9 @@ pub(crate) struct CpuClock {
     pub(crate) at: Instant,
     /// This process: Kitara or the baseline, and the load generator.
     pub(crate) process: f64,
+    /// The server runtime's threads alone: Kitara (or the baseline), without the load
+    /// generator and what runs on its runtime (the followers of `hot-followed`).
+    pub(crate) server: f64,
     /// The database server, when it runs on this machine.
     pub(crate) database: Option<f64>,
     /// Idle and I/O-wait time of all cores together.
@@ -21,6 +24,7 @@ pub(crate) struct CpuClock {
 #[derive(Clone, Copy)]
 pub(crate) struct CpuUse {
     pub(crate) process: f64,
+    pub(crate) server: f64,
     pub(crate) database: Option<f64>,
     /// Idle core-seconds, and the core-seconds the machine had in all.
     pub(crate) idle: f64,
@@ -31,6 +35,8 @@ pub(crate) struct CpuUse {
 #[derive(Clone, Copy)]
 pub(crate) struct PerAnswer {
     pub(crate) process: f64,
+    /// The server runtime's threads alone.
+    pub(crate) server: f64,
     pub(crate) database: Option<f64>,
     /// Fraction of the machine's cores that sat idle.
     pub(crate) idle: f64,
@@ -44,6 +50,7 @@ impl CpuClock {
         Some(CpuClock {
             at: Instant::now(),
             process: process_cpu_seconds("self")?,
+            server: threads_cpu_seconds(crate::SERVER_THREADS),
             database: database_pid().and_then(|pid| process_cpu_seconds(&pid.to_string())),
             idle: idle_seconds()?,
         })
@@ -54,6 +61,7 @@ impl CpuClock {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Some(CpuUse {
             process: now.process - self.process,
+            server: now.server - self.server,
             database: now.database.zip(self.database).map(|(b, a)| b - a),
             idle: now.idle - self.idle,
             capacity: (now.at - self.at).as_secs_f64() * cores,
@@ -65,6 +73,7 @@ impl CpuUse {
     pub(crate) fn add(self, other: CpuUse) -> CpuUse {
         CpuUse {
             process: self.process + other.process,
+            server: self.server + other.server,
             database: self.database.zip(other.database).map(|(a, b)| a + b),
             idle: self.idle + other.idle,
             capacity: self.capacity + other.capacity,
@@ -75,6 +84,7 @@ impl CpuUse {
         let per = |seconds: f64| seconds * 1e6 / answers.max(1) as f64;
         PerAnswer {
             process: per(self.process),
+            server: per(self.server),
             database: self.database.map(per),
             idle: (self.idle / self.capacity).clamp(0.0, 1.0),
         }
@@ -89,6 +99,23 @@ pub(crate) fn process_cpu_seconds(pid: &str) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS_PER_SECOND)
+}
+
+/// utime + stime of this process's threads named `name`, in seconds.
+fn threads_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(|task| {
+            let tid = task.file_name().into_string().ok()?;
+            process_cpu_seconds(&format!("self/task/{tid}"))
+        })
+        .sum()
 }
 
 /// Idle + iowait of all cores, from the first line of `/proc/stat`.

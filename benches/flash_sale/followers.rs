@@ -34,6 +34,8 @@ pub(crate) const SECRET: &str = "bench-webhook-secret-0123456789";
 pub(crate) struct Seen {
     /// Events the followers got, all together.
     pub(crate) followed: AtomicU64,
+    /// Bytes the followers read, all together.
+    pub(crate) bytes: AtomicU64,
     /// Streams opened again after one ended (a follower that fell behind is
     /// disconnected).
     pub(crate) reconnects: AtomicU64,
@@ -150,28 +152,42 @@ async fn follower(addr: SocketAddr, store: i64, seen: Arc<Seen>) {
         if stream.write_all(request.as_bytes()).await.is_err() {
             continue;
         }
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut carry: Vec<u8> = Vec::new();
+        // What is read goes after the last bytes of the previous read (an `id:` line
+        // may be cut between two reads); only the last complete `id:` line of a read is
+        // parsed: the stream is in order, so it tells how many events arrived.
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut kept = 0;
         loop {
-            let n = match stream.read(&mut buffer).await {
+            let n = match stream.read(&mut buffer[kept..]).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            carry.extend_from_slice(&buffer[..n]);
-            // Lines `id: N` (a chunk header cut into one now and then only delays `last`).
-            let mut start = 0;
-            while let Some(end) = carry[start..].iter().position(|&b| b == b'\n') {
-                let line = &carry[start..start + end];
-                if let Some(id) = line.strip_prefix(b"id: ")
-                    && let Some(id) = std::str::from_utf8(id).ok().and_then(|s| s.parse().ok())
-                    && id > last
-                {
-                    seen.followed.fetch_add(id - last, Ordering::Relaxed);
-                    last = id;
-                }
-                start += end + 1;
+            seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            let end = kept + n;
+            if let Some(id) = last_id(&buffer[..end])
+                && id > last
+            {
+                seen.followed.fetch_add(id - last, Ordering::Relaxed);
+                last = id;
             }
-            carry.drain(..start);
+            kept = end.min(TAIL);
+            buffer.copy_within(end - kept..end, 0);
         }
     }
+}
+
+/// Bytes of a read kept for the next: more than an `id:` line.
+const TAIL: usize = 32;
+
+/// The number of the last complete `id: N` line in `read`.
+fn last_id(read: &[u8]) -> Option<u64> {
+    let mut end = read.len();
+    while let Some(at) = read[..end].windows(5).rposition(|w| w == b"\nid: ") {
+        let digits = &read[at + 5..end];
+        if let Some(stop) = digits.iter().position(|&b| b == b'\n') {
+            return std::str::from_utf8(&digits[..stop]).ok()?.parse().ok();
+        }
+        end = at;
+    }
+    None
 }

@@ -94,6 +94,10 @@ fn main() {
     runtime.block_on(run());
 }
 
+/// The name `kitara::startup::runtime` gives the server runtime's threads, by which
+/// their CPU is told apart from the load generator's.
+pub(crate) const SERVER_THREADS: &str = "kitara-worker";
+
 /// The runtime `kitara serve` would build with the same environment
 /// (`KITARA_WORKER_THREADS` included); the row-lock baseline runs on it too.
 pub(crate) fn server_runtime() -> &'static tokio::runtime::Handle {

@@ -134,6 +134,18 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
             "ratio hot-followed/hot (100 stream followers and a webhook attached): {:.2}",
             rate("hot-followed") / rate("hot")
         );
+        let server = |key: &str| {
+            rows.get(key)
+                .and_then(|row| row.cpu)
+                .map_or(f64::NAN, |cpu| cpu.server)
+        };
+        println!(
+            "CPU µs per order of the server runtime's threads alone (Kitara, without the \
+             load generator, on whose runtime the followers and the receiver run): hot {:.1}, \
+             hot-followed {:.1}",
+            server("hot"),
+            server("hot-followed")
+        );
     }
     for (with, without, what) in [
         ("hot", "hot-no-events", "hot"),

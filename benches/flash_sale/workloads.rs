@@ -566,9 +566,10 @@ fn followed_note(seen: &crate::followers::Seen, events: u64) -> String {
             .unwrap_or(0)
     };
     format!(
-        "followers got {:.0} % of the events ({} reconnects); the webhook acknowledged {} of {} events (lag p50 {} ms, p99 {} ms)",
+        "followers got {:.0} % of the events ({} reconnects), {:.0} bytes an event; the webhook acknowledged {} of {} events (lag p50 {} ms, p99 {} ms)",
         100.0 * followed as f64 / (events as f64 * crate::followers::FOLLOWERS as f64).max(1.0),
         seen.reconnects.load(Relaxed),
+        seen.bytes.load(Relaxed) as f64 / followed.max(1) as f64,
         delivered,
         events,
         pick(0.5),

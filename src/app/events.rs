@@ -22,7 +22,7 @@ use crate::cluster::{Cluster, Route};
 use crate::db::call::{self, Reads};
 use crate::db::events::{self, Event};
 use crate::domain::StoreId;
-use crate::store::Feed;
+use crate::store::{Feed, Published};
 
 /// A comment line this often keeps an idle stream open through proxies.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -35,17 +35,21 @@ const POLL: Duration = Duration::from_millis(250);
 /// answer was lost), nor those a failed read left unsent.
 const OWNER_POLL: Duration = Duration::from_secs(2);
 
-/// Events written to a follower's client at once, at most.
-const LIVE_BATCH: usize = 256;
-
 /// Outbox rows read from the database per query (each holds one transaction's events
 /// of the store).
 const PAGE: u32 = 64;
 
-/// Frames a follower's task may queue for its client before it waits (a frame holds up
-/// to `LIVE_BATCH` events); a client that stays behind makes it fall behind the store's
-/// feed, and then it is disconnected.
+/// Writes a follower's task may queue for its client before it waits (a write holds the
+/// commits of up to `LINGER`, or a page of history); a client that stays behind makes it
+/// fall behind the store's feed, and then it is disconnected.
 const QUEUE: usize = 8;
+
+/// A follower writes to its client at most once per this while events keep coming: the
+/// first event after a quiet spell goes at once, and what commits within this time of a
+/// write waits for its end and goes with the rest in one write. At a flash sale's pace
+/// a follower then costs some twenty writes a second, not one per commit, and an event
+/// is late by this at most.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// A client that takes no frame for this long is disconnected: one that stopped reading
 /// without closing would otherwise hold its follower, and what it queued, for good. It
@@ -86,7 +90,7 @@ impl Events {
         admin: &Admin,
         store: StoreId,
         after: i64,
-    ) -> Result<(mpsc::Receiver<Bytes>, i64), StreamError> {
+    ) -> Result<(mpsc::Receiver<Vec<Bytes>>, i64), StreamError> {
         let answer_by = Instant::now() + self.answer_within;
         if !admin.has_store(store, answer_by).await? {
             return Err(StreamError::StoreNotFound);
@@ -113,6 +117,7 @@ impl Events {
             last: after,
             live,
             frames,
+            written: None,
             reads: self.reads.clone(),
             cluster: self.cluster.clone(),
             closing: self.closing.clone(),
@@ -128,8 +133,11 @@ struct Follower {
     store: StoreId,
     /// The last event sent.
     last: i64,
-    live: broadcast::Receiver<Event>,
-    frames: mpsc::Sender<Bytes>,
+    live: broadcast::Receiver<Published>,
+    /// Each item goes to the client in one write.
+    frames: mpsc::Sender<Vec<Bytes>>,
+    /// When live events were last written.
+    written: Option<Instant>,
     reads: Reads,
     cluster: Arc<Cluster>,
     closing: watch::Receiver<bool>,
@@ -141,7 +149,7 @@ struct Stop;
 
 /// What woke a follower up.
 enum Woke {
-    Live(Result<Event, broadcast::error::RecvError>),
+    Live(Result<Published, broadcast::error::RecvError>),
     Poll,
     KeepAlive,
 }
@@ -167,9 +175,11 @@ impl Follower {
                 () = self.frames.closed() => return Err(Stop),
             };
             match woke {
-                Woke::Live(Ok(event)) if event.seq <= self.last => {}
-                Woke::Live(Ok(event)) if event.seq == self.last + 1 => {
-                    self.send_live(event).await?
+                Woke::Live(Ok(commit)) if commit.last() <= self.last => {}
+                // A commit's events, written once for every follower: sent as they are,
+                // from the first this follower has not sent.
+                Woke::Live(Ok(commit)) if commit.first <= self.last + 1 => {
+                    self.send_live(commit).await?
                 }
                 // Published before this follower caught up, or by a store loaded anew
                 // here: the database has what lies between.
@@ -188,7 +198,10 @@ impl Follower {
                         last_read = Instant::now();
                     }
                 }
-                Woke::KeepAlive => self.frame(Bytes::from_static(b": keep-alive\n\n")).await?,
+                Woke::KeepAlive => {
+                    self.write(vec![Bytes::from_static(b": keep-alive\n\n")])
+                        .await?
+                }
             }
         }
     }
@@ -219,31 +232,6 @@ impl Follower {
         }
     }
 
-    /// Sends `first` and whatever the feed already holds after it, in one write: at a
-    /// flash sale's rate, a follower costs a write per batch of events, not per event.
-    async fn send_live(&mut self, first: Event) -> Result<(), Stop> {
-        let mut batch = vec![first];
-        let mut ahead = false;
-        while batch.len() < LIVE_BATCH {
-            let next = batch[batch.len() - 1].seq + 1;
-            match self.live.try_recv() {
-                Ok(event) if event.seq == next => batch.push(event),
-                Ok(event) if event.seq < next => {}
-                Ok(_) => {
-                    ahead = true;
-                    break;
-                }
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(_) => return Err(Stop),
-            }
-        }
-        self.send(&batch).await?;
-        if ahead {
-            self.catch_up().await?;
-        }
-        Ok(())
-    }
-
     /// Sends consecutive events, the next ones after the last sent, as one frame.
     async fn send(&mut self, events: &[Event]) -> Result<(), Stop> {
         let Some(last) = events.last() else {
@@ -252,24 +240,61 @@ impl Follower {
         let size = events.iter().map(|e| e.body.len() + 64).sum();
         let mut frame = Vec::with_capacity(size);
         for event in events {
-            frame.extend_from_slice(b"id: ");
-            frame.extend_from_slice(event.seq.to_string().as_bytes());
-            frame.extend_from_slice(b"\nevent: ");
-            frame.extend_from_slice(event.kind.as_str().as_bytes());
-            frame.extend_from_slice(b"\ndata: ");
-            frame.extend_from_slice(&event.body);
-            frame.extend_from_slice(b"\n\n");
+            event.write_frame(&mut frame);
         }
-        self.frame(Bytes::from(frame)).await?;
+        self.write(vec![Bytes::from(frame)]).await?;
         self.last = last.seq;
         Ok(())
     }
 
-    /// Queues a frame for the client, waiting while its queue is full: until the client
-    /// takes one, goes, stalls for `STALLED`, or the server shuts down.
-    async fn frame(&mut self, frame: Bytes) -> Result<(), Stop> {
+    /// Sends `first` (the next commit's events) and what the feed holds after it, in one
+    /// write. Within `LINGER` of the last write it waits for the rest of that time first,
+    /// gathering what commits meanwhile.
+    async fn send_live(&mut self, first: Published) -> Result<(), Stop> {
+        if let Some(due) = self.written.map(|at| at + LINGER)
+            && due > Instant::now()
+        {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                _ = self.closing.wait_for(|closing| *closing) => return Err(Stop),
+            }
+        }
+        let mut frames = vec![first.after(self.last)];
+        self.last = first.last();
+        let mut ahead = false;
+        loop {
+            match self.live.try_recv() {
+                Ok(commit) if commit.last() <= self.last => {}
+                Ok(commit) if commit.first <= self.last + 1 => {
+                    frames.push(commit.after(self.last));
+                    self.last = commit.last();
+                }
+                Ok(_) => {
+                    ahead = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    tracing::info!(store = %self.store, last = self.last, "an event stream fell behind; disconnecting it");
+                    return Err(Stop);
+                }
+                // Closed: the next wait sees it.
+                Err(_) => break,
+            }
+        }
+        self.write(frames).await?;
+        self.written = Some(Instant::now());
+        if ahead {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues frames for the client, to go in one write, waiting while its queue is
+    /// full: until the client takes a write, goes, stalls for `STALLED`, or the server
+    /// shuts down.
+    async fn write(&mut self, frames: Vec<Bytes>) -> Result<(), Stop> {
         tokio::select! {
-            sent = self.frames.send(frame) => sent.map_err(|_| Stop),
+            sent = self.frames.send(frames) => sent.map_err(|_| Stop),
             _ = self.closing.wait_for(|closing| *closing) => Err(Stop),
             () = tokio::time::sleep(STALLED) => {
                 tracing::info!(store = %self.store, last = self.last, "an event stream's client stopped reading; disconnecting it");

@@ -83,6 +83,20 @@ pub struct Event {
     pub body: Bytes,
 }
 
+impl Event {
+    /// Appends the event as `text/event-stream` sends it: `id:`, `event:` and `data:`
+    /// lines and a blank line.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b"\nevent: ");
+        out.extend_from_slice(self.kind.as_str().as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
 /// An event as the outbox stores it: its `data` alone, the rest being its row's
 /// columns and line fields. The envelope is written when it is read or published, not
 /// stored: a third fewer bytes per order for the database to take.

@@ -45,10 +45,13 @@ pub async fn stream(call: Call<'_>) -> Answer {
     };
     let state = call.state;
     let (frames, last) = state.events.follow(&state.admin, store, after).await?;
+    // A write's frames are ready at once, so the connection sends them together.
     let body = futures_util::stream::unfold(frames, |mut frames| async move {
-        let frame = frames.recv().await?;
-        Some((Ok(Frame::data(frame)), frames))
-    });
+        let write = frames.recv().await?;
+        let write = futures_util::stream::iter(write.into_iter().map(|b| Ok(Frame::data(b))));
+        Some((write, frames))
+    })
+    .flatten();
     let mut response = Response::new(Either::Right(StreamBody::new(body.boxed())));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

@@ -31,7 +31,7 @@ impl StoreActor {
         if self.metrics.enabled {
             self.metrics.events.inc_by(events.len() as u64);
         }
-        log.feed.publish(self.store, events);
+        log.feed.publish(self.store, &events);
     }
 
     /// Gives every write its event, with the stock each change leaves, computed from

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 pub use crate::domain::ProductChange;
 pub use actor::{ActorConfig, Shared, spawn};
-pub use feed::Feed;
+pub use feed::{Feed, Published};
 
 use crate::catalog::Product;
 use crate::db::write::KeyRecord;
