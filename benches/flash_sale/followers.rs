@@ -89,6 +89,19 @@ impl Attached {
         Attached { seen, tasks }
     }
 
+    /// Waits until the receiver has acknowledged event `events` (the store's events are
+    /// its orders, one each), for up to `within`; whether it did.
+    pub(crate) async fn drained(&self, events: u64, within: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        while self.seen.last_delivered.load(Ordering::Relaxed) < events {
+            if started.elapsed() > within {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     pub(crate) fn stop(&self) {
         for task in &self.tasks {
             task.abort();
