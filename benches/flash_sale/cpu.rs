@@ -11,7 +11,10 @@ pub(crate) struct CpuClock {
     /// This process: Kitara or the baseline, and the load generator.
     pub(crate) process: f64,
     /// The server runtime's threads alone: Kitara (or the baseline), without the load
-    /// generator and what runs on its runtime (the followers of `hot-followed`).
+    /// generator and what runs on its runtime (the followers of `hot-followed`). Every
+    /// server of a group runs on that runtime, so a workload's figure includes the
+    /// others' background tasks (few while they wait for their slice); the runtime's
+    /// blocking threads bear the same name, and one that exits takes its time with it.
     pub(crate) server: f64,
     /// The database server, when it runs on this machine.
     pub(crate) database: Option<f64>,

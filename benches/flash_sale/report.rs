@@ -90,8 +90,8 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
     println!();
     if let Some(rss) = rss {
         println!(
-            "RSS of the benchmark process at the end of the last interleaved group (spread \
-             and the others of its group, their servers still running): {rss:.0} MiB"
+            "RSS of the benchmark process at the end of the last interleaved group that ran \
+             (its servers still running): {rss:.0} MiB"
         );
     }
     println!(

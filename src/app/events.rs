@@ -44,11 +44,11 @@ const PAGE: u32 = 64;
 /// fall behind the store's feed, and then it is disconnected.
 const QUEUE: usize = 8;
 
-/// A follower writes to its client at most once per this while events keep coming: the
-/// first event after a quiet spell goes at once, and what commits within this time of a
-/// write waits for its end and goes with the rest in one write. At a flash sale's pace
-/// a follower then costs some twenty writes a second, not one per commit, and an event
-/// is late by this at most.
+/// A follower writes live events to its client at most once per this while they keep
+/// coming: the first event after a quiet spell goes at once, and what commits within
+/// this time of a write waits for its end and goes with the rest in one write. At a
+/// flash sale's pace a follower then costs some twenty writes a second, not one per
+/// commit; the wait adds at most this to an event's way.
 const LINGER: Duration = Duration::from_millis(50);
 
 /// A client that takes no frame for this long is disconnected: one that stopped reading
@@ -260,14 +260,15 @@ impl Follower {
             }
         }
         let mut frames = vec![first.after(self.last)];
-        self.last = first.last();
+        // The last event gathered; the last sent once the write is queued.
+        let mut last = first.last();
         let mut ahead = false;
         loop {
             match self.live.try_recv() {
-                Ok(commit) if commit.last() <= self.last => {}
-                Ok(commit) if commit.first <= self.last + 1 => {
-                    frames.push(commit.after(self.last));
-                    self.last = commit.last();
+                Ok(commit) if commit.last() <= last => {}
+                Ok(commit) if commit.first <= last + 1 => {
+                    frames.push(commit.after(last));
+                    last = commit.last();
                 }
                 Ok(_) => {
                     ahead = true;
@@ -282,6 +283,7 @@ impl Follower {
             }
         }
         self.write(frames).await?;
+        self.last = last;
         self.written = Some(Instant::now());
         if ahead {
             self.catch_up().await?;

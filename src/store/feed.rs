@@ -15,10 +15,11 @@ use crate::domain::StoreId;
 /// Commits kept per followed store for followers that fall behind: one that is further
 /// behind is disconnected (it reconnects with its last id and reads the rest from the
 /// database), never buffered without bound. A commit is one entry however many events
-/// it holds, so one large commit never drops a follower that keeps up; at a flash
-/// sale's pace (a few hundred commits a second) this is about a second of events.
-/// Allocated only for a store someone follows here.
-pub const FEED_CAPACITY: usize = 256;
+/// it holds, so one large commit never drops a follower that keeps up; this is about a
+/// second of a store's commits whether they are large (a few hundred a second, at 256
+/// connections) or small (a thousand a second, at 16). Allocated only for a store
+/// someone follows here.
+pub const FEED_CAPACITY: usize = 1_024;
 
 /// The events of one commit of a store, written once as `text/event-stream` sends them:
 /// every follower sends the same bytes, so a follower costs a write per commit and no
@@ -56,21 +57,20 @@ impl Published {
     }
 
     /// The frames of its events after event `seq` (all of them if `seq` is before the
-    /// first), without a copy.
+    /// first, none if it is its last or after), without a copy.
     pub fn after(&self, seq: i64) -> Bytes {
         let skip = usize::try_from(seq + 1 - self.first).unwrap_or(0);
-        match self.starts.get(skip) {
-            Some(&start) => self.frames.slice(start..),
-            None if skip == 0 => self.frames.clone(),
-            None => Bytes::new(),
-        }
+        self.starts
+            .get(skip)
+            .map_or_else(Bytes::new, |&start| self.frames.slice(start..))
     }
 }
 
-/// The live events of the stores served here, fanned out from memory: a follower costs
-/// the order path nothing (the events of a commit are written once, for all, and sent
-/// as one message), and, per store, the last event that committed, which wakes the
-/// webhooks' deliverer without holding events.
+/// The live events of the stores served here, fanned out from memory: followers cost
+/// the order path one rendering of a commit's events, whatever their number (written
+/// once, for all, and sent as one message; nothing for a store nobody follows); and,
+/// per store, the last event that committed, which wakes the webhooks' deliverer
+/// without holding events.
 #[derive(Default)]
 pub struct Feed {
     followed: dashmap::DashMap<StoreId, broadcast::Sender<Published>>,
@@ -170,5 +170,25 @@ mod tests {
             "{text}"
         );
         assert!(Published::new(&[]).is_none());
+    }
+
+    #[test]
+    fn a_store_nobody_follows_any_more_is_forgotten_at_its_next_commit() {
+        let feed = Feed::default();
+        let follower = feed.subscribe(StoreId(3));
+        let other = feed.subscribe(StoreId(4));
+        feed.publish(StoreId(3), &[stored(1)]);
+        assert!(feed.followed.contains_key(&StoreId(3)));
+        drop(follower);
+        feed.publish(StoreId(3), &[stored(2)]);
+        assert!(
+            !feed.followed.contains_key(&StoreId(3)),
+            "its channel is freed"
+        );
+        assert!(
+            feed.followed.contains_key(&StoreId(4)),
+            "a followed store's is kept"
+        );
+        drop(other);
     }
 }
