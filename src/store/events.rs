@@ -54,6 +54,8 @@ impl StoreActor {
                         *stock.entry(line.product).or_default() += line.quantity;
                     }
                 }
+                // Units taken away are withheld in memory already (`< 0` or `<= 0` alike:
+                // the edge refuses a delta of 0).
                 Write::Admin {
                     change: AdminWrite::Restock { product, delta, .. },
                     ..
