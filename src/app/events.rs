@@ -96,16 +96,7 @@ impl Events {
             return Err(StreamError::StoreNotFound);
         }
         let live = self.feed.subscribe(store);
-        let read = move |db: DatabaseConnection| async move {
-            let first = events::first_kept(&db, store).await?;
-            let last = events::last_seqs(&db, Some(store)).await?;
-            Ok((first, last.first().map_or(0, |(_, last)| *last)))
-        };
-        let (first_kept, last) = self
-            .reads
-            .run(answer_by, read)
-            .await
-            .map_err(AdminError::from)?;
+        let (first_kept, last) = self.positions(store, answer_by).await?;
         if let Some(first_kept) = first_kept
             && after + 1 < first_kept
         {
@@ -125,6 +116,37 @@ impl Events {
         };
         tokio::spawn(follower.run());
         Ok((receiver, last))
+    }
+}
+
+impl Events {
+    /// The number of `store`'s last event, without following it: what a `HEAD` of the
+    /// stream answers, for a client about to read the store's state (whatever has been
+    /// purged: it follows from this number, not from the first).
+    pub async fn last(&self, admin: &Admin, store: StoreId) -> Result<i64, StreamError> {
+        let answer_by = Instant::now() + self.answer_within;
+        if !admin.has_store(store, answer_by).await? {
+            return Err(StreamError::StoreNotFound);
+        }
+        Ok(self.positions(store, answer_by).await?.1)
+    }
+
+    /// The first event of `store` still kept, if any, and its last (0 for none).
+    async fn positions(
+        &self,
+        store: StoreId,
+        answer_by: Instant,
+    ) -> Result<(Option<i64>, i64), StreamError> {
+        let read = move |db: DatabaseConnection| async move {
+            let first = events::first_kept(&db, store).await?;
+            let last = events::last_seqs(&db, Some(store)).await?;
+            Ok((first, last.first().map_or(0, |(_, last)| *last)))
+        };
+        Ok(self
+            .reads
+            .run(answer_by, read)
+            .await
+            .map_err(AdminError::from)?)
     }
 }
 

@@ -4,7 +4,7 @@ use futures_util::StreamExt;
 use http_body_util::{Either, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 
 use super::call::{Answer, Call};
 use super::openapi::{AdminGuard, Refusal};
@@ -44,15 +44,23 @@ pub async fn stream(call: Call<'_>) -> Answer {
         None => from_query.unwrap_or(0),
     };
     let state = call.state;
-    let (frames, last) = state.events.follow(&state.admin, store, after).await?;
-    // A write's frames are ready at once, so the connection sends them together.
-    let body = futures_util::stream::unfold(frames, |mut frames| async move {
-        let write = frames.recv().await?;
-        let write = futures_util::stream::iter(write.into_iter().map(|b| Ok(Frame::data(b))));
-        Some((write, frames))
-    })
-    .flatten();
-    let mut response = Response::new(Either::Right(StreamBody::new(body.boxed())));
+    // A `HEAD` (the owner's page asks it before reading a store's state) only needs the
+    // last event's number: no follower, no history, and no 410 for purged events.
+    let (body, last) = if call.request.method() == Method::HEAD {
+        let last = state.events.last(&state.admin, store).await?;
+        (futures_util::stream::empty().boxed(), last)
+    } else {
+        let (frames, last) = state.events.follow(&state.admin, store, after).await?;
+        // A write's frames are ready at once, so the connection sends them together.
+        let body = futures_util::stream::unfold(frames, |mut frames| async move {
+            let write = frames.recv().await?;
+            let write = futures_util::stream::iter(write.into_iter().map(|b| Ok(Frame::data(b))));
+            Some((write, frames))
+        })
+        .flatten();
+        (body.boxed(), last)
+    };
+    let mut response = Response::new(Either::Right(StreamBody::new(body)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

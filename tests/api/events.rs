@@ -460,6 +460,16 @@ async fn a_purged_position_is_gone_and_names_the_first_kept(backend: Backend) {
             .0,
         StatusCode::GONE
     );
+    // A HEAD (what the owner's page asks before it reads the state) names the last event
+    // whatever was purged, and follows nothing.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let head = Request::head(format!("http://{}/api/v1/admin/stores/1/events", app.addr))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Empty::new())
+        .unwrap();
+    let head = client.request(head).await.expect("a HEAD");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["kitara-last-event-id"], "3");
     // From just before the first kept, nothing is missing.
     let mut stream = Stream::open(&app, 1, Some("2"), "")
         .await
