@@ -462,11 +462,7 @@ fn replayed(status: u16, data: &str, fields: &[&str]) -> Answer {
     }
     rendered.push('}');
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let mut response = response::json_data_with(status, rendered.as_bytes());
-    response
-        .headers_mut()
-        .insert(response::REPLAYED, HeaderValue::from_static("true"));
-    Ok(response)
+    Ok(response::replayed(status, rendered.as_bytes()))
 }
 
 async fn forward_change(state: &AppState, peer: &Peer, parts: &Parts, body: Bytes) -> Answer {

@@ -170,7 +170,10 @@ async fn judge_lock(call: Call<'_>) -> Answer {
     match state.orders.lock(order, hold_seconds, key).await? {
         Locked::Here(placed) => Ok(lock_answer(state, &placed)),
         Locked::There(peer, _claim) => forward_lock(state, &peer, &parts, body).await,
-        Locked::Replayed(order) => Ok(replayed(&views::locked(&order))),
+        Locked::Replayed(order) => Ok(response::replayed(
+            hyper::StatusCode::OK,
+            &views::locked(&order),
+        )),
     }
 }
 
@@ -273,20 +276,14 @@ async fn end(call: Call<'_>, resolution: Resolution) -> Answer {
     let id = id.map(OrderId).ok_or(ApiError::OrderNotFound)?;
     match orders.end(id, buyer, resolution, key).await? {
         Ended::Order(order) => Ok(response::json_data(&views::order(&order))),
-        Ended::Replayed(order) => Ok(replayed(&views::order(&order))),
+        Ended::Replayed(order) => Ok(response::replayed(
+            hyper::StatusCode::OK,
+            &views::order(&order),
+        )),
         Ended::There(peer, _claim) => forward(state, &peer, &parts, body)
             .await
             .map_err(|f| ApiError::Resolve(ResolveError::Failed(f))),
         Ended::Conflict(status) => Err(ApiError::OrderEnded(status)),
         Ended::NotFound => Err(ApiError::OrderNotFound),
     }
-}
-
-/// The answer an earlier request with the same key got, again.
-fn replayed(data: &[u8]) -> Response<Body> {
-    let mut response = response::json_data(data);
-    response
-        .headers_mut()
-        .insert(REPLAYED, HeaderValue::from_static("true"));
-    response
 }

@@ -81,6 +81,16 @@ pub fn created<T: Serialize>(data: T) -> Response<Body> {
     json(StatusCode::CREATED, "Created", Some(data))
 }
 
+/// A stored answer given again for its `Idempotency-Key`: its status and `data`, marked
+/// `Idempotent-Replayed: true`.
+pub fn replayed(status: StatusCode, data: &[u8]) -> Response<Body> {
+    let mut response = json_data_with(status, data);
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
 /// An answer with `status` whose `data` is JSON rendered already.
 pub fn json_data_with(status: StatusCode, data: &[u8]) -> Response<Body> {
     let message = status.canonical_reason().unwrap_or("OK");
