@@ -118,14 +118,6 @@ impl LiveHolds {
     pub(crate) fn remove(&self, order: OrderId) {
         self.0.remove(&order);
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// A committed order, as answered to the client.
@@ -194,6 +186,12 @@ impl LockError {
     /// Whether the order was judged and refused (a 4xx of the judging order), or its key
     /// found already stored: for a keyed request, the key may hold the answer of an
     /// earlier request just like it that succeeded.
+    ///
+    /// A failure (busy, unavailable, moved, outcome unknown) is answered 503 without
+    /// reading the key: the client retries, and the retry is judged or replayed then;
+    /// a read now would add a round trip to a database that may be the trouble.
+    /// Mutation testing lists `true` here as a survivor: the read would at most give a
+    /// replay one attempt early.
     pub fn may_be_replayed(&self) -> bool {
         matches!(
             self,
@@ -449,6 +447,45 @@ mod tests {
         assert_eq!(removed.epoch, Some(3));
         assert!(registry.get(StoreId(1)).is_none());
         assert!(registry.remove_at(StoreId(1), 3).is_none());
+    }
+
+    #[test]
+    fn a_store_stopped_here_leaves_the_registry_and_its_count() {
+        let registry = Registry::default();
+        let mut mailboxes = Vec::new();
+        for store in [1, 2] {
+            let (handle, mailbox) = stuck(0);
+            registry.insert(StoreId(store), handle);
+            mailboxes.push(mailbox);
+        }
+        assert_eq!(registry.len(), 2);
+        assert!(registry.remove(StoreId(1)).is_some());
+        assert!(registry.get(StoreId(1)).is_none(), "no request reaches it");
+        assert_eq!(registry.len(), 1, "`stores_owned` counts what is left");
+        assert_eq!(registry.stores(), vec![StoreId(2)]);
+        assert!(registry.remove(StoreId(1)).is_none());
+    }
+
+    /// An ended hold must not stay in `LiveHolds`: no answer would change (its store's
+    /// actor judges from its own holds), but a sale's every hold would stay in memory.
+    #[test]
+    fn an_ended_hold_leaves_the_live_holds() {
+        let live = LiveHolds::default();
+        let held = HeldOrder {
+            store: StoreId(1),
+            buyer: UserId(7),
+            expires_at: None,
+            details: Vec::new(),
+        };
+        live.insert(OrderId(1), held.clone());
+        live.insert(OrderId(2), held);
+        assert_eq!(live.get(OrderId(1)).map(|h| h.buyer), Some(UserId(7)));
+        live.remove(OrderId(1));
+        assert!(live.get(OrderId(1)).is_none());
+        assert!(
+            live.get(OrderId(2)).is_some(),
+            "the other hold is still live"
+        );
     }
 
     #[test]
