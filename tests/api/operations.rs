@@ -154,16 +154,17 @@ async fn metrics_count_a_flash_sale(backend: Backend) {
         .map(|_| {
             let app = app.clone();
             let held = held.clone();
-            tokio::spawn(async move { app.lock(&held).await.0 })
+            tokio::spawn(async move { app.lock(&held).await })
         })
         .collect();
-    let mut placed = 0;
+    let mut placed = Vec::new();
     for task in tasks {
-        if task.await.unwrap() == StatusCode::OK {
-            placed += 1;
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::OK {
+            placed.push(body["data"]["order_id"].as_i64().expect("order_id"));
         }
     }
-    assert_eq!(placed, 10);
+    assert_eq!(placed.len(), 10);
     let (status, _) = app.lock(&order(99, &[(1, 1)])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
@@ -218,10 +219,15 @@ async fn metrics_count_a_flash_sale(backend: Backend) {
     assert!(text.contains(r#"kitara_database_errors_total{kind="refused"} 0"#));
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
-    // The holds expire: counted, and no longer active.
+    // One hold is confirmed and one cancelled, the others expire: only those count as
+    // expiries, and none is active any more.
+    for (id, action) in placed.iter().zip(["confirm", "cancel"]) {
+        let (status, body) = app.end(*id, action, 2).await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+    }
     app.advance(Duration::from_secs(6)).await;
     let text = metrics_text(&app).await;
-    assert_eq!(series(&text, "kitara_expiries_total"), 10.0);
+    assert_eq!(series(&text, "kitara_expiries_total"), 8.0);
     assert_eq!(series(&text, "kitara_holds_active"), 0.0);
     // /metrics counts itself too.
     assert!(text.contains(r#"kitara_http_requests_total{route="metrics",status="200"} 1"#));

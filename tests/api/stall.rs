@@ -128,6 +128,9 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
             problems.push(format!("past its bound: {s:?}"));
         } else if s.status == StatusCode::SERVICE_UNAVAILABLE && !s.body["message"].is_string() {
             problems.push(format!("a 503 without a message: {s:?}"));
+        } else if s.body["message"] == "shutting down" {
+            // What a request hears when its store's actor drops it unanswered.
+            problems.push(format!("a 503 that says shutting down: {s:?}"));
         }
     }
     if count(Kind::Lock, StatusCode::OK) < 100 || count(Kind::Confirm, StatusCode::OK) < 10 {
