@@ -30,7 +30,8 @@ impl StoreActor {
                 ChangeRefusal::NotEnoughStock => ChangeError::NotEnoughStock,
                 ChangeRefusal::InProgress => ChangeError::InProgress,
             })?;
-        // A negative delta took its units: readers see them gone at once.
+        // A negative delta took its units: readers see them gone at once. (The edge
+        // refuses a delta of 0, so `<= 0` here is an equivalent mutant.)
         if let ProductChange::Restock { product, delta, .. } = change
             && *delta < 0
         {
@@ -75,6 +76,8 @@ impl StoreActor {
                 Ok(product)
             }
             ProductChange::Restock { product, delta, .. } => {
+                // A delta of 0 never gets here (the edge refuses it): `>= 0` is an
+                // equivalent mutant.
                 if *delta > 0 {
                     self.book.release(&[OrderLine {
                         product: *product,
