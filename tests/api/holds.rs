@@ -503,17 +503,25 @@ async fn a_store_notices_its_clock_move_without_being_asked(backend: Backend) {
     let id = order_id(&body);
 
     clock.advance(Duration::from_secs(601));
-    let started = std::time::Instant::now();
-    while db.status(id).await != "expired" {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the hold did not expire when the clock passed its deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_expired(
+        &db,
+        id,
+        Duration::from_secs(5),
+        "the hold did not expire when the clock passed its deadline",
+    )
+    .await;
     assert_eq!(app.listed_stocks().await[&1], 10);
     app.stop().await;
     db.drop_database().await;
+}
+
+/// Waits until the database shows order `id` expired; fails with `why` after `within`.
+async fn until_expired(db: &TestDb, id: i64, within: Duration, why: &str) {
+    let started = std::time::Instant::now();
+    while db.status(id).await != "expired" {
+        assert!(started.elapsed() < within, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// CPU time a process has used, from `/proc` (in USER_HZ, a hundredth of a second on
@@ -542,19 +550,8 @@ async fn a_store_whose_holds_ended_sleeps(backend: Backend) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         cpu_ticks(pid) - before
     };
-    let expired = |id: i64| {
-        let db = &db;
-        async move {
-            let started = std::time::Instant::now();
-            while db.status(id).await != "expired" {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "the hold did not expire"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let expired =
+        |id: i64| until_expired(&db, id, Duration::from_secs(10), "the hold did not expire");
     let hold = |seconds| {
         let api = &api;
         async move {
