@@ -122,6 +122,19 @@ pub async fn stores(
     let statement = |sql: String| Statement::from_sql_and_values(backend, sql, values.clone());
     let mut stores: HashMap<StoreId, StoreState> = HashMap::new();
 
+    // A write whose outcome Kitara gave up on (its COMMIT still on its way when the
+    // outcome deadline passed) may land after this read starts, and memory would then
+    // miss it. Every write on MySQL carries the fence, a write of its store's ownership
+    // row, whose lock it holds until it ends: wait for that lock first, so that the
+    // reads below (their snapshot taken after it) include whatever it came to.
+    if backend == DbBackend::MySql {
+        let sql = filter(
+            "SELECT store_id FROM kitara_store_owners WHERE TRUE",
+            "store_id",
+        ) + " LOCK IN SHARE MODE";
+        txn.query_all_raw(statement(sql)).await?;
+    }
+
     let sql = filter(
         "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name, p.max_per_customer \
          FROM products p JOIN stores s ON s.id = p.store_id \

@@ -35,12 +35,20 @@ enum Cut {
     /// Hold the next COMMIT back for `LATE_BY`, then drop it and cut the connection: the
     /// writer learns, past its answer's deadline, that nothing committed.
     LateInsteadOfCommit,
+    /// Hold the next COMMIT back for `LANDS_AFTER`, then pass it on: it commits after
+    /// the writer gave up on its outcome.
+    LateCommit,
 }
 
 const HELD_FOR: Duration = Duration::from_secs(3);
 
 /// How long `Cut::LateInsteadOfCommit` holds a COMMIT before it cuts.
 const LATE_BY: Duration = Duration::from_millis(2_500);
+
+/// How long `Cut::LateCommit` holds a COMMIT: past the writer's answer and outcome
+/// deadlines in `a_commit_that_lands_late`, and well within the second after which the
+/// server ends a write transaction left idle (`idle_write_transaction_timeout`).
+const LANDS_AFTER: Duration = Duration::from_millis(600);
 
 /// Holds the first batch statement back until the test releases it (`release_hold`), so
 /// that the orders sent meanwhile queue up for the next batch; turns that next batch into
@@ -276,6 +284,15 @@ async fn pipe(
                 state.lock().unwrap().holding_commit = false;
                 return;
             }
+            Cut::LateCommit => {
+                state.lock().unwrap().holding_commit = true;
+                tokio::time::sleep(LANDS_AFTER).await;
+                let passed = server_write.write_all(chunk).await.is_ok();
+                state.lock().unwrap().holding_commit = false;
+                if !passed {
+                    break;
+                }
+            }
             Cut::HoldCommit => {
                 back.abort();
                 state.lock().unwrap().held_sessions += 1;
@@ -339,6 +356,8 @@ mod mysql {
             failed_orders_hold_no_stock().await;
         a_refused_batch_does_not_wait_for_an_unreachable_database_order_by_order_mysql =>
             refused_batch_then_unreachable().await;
+        a_commit_that_lands_after_its_outcome_deadline_is_in_the_reload_mysql =>
+            a_commit_that_lands_late().await;
         a_confirm_waiting_behind_a_failed_one_is_decided_again_mysql =>
             waiter_decided_again().await;
         a_keyed_retry_after_a_lost_commit_books_once_mysql =>
@@ -619,6 +638,51 @@ async fn outcome_unknown() {
     let body = served_again(&app, &order(2, &[(1, 1)])).await;
     db.assert_order_stored(&body, 2).await;
     assert_eq!(db.stocks().await[&1], 9);
+    ends_agreeing(db, proxy, app, &initial).await;
+}
+
+/// A COMMIT that reaches the server only after the writer gave up on its outcome: the
+/// order is answered "order outcome unknown" and the store reloads, while the
+/// transaction is still open on the server. The reload must wait for it (it holds the
+/// store's ownership row, through the fence), or memory misses the order the database
+/// then holds: more units listed than stored, and an event number used twice.
+async fn a_commit_that_lands_late() {
+    // Answers within 300 ms, and the outcome looked for 100 ms more: both pass while
+    // the COMMIT is held back.
+    let (db, proxy, app) = through_proxy_after(100, 300, "SELECT 1").await;
+    let initial = db.stocks().await;
+    proxy.cut_next_commit(Cut::LateCommit);
+
+    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
+    assert!(proxy.cut_done(), "the proxy never saw the COMMIT to hold");
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("order outcome unknown")
+        ),
+        "{body}"
+    );
+    proxy
+        .wait_for("the held COMMIT passed on", |s| !s.holding_commit)
+        .await;
+    let started = std::time::Instant::now();
+    while db.count("orders").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the COMMIT passed on late never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(db.stocks().await[&1], 8);
+
+    // The store serves again, from memory that counts the order: the database refuses
+    // nothing of what memory allows (a reload that missed the order would number the
+    // next event as the order's, and the next write would be refused).
+    served_again(&app, &order(3, &[(2, 1)])).await;
+    let (_, metrics) = app.text("/metrics").await;
+    let refused = r#"kitara_database_errors_total{kind="refused"} 0"#;
+    assert!(metrics.contains(refused), "/metrics lacks {refused}");
     ends_agreeing(db, proxy, app, &initial).await;
 }
 

@@ -159,6 +159,16 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
             problems.push(format!("/metrics lacks {series}"));
         }
     }
+    if !problems.is_empty() {
+        // What Kitara warned of, to tell how it came to that.
+        for line in lines
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(300)
+        {
+            println!("{line}");
+        }
+    }
     let shown: Vec<&String> = problems.iter().take(40).collect();
     assert!(
         problems.is_empty(),
