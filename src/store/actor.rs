@@ -563,7 +563,10 @@ impl StoreActor {
                 match &attempt {
                     Attempt::Change(change) => self.changes.landed(&change.change),
                     // An expiry nobody waits for: the reload re-arms its hold, and the
-                    // timer must run again.
+                    // timer must run again. (Held, an expiry is the only thing that can
+                    // keep `expiring` set once nothing is in flight, so clearing it for
+                    // every held end would answer the same: mutation testing lists this
+                    // guard → `true` as a survivor, an equivalent one.)
                     Attempt::End { request, .. } if request.respond_to.is_none() => {
                         self.expiring = false;
                     }

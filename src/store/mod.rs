@@ -437,6 +437,8 @@ mod tests {
             ..handle
         };
         registry.insert(StoreId(1), handle);
+        // A webhook deliverer tells one tenure of its store here from the next by it.
+        assert_eq!(registry.get(StoreId(1)).map(|h| h.epoch()), Some(Some(3)));
         // The actor of epoch 2 learns it lost the store after the node took it again
         // at epoch 3: the newer actor's handle stays.
         assert!(registry.remove_at(StoreId(1), 2).is_none());

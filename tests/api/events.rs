@@ -26,6 +26,11 @@ crate::on_both_backends!(
     a_client_that_stops_reading_is_disconnected_and_resumes_after_its_last_id,
 );
 
+crate::on_mysql! {
+    what_was_held_behind_a_refused_write_is_settled_after_the_reload_mysql =>
+        what_was_held_behind_a_refused_write_is_settled_after_the_reload().await;
+}
+
 /// A store's event stream as a client reads it.
 struct Stream {
     response: Response<Incoming>,
@@ -626,6 +631,117 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_after_its_last_
         .await;
     assert_eq!(rest.first().map(|e| e.id), Some(last + 1));
     assert_eq!(rest.last().map(|e| e.id), Some(events));
+    TestApp::stop_shared(app).await;
+    db.drop_database().await;
+}
+
+/// While events are on, a store has one submission at the writer and holds what it
+/// decides meanwhile. When that submission is refused (memory and database disagree),
+/// the store reloads, and what it held was never written: a held product change must
+/// leave the product free to change again, and a held expiry must leave the expiry
+/// timer running, so that the hold, re-armed by the reload, expires.
+async fn what_was_held_behind_a_refused_write_is_settled_after_the_reload() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let db = TestDb::with_demo_data(Backend::Mysql).await;
+    let app = Arc::new(
+        spawn_app_at(&db, manual_clock(), |s| {
+            s.admin_token = Some(ADMIN_TOKEN.into())
+        })
+        .await,
+    );
+    let mut hold = order(3, &[(2, 1)]);
+    hold["hold_seconds"] = json!(60);
+    let (status, held) = app.lock(&hold).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let hold = held["data"]["order_id"].as_i64().expect("order_id");
+
+    // Someone else takes product 1's stock behind Kitara's back and keeps the row
+    // locked: the next lock of it waits at the writer, and its guard will trip.
+    // On a connection of its own: Kitara's sessions end a write transaction idle for
+    // a second, and this one must wait for the test.
+    let mut options = sea_orm::ConnectOptions::new(db.url.clone());
+    options.max_connections(1);
+    let other = sea_orm::Database::connect(options).await.expect("connect");
+    let behind = other.begin().await.expect("begin");
+    behind
+        .execute_unprepared("UPDATE products SET current_stock = 0 WHERE id = 1")
+        .await
+        .expect("take the stock");
+    let lock = tokio::spawn({
+        let app = app.clone();
+        async move { app.lock(&order(2, &[(1, 1)])).await }
+    });
+    // Kitara's guarded decrement shows in the process list until the row is free.
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+        WHERE DB = DATABASE() AND COMMAND = 'Query' AND INFO LIKE 'UPDATE products%'";
+    let mut waited = Duration::ZERO;
+    while db.query_i64s(waiting).await[0][0] == 0 {
+        assert!(
+            waited < Duration::from_secs(20),
+            "the lock never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+
+    // Decided while that submission is at the writer, so held: a restock of product 2,
+    // and the expiry of the hold (the clock passes its end).
+    let restock = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.admin(
+                hyper::Method::POST,
+                "/api/v1/admin/products/2/stock",
+                Some(&json!({"delta": 5, "reason": "truck arrived"})),
+            )
+            .await
+        }
+    });
+    app.state.clock.advance(Duration::from_secs(61));
+    // Nothing shows that both reached the actor; half a second is ample for two
+    // messages to an idle actor. Were it not, the test would pass without taking the
+    // path it is for, never fail wrongly.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    behind.commit().await.expect("commit");
+    other.close().await.ok();
+
+    let (status, body) = lock.await.expect("the lock's task");
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("all product not available")),
+        "decided again against the stock reloaded: {body}"
+    );
+    let (status, body) = restock.await.expect("the restock's task");
+    assert!(
+        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+        "{status} {body}"
+    );
+    // The held change is no longer in progress: the product can change again.
+    let body = app
+        .admin_expect(
+            hyper::Method::PATCH,
+            "/api/v1/admin/products/2",
+            Some(&json!({"product_name": "sikat gigi lembut"})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(body["data"]["product_name"], "sikat gigi lembut");
+    // The held expiry was dropped with the reload; the timer runs again and ends it.
+    let mut waited = Duration::ZERO;
+    while db.status(hold).await != "expired" {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the hold past its end was never expired: {}",
+            db.status(hold).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    let restocked = if status == StatusCode::OK { 5 } else { 0 };
+    assert_eq!(
+        db.stocks().await,
+        [(1, 0), (2, 5 + restocked), (3, 20)].into()
+    );
     TestApp::stop_shared(app).await;
     db.drop_database().await;
 }
