@@ -531,29 +531,29 @@ impl StoreActor {
         // exactly, and it is decided once more if its request can still be answered in
         // time. Only a refusal (or an unknown outcome) can leave memory and database
         // apart, and only that costs a reload.
-        let (lost, mut failed): (Vec<_>, Vec<_>) = failed
+        let reload = self.reload_after
+            || failed
+                .iter()
+                .any(|(_, error)| *error != PersistError::Unavailable);
+        if reload {
+            // Memory and database may now disagree. Wait until nothing of this store is
+            // in flight, so the database holds every decision memory still counts, then
+            // reload: what is read is then the whole truth. (What those writes came to
+            // is sorted with the rest, below.)
+            while let Some((attempts, settled)) = self.in_flight.next().await {
+                self.apply(attempts, settled, &mut failed, &mut again);
+            }
+        }
+        let (lost, failed): (Vec<_>, Vec<_>) = failed
             .into_iter()
             .partition(|(_, error)| *error == PersistError::Unavailable);
         for (attempt, _) in lost {
             self.retry_or_answer_lost(attempt, &mut again);
         }
-        if !failed.is_empty() || self.reload_after {
-            // Memory and database may now disagree. Wait until nothing of this store is
-            // in flight, so the database holds every decision memory still counts, then
-            // reload: what is read is then the whole truth.
-            while let Some((attempts, settled)) = self.in_flight.next().await {
-                let mut more = Vec::new();
-                self.apply(attempts, settled, &mut more, &mut again);
-                for (attempt, error) in more {
-                    if error == PersistError::Unavailable {
-                        self.retry_or_answer_lost(attempt, &mut again);
-                    } else {
-                        failed.push((attempt, error));
-                    }
-                }
-            }
+        if reload {
             // Held decisions are in memory but not at the writer: a reload would lose
-            // them. Nothing of them was written; they are decided again after it.
+            // them. Nothing of them was written: they are decided again after it, as a
+            // write that never reached the database is (a change is answered 503).
             for (attempt, _) in self
                 .events
                 .as_mut()

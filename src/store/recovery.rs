@@ -24,6 +24,8 @@ impl StoreActor {
     pub(super) fn retry_or_answer_lost(&mut self, attempt: Attempt, again: &mut Vec<Asked>) {
         let failure = Cause::Write(PersistError::Unavailable);
         self.decide_waiters_again(&attempt, again);
+        // (`<=` would differ only at the deadline's very nanosecond: an equivalent
+        // mutant, as mutation testing lists it.)
         let in_time = Instant::now() < attempt.answer_by();
         self.take_back(&attempt, failure);
         match attempt {

@@ -14,6 +14,7 @@ crate::on_both_backends!(
     stock_lowered_behind_kitaras_back_is_reconciled,
     stock_taken_behind_kitaras_back_mid_burst_never_oversells,
     id_blocks_are_reserved_while_another_writer_commits,
+    an_order_ended_behind_kitaras_back_is_judged_again,
 );
 
 async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
@@ -43,6 +44,41 @@ async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
     assert_eq!((stocks[&1], stocks[&2]), (0, 0));
     assert_eq!(app.listed_stocks().await, stocks);
 
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// A hold a tool cancelled in the database, behind Kitara's back: a confirm of it trips
+/// its write's guard, the store reloads and judges the confirm once more against the
+/// truth, and answers as it answers a confirm of an order it cancelled itself, not 503.
+async fn an_order_ended_behind_kitaras_back_is_judged_again(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let app = spawn_app(&db).await;
+    let id = |body: &serde_json::Value| body["data"]["order_id"].as_i64().expect("order_id");
+    let (status, held) = app.lock(&order(2, &[(1, 2)])).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let (status, cancelled) = app.lock(&order(2, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let (status, body) = app.end(id(&cancelled), "cancel", 2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (want, expected) = app.end(id(&cancelled), "confirm", 2).await;
+    assert!(want.is_client_error(), "{want} {expected}");
+
+    db.exec(&format!(
+        "UPDATE orders SET status = 'cancelled' WHERE id = {}",
+        id(&held)
+    ))
+    .await;
+    db.exec("UPDATE products SET current_stock = current_stock + 2 WHERE id = 1")
+        .await;
+    let (status, body) = app.end(id(&held), "confirm", 2).await;
+    assert_eq!(
+        (status, &body["message"]),
+        (want, &expected["message"]),
+        "{body}"
+    );
+    assert_eq!(db.status(id(&held)).await, "cancelled");
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
     app.stop().await;
     db.drop_database().await;
 }
