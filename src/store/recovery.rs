@@ -116,6 +116,7 @@ impl StoreActor {
             Attempt::Lock(_) => {}
             Attempt::End { request, .. } => self.holds.abort(request.order),
             Attempt::Change(attempt) => {
+                // (The edge refuses a delta of 0: `<= 0` is an equivalent mutant.)
                 if let ProductChange::Restock { product, delta, .. } = attempt.change
                     && delta < 0
                     && failure != Cause::Write(PersistError::OutcomeUnknown)
