@@ -112,6 +112,26 @@ pub async fn stores(
     db: &DatabaseConnection,
     only: Option<StoreId>,
 ) -> Result<HashMap<StoreId, StoreState>, DbErr> {
+    // A write whose outcome Kitara gave up on (its COMMIT still on its way when the
+    // outcome deadline passed) may land after a reload starts reading, and memory would
+    // then miss it. Every write on MySQL carries the fence, a write of its store's
+    // ownership row, whose lock it holds until it ends: a reload first waits for that
+    // lock, in a transaction of its own so that it holds it for no longer, and what it
+    // reads next includes whatever the write came to. (A load of every store needs no
+    // wait: each of them was just taken by a write of its ownership row, which waited
+    // for the same lock.)
+    if let Some(store) = only
+        && db.get_database_backend() == DbBackend::MySql
+    {
+        let wait = db.begin().await?;
+        wait.query_all_raw(super::prepared(
+            &wait,
+            "SELECT store_id FROM kitara_store_owners WHERE store_id = ? LOCK IN SHARE MODE",
+            [Value::from(store.0)],
+        ))
+        .await?;
+        wait.commit().await?;
+    }
     let txn = db.begin().await?;
     let backend = ConnectionTrait::get_database_backend(&txn);
     let filter = |sql: &str, column: &str| match only {
@@ -121,19 +141,6 @@ pub async fn stores(
     let values: Vec<Value> = only.map(|s| Value::from(s.0)).into_iter().collect();
     let statement = |sql: String| Statement::from_sql_and_values(backend, sql, values.clone());
     let mut stores: HashMap<StoreId, StoreState> = HashMap::new();
-
-    // A write whose outcome Kitara gave up on (its COMMIT still on its way when the
-    // outcome deadline passed) may land after this read starts, and memory would then
-    // miss it. Every write on MySQL carries the fence, a write of its store's ownership
-    // row, whose lock it holds until it ends: wait for that lock first, so that the
-    // reads below (their snapshot taken after it) include whatever it came to.
-    if backend == DbBackend::MySql {
-        let sql = filter(
-            "SELECT store_id FROM kitara_store_owners WHERE TRUE",
-            "store_id",
-        ) + " LOCK IN SHARE MODE";
-        txn.query_all_raw(statement(sql)).await?;
-    }
 
     let sql = filter(
         "SELECT p.id, p.product_name, p.current_stock, p.store_id, s.store_name, p.max_per_customer \
