@@ -116,21 +116,19 @@ pub async fn stores(
     // outcome deadline passed) may land after a reload starts reading, and memory would
     // then miss it. Every write on MySQL carries the fence, a write of its store's
     // ownership row, whose lock it holds until it ends: a reload first waits for that
-    // lock, in a transaction of its own so that it holds it for no longer, and what it
-    // reads next includes whatever the write came to. (A load of every store needs no
-    // wait: each of them was just taken by a write of its ownership row, which waited
-    // for the same lock.)
+    // lock, in a statement of its own (autocommit: the lock is let go as it answers),
+    // and what it reads next includes whatever the write came to. (A load of every store
+    // needs no wait: each of them was just taken by a write of its ownership row, which
+    // waited for the same lock.)
     if let Some(store) = only
         && db.get_database_backend() == DbBackend::MySql
     {
-        let wait = db.begin().await?;
-        wait.query_all_raw(super::prepared(
-            &wait,
+        db.query_all_raw(super::prepared(
+            db,
             "SELECT store_id FROM kitara_store_owners WHERE store_id = ? LOCK IN SHARE MODE",
             [Value::from(store.0)],
         ))
         .await?;
-        wait.commit().await?;
     }
     let txn = db.begin().await?;
     let backend = ConnectionTrait::get_database_backend(&txn);
