@@ -182,7 +182,11 @@ impl StoreActor {
                     return true;
                 }
                 // A connection that died with the batch may still sit in the pool; a
-                // failed read discards it, so another try soon reaches a live one.
+                // failed read discards it, so another try soon reaches a live one. (A read
+                // still under way has met the deadline: with `||` for `&&`, a read that
+                // failed only after the deadline starts one more, which the deadline
+                // then cuts off at once and the next reload waits for; `<=` differs only
+                // at the deadline's very nanosecond: equivalent mutants.)
                 Err(_) if self.reloading.is_none() && Instant::now() < deadline => {
                     backoff.wait(deadline).await;
                 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, TestApp, TestDb, order, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestDb, order, series, spawn_app_with};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -628,6 +628,9 @@ async fn outcome_unknown() {
     assert_eq!(body["message"], "order outcome unknown");
     // The COMMIT never reached the server, so nothing was stored.
     assert_eq!(db.snapshot().await, before);
+    // Memory cannot know that: until a reload tells, it keeps the order's units (it may
+    // have committed), so they are not offered to anyone else.
+    assert_eq!(app.listed_stocks().await[&1], initial[&1] - 2);
 
     // While the database is unreachable, orders are refused with 503.
     let (status, _) = app.lock(&order(2, &[(1, 1)])).await;
@@ -683,6 +686,38 @@ async fn a_commit_that_lands_late() {
     let (_, metrics) = app.text("/metrics").await;
     let refused = r#"kitara_database_errors_total{kind="refused"} 0"#;
     assert!(metrics.contains(refused), "/metrics lacks {refused}");
+
+    // A confirm whose COMMIT lands late is answered by its own outcome, unknown, even
+    // though the reload then finds it confirmed: it is not decided again (a lock decided
+    // again would be booked twice; an end is answered the same way).
+    let held = db
+        .query_i64s("SELECT id FROM orders WHERE buyer_id = 2")
+        .await[0][0];
+    proxy.cut_next_commit(Cut::LateCommit);
+    let (status, body) = app.end(held, "confirm", 2).await;
+    assert!(proxy.cut_done(), "the proxy never saw the COMMIT to hold");
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("order outcome unknown")
+        ),
+        "{body}"
+    );
+    proxy
+        .wait_for("the held COMMIT passed on", |s| !s.holding_commit)
+        .await;
+    let started = std::time::Instant::now();
+    while db.status(held).await != "confirmed" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the confirm passed on late never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its retry learns the outcome.
+    let (status, body) = app.end(held, "confirm", 2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     ends_agreeing(db, proxy, app, &initial).await;
 }
 
@@ -693,14 +728,34 @@ async fn a_commit_that_lands_late() {
 async fn failed_orders_hold_no_stock() {
     let (db, proxy, app) = through_proxy(500).await;
     let initial = db.stocks().await;
+    let (status, held) = app.lock(&order(2, &[(2, 1)])).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    let held = held["data"]["order_id"].as_i64().expect("order_id");
     let before = db.snapshot().await;
     let listed = app.listed_stocks().await;
     assert_eq!(listed[&1], 10);
+    let unavailable = || async {
+        let (_, metrics) = app.text("/metrics").await;
+        series(
+            &metrics,
+            r#"kitara_database_errors_total{kind="unavailable"}"#,
+        )
+    };
+    let tried_before = unavailable().await;
     proxy.blackout(true);
 
+    // Tried, and once more while there is time: never on and on until the deadline.
     let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["message"], "database unavailable");
+    let tried = unavailable().await - tried_before;
+    assert!((1.0..=2.0).contains(&tried), "tried {tried} times");
+    let tried_before = unavailable().await;
+    let (status, body) = app.end(held, "confirm", 2).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["message"], "database unavailable");
+    let tried = unavailable().await - tried_before;
+    assert!((1.0..=2.0).contains(&tried), "tried {tried} times");
 
     assert_eq!(
         app.listed_stocks().await,

@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::helpers::{Backend, TestDb, customers, order, spawn_app};
+use crate::helpers::{
+    Backend, TestApp, TestDb, customers, order, series, spawn_app, spawn_app_with,
+};
 
 crate::on_both_backends!(
     stock_lowered_behind_kitaras_back_is_reconciled,
     stock_taken_behind_kitaras_back_mid_burst_never_oversells,
     id_blocks_are_reserved_while_another_writer_commits,
     an_order_ended_behind_kitaras_back_is_judged_again,
+    a_write_the_database_always_refuses_is_tried_twice,
+    a_refusal_the_store_cannot_reload_after_is_taken_back,
+    a_reload_that_fails_at_first_is_tried_again,
 );
 
 async fn stock_lowered_behind_kitaras_back_is_reconciled(backend: Backend) {
@@ -79,6 +84,222 @@ async fn an_order_ended_behind_kitaras_back_is_judged_again(backend: Backend) {
     );
     assert_eq!(db.status(id(&held)).await, "cancelled");
     assert_eq!(app.listed_stocks().await, db.stocks().await);
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// Triggers added behind Kitara's back, which a store's reload cannot see: the database
+/// refuses every order of user 3, and every confirm.
+fn refusing_triggers(backend: Backend) -> [&'static str; 2] {
+    match backend {
+        Backend::Sqlite => [
+            "CREATE TRIGGER refuse_user_3 BEFORE INSERT ON orders WHEN NEW.buyer_id = 3 \
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+            "CREATE TRIGGER refuse_confirms BEFORE UPDATE ON orders \
+             WHEN NEW.status = 'confirmed' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+        ],
+        Backend::Mysql => [
+            "CREATE TRIGGER refuse_user_3 BEFORE INSERT ON orders FOR EACH ROW \
+             IF NEW.buyer_id = 3 THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF",
+            "CREATE TRIGGER refuse_confirms BEFORE UPDATE ON orders FOR EACH ROW \
+             IF NEW.status = 'confirmed' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a trigger'; END IF",
+        ],
+    }
+}
+
+/// A write the database refuses whatever memory holds: the store reloads, decides it
+/// once more, and when the database refuses it again, answers it. Twice, not on and on
+/// until the request's deadline, and nothing of it is stored or kept in memory.
+async fn a_write_the_database_always_refuses_is_tried_twice(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let initial = db.stocks().await;
+    let app = spawn_app(&db).await;
+    let id = |body: &serde_json::Value| body["data"]["order_id"].as_i64().expect("order_id");
+    let (status, held) = app.lock(&order(2, &[(1, 2)])).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    for trigger in refusing_triggers(backend) {
+        db.exec(trigger).await;
+    }
+    let refused = || database_errors(&app, "refused");
+
+    // Refused, reloaded, decided again, refused again: final.
+    let (status, body) = app.lock(&order(3, &[(1, 3)])).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("stock changed concurrently")
+        ),
+        "{body}"
+    );
+    assert_eq!(refused().await, 2.0, "one try, and one after the reload");
+    // A confirm refused again is not a conflict of stock: the database is at fault.
+    let (status, body) = app.end(id(&held), "confirm", 2).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("database unavailable")
+        ),
+        "{body}"
+    );
+    assert_eq!(refused().await, 4.0, "one try, and one after the reload");
+
+    assert_eq!(db.count("orders").await, 1);
+    assert_eq!(db.status(id(&held)).await, "locked");
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    // The store still serves what the database accepts, from the truth.
+    let (status, body) = app.lock(&order(1, &[(1, 8)])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.end(id(&held), "cancel", 2).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    assert_eq!(db.stocks().await[&1], 2);
+    db.assert_invariants(&initial).await;
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// How many times the database failed Kitara, of one `kind` (`/metrics`).
+async fn database_errors(app: &TestApp, kind: &str) -> f64 {
+    let (_, metrics) = app.text("/metrics").await;
+    series(
+        &metrics,
+        &format!(r#"kitara_database_errors_total{{kind="{kind}"}}"#),
+    )
+}
+
+/// Renames a table behind Kitara's back: while `stores` is away, a store's reload (which
+/// reads it) fails, and an order's write (which does not) goes on.
+fn rename(backend: Backend, from: &str, to: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("ALTER TABLE {from} RENAME TO {to}"),
+        Backend::Mysql => format!("RENAME TABLE {from} TO {to}"),
+    }
+}
+
+/// A write the database refused, in a store that then cannot reload (a table the reload
+/// reads is away): memory takes the decision back, so its units are listed again, and
+/// the request is answered 503 "database unavailable", since it was never judged
+/// against the truth. Once the table is back, the store reloads and serves again.
+async fn a_refusal_the_store_cannot_reload_after_is_taken_back(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let initial = db.stocks().await;
+    // The reload is tried until the request's deadline: a short one keeps the test short.
+    let app = spawn_app_with(&db, |s| {
+        s.database.acquire_timeout = Duration::from_millis(1_000);
+    })
+    .await;
+    let [refuse_user_3, _] = refusing_triggers(backend);
+    db.exec(refuse_user_3).await;
+    db.exec(&rename(backend, "stores", "stores_away")).await;
+
+    let (status, body) = app.lock(&order(3, &[(1, 3)])).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("database unavailable")
+        ),
+        "{body}"
+    );
+    assert_eq!(database_errors(&app, "refused").await, 1.0);
+    assert!(database_errors(&app, "reload_failed").await >= 1.0);
+    assert_eq!(
+        app.listed_stocks().await,
+        initial,
+        "the refused order's units are listed again"
+    );
+
+    // A store that could not reload tries again once an interval (200 ms), not at every
+    // request: ten requests, one after the other, each answered at once, make it try at
+    // most once or twice. (For more than five tries, five of the gaps between them
+    // would each have to outlast the interval; trying at every request makes ten, each
+    // waiting out the request's deadline.)
+    let tries = database_errors(&app, "reload_failed").await;
+    for _ in 0..10 {
+        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("database unavailable")
+            ),
+            "{body}"
+        );
+    }
+    let tries = database_errors(&app, "reload_failed").await - tries;
+    assert!(tries <= 5.0, "{tries} reloads tried for ten requests");
+
+    db.exec(&rename(backend, "stores_away", "stores")).await;
+    let mut served = None;
+    for _ in 0..100 {
+        let (status, body) = app.lock(&order(2, &[(1, 3)])).await;
+        if status == StatusCode::OK {
+            served = Some(body);
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = served.expect("the store serves again once the table is back");
+    db.assert_order_stored(&body, 2).await;
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    db.assert_invariants(&initial).await;
+    app.stop().await;
+    db.drop_database().await;
+}
+
+/// A write the database refused, in a store whose reload fails at first (a table it
+/// reads is away for a moment): the reload is tried again until the request's deadline,
+/// and once it reads the truth the request is decided once more (and, refused again,
+/// answered as final).
+async fn a_reload_that_fails_at_first_is_tried_again(backend: Backend) {
+    let db = TestDb::with_demo_data(backend).await;
+    let initial = db.stocks().await;
+    // The table comes back within milliseconds of the refusal; the deadline, ten
+    // seconds, is the margin.
+    let app = Arc::new(
+        spawn_app_with(&db, |s| {
+            s.database.acquire_timeout = Duration::from_secs(10);
+        })
+        .await,
+    );
+    let [refuse_user_3, _] = refusing_triggers(backend);
+    db.exec(refuse_user_3).await;
+    db.exec(&rename(backend, "stores", "stores_away")).await;
+
+    let answer = {
+        let app = app.clone();
+        tokio::spawn(async move { app.lock(&order(3, &[(1, 3)])).await })
+    };
+    // The database refused the order: the store now reloads, and fails while the table
+    // is away. Put it back.
+    let waited = std::time::Instant::now();
+    while database_errors(&app, "refused").await < 1.0 {
+        assert!(waited.elapsed() < Duration::from_secs(10), "never refused");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    db.exec(&rename(backend, "stores_away", "stores")).await;
+    let (status, body) = answer.await.expect("the request's task");
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("stock changed concurrently")
+        ),
+        "{body}"
+    );
+    assert_eq!(database_errors(&app, "refused").await, 2.0);
+    assert_eq!(database_errors(&app, "reload_failed").await, 0.0);
+    assert_eq!(app.listed_stocks().await, db.stocks().await);
+    assert_eq!(db.stocks().await, initial);
+    let Ok(app) = Arc::try_unwrap(app) else {
+        panic!("a request still holds the app");
+    };
     app.stop().await;
     db.drop_database().await;
 }
