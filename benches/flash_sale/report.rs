@@ -94,40 +94,41 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
              (its servers still running): {rss:.0} MiB"
         );
     }
-    println!(
-        "ratio hot kitara/row-lock: {:.2}",
-        rate("hot") / rate("hot-row-lock")
+    // A ratio is printed only when both of its workloads ran (`KITARA_BENCH_ONLY` may
+    // leave either out).
+    let ratio = |what: &str, of: &str, to: &str, decimals: usize| {
+        if rows.contains_key(of) && rows.contains_key(to) {
+            println!("{what}: {:.decimals$}", rate(of) / rate(to));
+        }
+    };
+    ratio("ratio hot kitara/row-lock", "hot", "hot-row-lock", 2);
+    ratio(
+        "ratio spread kitara/row-lock",
+        "spread",
+        "spread-row-lock",
+        2,
     );
-    println!(
-        "ratio spread kitara/row-lock: {:.2}",
-        rate("spread") / rate("spread-row-lock")
+    ratio(
+        "ratio spread through 3 nodes/spread on 1 node (one machine: the cost of \
+         forwarding and ownership)",
+        "spread-3-nodes",
+        "spread",
+        2,
     );
-    if rows.contains_key("spread-3-nodes") {
+    ratio("ratio hot kitara/ceiling", "hot", "ceiling", 2);
+    ratio("ratio storm kitara/ceiling", "storm", "ceiling", 2);
+    if rows.contains_key("database-alone") && rows.contains_key("ceiling") {
         println!(
-            "ratio spread through 3 nodes/spread on 1 node (one machine: the cost of \
-             forwarding and ownership): {:.2}",
-            rate("spread-3-nodes") / rate("spread")
+            "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
+            rate("database-alone") / rate("ceiling")
         );
     }
-    println!(
-        "ratio hot kitara/ceiling: {:.2}",
-        rate("hot") / rate("ceiling")
-    );
-    println!(
-        "ratio storm kitara/ceiling: {:.2}",
-        rate("storm") / rate("ceiling")
-    );
-    println!(
-        "for reference, the database alone (no HTTP) commits {:.2} of the ceiling",
-        rate("database-alone") / rate("ceiling")
-    );
-    println!(
-        "ratio hot-holds/hot: {:.2}",
-        rate("hot-holds") / rate("hot")
-    );
-    println!(
-        "ratio hot/hot-no-metrics (what recording metrics costs): {:.3}",
-        rate("hot") / rate("hot-no-metrics")
+    ratio("ratio hot-holds/hot", "hot-holds", "hot", 2);
+    ratio(
+        "ratio hot/hot-no-metrics (what recording metrics costs)",
+        "hot",
+        "hot-no-metrics",
+        3,
     );
     if rows.contains_key("hot-followed") {
         println!(
