@@ -724,7 +724,8 @@ async fn a_commit_that_lands_late() {
 /// An order that failed because the database was unreachable committed nothing, so it
 /// must not keep its units reserved while the store waits for the database: they stay
 /// listed, and a larger order is answered 503 (database unavailable), not "not
-/// available".
+/// available". A lock or a confirm that failed so is tried once more if its request
+/// still has time, and then answered: not tried on and on until its deadline.
 async fn failed_orders_hold_no_stock() {
     let (db, proxy, app) = through_proxy(500).await;
     let initial = db.stocks().await;
