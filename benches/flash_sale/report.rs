@@ -152,23 +152,23 @@ pub(crate) fn print(rows: &BTreeMap<&'static str, Row>, rss: Option<f64>, wave: 
         ("hot", "hot-no-events", "hot"),
         ("spread", "spread-no-events", "spread"),
     ] {
-        if rows.contains_key(with) && rows.contains_key(without) {
-            println!(
-                "ratio {what} with events/without (what the outbox costs): {:.2}",
-                rate(with) / rate(without)
-            );
-        }
+        ratio(
+            &format!("ratio {what} with events/without (what the outbox costs)"),
+            with,
+            without,
+            2,
+        );
     }
     for (kitara, redis, connections) in [
         ("hot-c16", "redis-c16", 16),
         ("hot-c256", "redis-c256", 256),
     ] {
-        if rows.contains_key(kitara) && rows.contains_key(redis) {
-            println!(
-                "ratio hot-c{connections} kitara/redis-durable: {:.2}",
-                rate(kitara) / rate(redis)
-            );
-        }
+        ratio(
+            &format!("ratio hot-c{connections} kitara/redis-durable"),
+            kitara,
+            redis,
+            2,
+        );
     }
     if let Some(pairs) = rows.get("lock-confirm") {
         println!("lock then confirm: {:.0} pairs/s", pairs.rate);

@@ -862,6 +862,16 @@ impl Api {
     }
 }
 
+/// Asserts an answer is a 503 that says `message` (its body shown if not).
+#[track_caller]
+pub fn assert_unavailable((status, body): &(StatusCode, Value), message: &str) {
+    assert_eq!(
+        (*status, body["message"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(message)),
+        "{body}"
+    );
+}
+
 /// The value of one series of `/metrics` text, such as
 /// `kitara_database_errors_total{kind="refused"}`.
 pub fn series(text: &str, name: &str) -> f64 {

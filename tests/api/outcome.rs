@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, TestApp, TestDb, order, series, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestDb, assert_unavailable, order, series, spawn_app_with};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -656,19 +656,8 @@ async fn a_commit_that_lands_late() {
     let initial = db.stocks().await;
     proxy.cut_next_commit(Cut::LateCommit);
 
-    let (status, body) = app.lock(&order(2, &[(1, 2)])).await;
-    assert!(proxy.cut_done(), "the proxy never saw the COMMIT to hold");
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("order outcome unknown")
-        ),
-        "{body}"
-    );
-    proxy
-        .wait_for("the held COMMIT passed on", |s| !s.holding_commit)
-        .await;
+    let answer = app.lock(&order(2, &[(1, 2)])).await;
+    answered_unknown_then_passed_on(&proxy, &answer).await;
     let started = std::time::Instant::now();
     while db.count("orders").await == 0 {
         assert!(
@@ -694,19 +683,8 @@ async fn a_commit_that_lands_late() {
         .query_i64s("SELECT id FROM orders WHERE buyer_id = 2")
         .await[0][0];
     proxy.cut_next_commit(Cut::LateCommit);
-    let (status, body) = app.end(held, "confirm", 2).await;
-    assert!(proxy.cut_done(), "the proxy never saw the COMMIT to hold");
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("order outcome unknown")
-        ),
-        "{body}"
-    );
-    proxy
-        .wait_for("the held COMMIT passed on", |s| !s.holding_commit)
-        .await;
+    let answer = app.end(held, "confirm", 2).await;
+    answered_unknown_then_passed_on(&proxy, &answer).await;
     let started = std::time::Instant::now();
     while db.status(held).await != "confirmed" {
         assert!(
@@ -719,6 +697,16 @@ async fn a_commit_that_lands_late() {
     let (status, body) = app.end(held, "confirm", 2).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     ends_agreeing(db, proxy, app, &initial).await;
+}
+
+/// The answer to a request whose COMMIT `Cut::LateCommit` held back: "order outcome
+/// unknown". Returns once the proxy passed the COMMIT on.
+async fn answered_unknown_then_passed_on(proxy: &Proxy, answer: &(StatusCode, serde_json::Value)) {
+    assert!(proxy.cut_done(), "the proxy never saw the COMMIT to hold");
+    assert_unavailable(answer, "order outcome unknown");
+    proxy
+        .wait_for("the held COMMIT passed on", |s| !s.holding_commit)
+        .await;
 }
 
 /// An order that failed because the database was unreachable committed nothing, so it

@@ -9,7 +9,8 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use crate::helpers::{
-    Backend, TestApp, TestDb, customers, order, series, spawn_app, spawn_app_with,
+    Backend, TestApp, TestDb, assert_unavailable, customers, order, series, spawn_app,
+    spawn_app_with,
 };
 
 crate::on_both_backends!(
@@ -126,25 +127,15 @@ async fn a_write_the_database_always_refuses_is_tried_twice(backend: Backend) {
     let refused = || database_errors(&app, "refused");
 
     // Refused, reloaded, decided again, refused again: final.
-    let (status, body) = app.lock(&order(3, &[(1, 3)])).await;
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("stock changed concurrently")
-        ),
-        "{body}"
+    assert_unavailable(
+        &app.lock(&order(3, &[(1, 3)])).await,
+        "stock changed concurrently",
     );
     assert_eq!(refused().await, 2.0, "one try, and one after the reload");
     // A confirm refused again is not a conflict of stock: the database is at fault.
-    let (status, body) = app.end(id(&held), "confirm", 2).await;
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("database unavailable")
-        ),
-        "{body}"
+    assert_unavailable(
+        &app.end(id(&held), "confirm", 2).await,
+        "database unavailable",
     );
     assert_eq!(refused().await, 4.0, "one try, and one after the reload");
 
@@ -197,14 +188,9 @@ async fn a_refusal_the_store_cannot_reload_after_is_taken_back(backend: Backend)
     db.exec(refuse_user_3).await;
     db.exec(&rename(backend, "stores", "stores_away")).await;
 
-    let (status, body) = app.lock(&order(3, &[(1, 3)])).await;
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("database unavailable")
-        ),
-        "{body}"
+    assert_unavailable(
+        &app.lock(&order(3, &[(1, 3)])).await,
+        "database unavailable",
     );
     assert_eq!(database_errors(&app, "refused").await, 1.0);
     assert!(database_errors(&app, "reload_failed").await >= 1.0);
@@ -221,14 +207,9 @@ async fn a_refusal_the_store_cannot_reload_after_is_taken_back(backend: Backend)
     // waiting out the request's deadline.)
     let tries = database_errors(&app, "reload_failed").await;
     for _ in 0..10 {
-        let (status, body) = app.lock(&order(2, &[(1, 1)])).await;
-        assert_eq!(
-            (status, body["message"].as_str()),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("database unavailable")
-            ),
-            "{body}"
+        assert_unavailable(
+            &app.lock(&order(2, &[(1, 1)])).await,
+            "database unavailable",
         );
     }
     let tries = database_errors(&app, "reload_failed").await - tries;
@@ -284,14 +265,9 @@ async fn a_reload_that_fails_at_first_is_tried_again(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     db.exec(&rename(backend, "stores_away", "stores")).await;
-    let (status, body) = answer.await.expect("the request's task");
-    assert_eq!(
-        (status, body["message"].as_str()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("stock changed concurrently")
-        ),
-        "{body}"
+    assert_unavailable(
+        &answer.await.expect("the request's task"),
+        "stock changed concurrently",
     );
     assert_eq!(database_errors(&app, "refused").await, 2.0);
     assert_eq!(database_errors(&app, "reload_failed").await, 0.0);
