@@ -17,6 +17,7 @@
 
 mod manager;
 mod peers;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
@@ -15,10 +16,14 @@ use super::request::read_json_body;
 use super::response::{ApiError, Body};
 use crate::app::AppState;
 
+/// A request's body: as it comes on a connection, or whole, from a batch another node
+/// forwarded.
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
+
 /// What a handler gets.
 pub struct Call<'a> {
     pub state: &'a Arc<AppState>,
-    pub request: Request<Incoming>,
+    pub request: Request<RequestBody>,
     /// The path's `{id}`, if it has one that is well formed (`request::parse_id`).
     pub id: Option<i64>,
     /// How long the client may take to send its body.

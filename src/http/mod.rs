@@ -24,6 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
@@ -37,6 +38,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::cluster::NODE_HEADER;
+use call::RequestBody;
 use response::{ApiError, Body};
 
 pub struct ServerConfig {
@@ -90,36 +92,13 @@ pub async fn serve(
         let state = state.clone();
         let request_timeout = config.request_timeout;
         let node = node.clone();
-        let service = service_fn(move |mut request: Request<Incoming>| {
+        let service = service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
             let node = node.clone();
-            let id = request_id::of(request.headers());
-            // A request forwarded to its store's owner carries the id there.
-            request
-                .headers_mut()
-                .insert(request_id::X_REQUEST_ID, id.clone());
-            let span =
-                tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
             async move {
-                let started = state.metrics.enabled.then(std::time::Instant::now);
-                let method = request.method().clone();
-                // Only for the debug line: no copy of the path when it is off.
-                let path = tracing::enabled!(tracing::Level::DEBUG)
-                    .then(|| request.uri().path().to_owned());
-                let (route, mut response) = route(&state, request, request_timeout).await;
-                let status = response.status().as_u16();
-                if let Some(started) = started {
-                    let route = route.unwrap_or(routes::ROUTES.len());
-                    state.metrics.request(route, status, started.elapsed());
-                }
-                tracing::debug!(%method, path = path.as_deref(), status, "answered");
-                let headers = response.headers_mut();
-                headers.insert(request_id::X_REQUEST_ID, id);
-                // A forwarded answer names the owner that decided it; any other, this node.
-                headers.entry(NODE_HEADER).or_insert(node);
-                Ok::<_, Infallible>(response)
+                let request = request.map(Either::Left);
+                Ok::<_, Infallible>(answer(&state, request, request_timeout, node).await)
             }
-            .instrument(span)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -141,11 +120,49 @@ pub async fn serve(
     }
 }
 
+/// Answers one request, as it came on a connection or inside a batch another node
+/// forwarded (`forward::batch`): its id, its route's handler, its metrics, and the
+/// headers every answer carries.
+async fn answer(
+    state: &Arc<AppState>,
+    mut request: Request<RequestBody>,
+    request_timeout: Duration,
+    node: HeaderValue,
+) -> Response<Body> {
+    let id = request_id::of(request.headers());
+    // A request forwarded to its store's owner carries the id there.
+    request
+        .headers_mut()
+        .insert(request_id::X_REQUEST_ID, id.clone());
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
+    async move {
+        let started = state.metrics.enabled.then(std::time::Instant::now);
+        let method = request.method().clone();
+        // Only for the debug line: no copy of the path when it is off.
+        let path =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
+        let (route, mut response) = route(state, request, request_timeout).await;
+        let status = response.status().as_u16();
+        if let Some(started) = started {
+            let route = route.unwrap_or(routes::ROUTES.len());
+            state.metrics.request(route, status, started.elapsed());
+        }
+        tracing::debug!(%method, path = path.as_deref(), status, "answered");
+        let headers = response.headers_mut();
+        headers.insert(request_id::X_REQUEST_ID, id);
+        // A forwarded answer names the owner that decided it; any other, this node.
+        headers.entry(NODE_HEADER).or_insert(node);
+        response
+    }
+    .instrument(span)
+    .await
+}
+
 /// Answers a request from the route table; also says which route it was (its index in
 /// `routes::ROUTES`, for the metrics).
 async fn route(
     state: &Arc<AppState>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     request_timeout: Duration,
 ) -> (Option<usize>, Response<Body>) {
     let Some((index, id)) = routes::find(request.uri().path()) else {

@@ -60,6 +60,7 @@ fn say_exactly_what_is_accepted(document: &mut serde_json::Value) {
         (name = "orders", description = "Locks, holds and their end"),
         (name = "admin", description = "The store owner's API: a bearer token (KITARA_ADMIN_TOKEN)"),
         (name = "operations", description = "Liveness, readiness, metrics, this document"),
+        (name = "cluster", description = "Between Kitara nodes: the requests one forwards to the owner of their store"),
     )
 )]
 struct ApiDoc;

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::HeaderMap;
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -25,6 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::domain::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
 
+use super::call::RequestBody;
 use super::response::ApiError;
 
 /// A lock request past the edge.
@@ -56,7 +56,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// time. A declared length over the limit is refused before the body is read.
 pub async fn read_json_body(
     headers: &HeaderMap,
-    mut body: Incoming,
+    mut body: RequestBody,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     // Exactly one Content-Type: with several, which one the client meant is a guess.
@@ -77,7 +77,7 @@ pub async fn read_json_body(
         limit: MAX_BODY_BYTES,
     };
     let refusal = if !json {
-        Some(ApiError::UnsupportedMediaType)
+        Some(ApiError::UnsupportedMediaType("application/json"))
     } else if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         Some(too_large())
     } else {
@@ -114,7 +114,7 @@ pub async fn read_json_body(
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// Reads what is left of a refused body, up to `DRAIN_LIMIT` bytes.
-async fn drain(body: &mut Incoming) {
+pub(super) async fn drain(body: &mut RequestBody) {
     let mut seen = 0usize;
     while seen <= DRAIN_LIMIT {
         match body.frame().await {

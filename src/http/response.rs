@@ -124,8 +124,9 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed; use {}", allow.to_str().unwrap_or_default())]
     MethodNotAllowed { allow: HeaderValue },
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    /// The media type the endpoint takes.
+    #[error("Content-Type must be {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("request body must not exceed {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("request body was not received in time")]
@@ -228,7 +229,7 @@ impl ApiError {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) | ApiError::Lock(_) => StatusCode::BAD_REQUEST,

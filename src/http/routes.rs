@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use utoipa::OpenApi;
 
 use super::call::{Answer, Call, Handler};
-use super::{admin, events, openapi, operations, orders, response};
+use super::{admin, events, forward, openapi, operations, orders, response};
 
 /// One method of a route, and who answers it.
 pub struct Operation {
@@ -100,6 +100,7 @@ routes![
     "/api/v1/admin/orders", "admin_orders", admin: true, [GET => admin::orders],
     "/api/v1/admin/stores/{id}/events", "admin_events", admin: true, [GET => events::stream],
     "/api/v1/admin/cluster", "admin_cluster", admin: true, [GET => admin::cluster],
+    "/api/v1/cluster/forward", "cluster_forward", admin: false, [POST => forward::batch],
 ];
 
 /// The OpenAPI document of this table, rendered once.

@@ -15,6 +15,7 @@ mod cluster_steps;
 mod contract;
 mod durability;
 mod events;
+mod forward;
 mod galera;
 mod holds;
 mod keys;
