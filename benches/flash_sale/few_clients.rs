@@ -143,6 +143,16 @@ pub(crate) async fn few_clients(bench: &Bench) -> FewClients {
 /// `commit_duration_seconds_sum`, its count, and `orders_per_commit_sum`, from
 /// `/metrics`.
 pub(crate) async fn commit_metrics(addr: SocketAddr) -> Option<(f64, f64, f64)> {
+    let text = metrics_text(addr).await?;
+    Some((
+        series(&text, "kitara_commit_duration_seconds_sum")?,
+        series(&text, "kitara_commit_duration_seconds_count")?,
+        series(&text, "kitara_orders_per_commit_sum")?,
+    ))
+}
+
+/// The server's `/metrics`.
+pub(crate) async fn metrics_text(addr: SocketAddr) -> Option<String> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     let request = "GET /metrics HTTP/1.1\r\nHost: kitara\r\nConnection: close\r\n\r\n";
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -150,15 +160,13 @@ pub(crate) async fn commit_metrics(addr: SocketAddr) -> Option<(f64, f64, f64)> 
     tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text)
         .await
         .ok()?;
-    let series = |name: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-    };
-    Some((
-        series("kitara_commit_duration_seconds_sum")?,
-        series("kitara_commit_duration_seconds_count")?,
-        series("kitara_orders_per_commit_sum")?,
-    ))
+    Some(text)
+}
+
+/// The value of the series `name` (with its labels, if it has any) in `/metrics`.
+pub(crate) fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A private durable `redis-server`, and the script's digest.

@@ -274,6 +274,7 @@ async fn interleaved_group(bench: &Bench, group: &[&str]) -> Interleaved {
     } in workloads
     {
         let attached = running.attached.as_ref().map(|a| a.seen.clone());
+        let forwarding = forwarding_note(&running.addrs()).await;
         running.stop().await;
         let note = match expect {
             Expect::Commits => {
@@ -289,6 +290,9 @@ async fn interleaved_group(bench: &Bench, group: &[&str]) -> Interleaved {
                 let failed = load.refused + load.other;
                 if failed > 0 {
                     batching = format!("{failed} answers not 200; {batching}");
+                }
+                if let Some(forwarding) = forwarding {
+                    batching = format!("{batching}; {forwarding}");
                 }
                 match attached {
                     Some(seen) => format!("{batching}; {}", followed_note(&seen, load.ok)),
@@ -609,6 +613,19 @@ async fn listed_stock(addr: std::net::SocketAddr, product: i64) -> Option<i64> {
 
 /// What the followers and the webhook receiver of `hot-followed` saw of its `events`
 /// (one per order).
+/// Requests forwarded per batch, over the nodes of a cluster (`None` for one server, which
+/// forwards nothing).
+async fn forwarding_note(addrs: &[std::net::SocketAddr]) -> Option<String> {
+    let (mut forwarded, mut batches) = (0.0, 0.0);
+    for addr in addrs {
+        let text = crate::few_clients::metrics_text(*addr).await?;
+        let series = |name| crate::few_clients::series(&text, name).unwrap_or(0.0);
+        forwarded += series("kitara_forwarded_request_duration_seconds_count");
+        batches += series(r#"kitara_http_requests_total{route="cluster_forward",status="200"}"#);
+    }
+    (batches > 0.0).then(|| format!("{:.1} requests per forwarded batch", forwarded / batches))
+}
+
 fn followed_note(seen: &crate::followers::Seen, events: u64) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let followed = seen.followed.load(Relaxed);
