@@ -88,7 +88,12 @@ pub struct Peers {
     /// The task that sends each node its batches, by the node's URL; started at the
     /// first request for that node.
     relays: Arc<Mutex<Relays>>,
+    /// How long a relay waits for a request before it leaves.
+    idle: Duration,
 }
+
+/// How long a relay with nothing to send stays.
+const RELAY_IDLE: Duration = Duration::from_secs(60);
 
 impl Peers {
     pub fn new(timeout: Duration) -> Self {
@@ -102,6 +107,7 @@ impl Peers {
             client,
             timeout,
             relays: Arc::default(),
+            idle: RELAY_IDLE,
         }
     }
 
@@ -124,9 +130,7 @@ impl Peers {
             since: Instant::now(),
             answer,
         };
-        self.relay(&peer.url)
-            .send(pending)
-            .map_err(|_| PeerError::Unreachable)?;
+        self.enqueue(&peer.url, pending)?;
         match tokio::time::timeout(self.timeout, answered).await {
             Ok(Ok(answer)) => answer,
             // Not answered in time, or the exchange ended without a word about it.
@@ -134,8 +138,10 @@ impl Peers {
         }
     }
 
-    /// The queue of the requests for the node at `url`.
-    fn relay(&self, url: &Arc<str>) -> mpsc::UnboundedSender<Pending> {
+    /// Queues a request for the node at `url`, starting its relay if it has none. Under
+    /// the map's lock, so that a relay that leaves for being idle never leaves a request
+    /// behind.
+    fn enqueue(&self, url: &Arc<str>, pending: Pending) -> Result<(), PeerError> {
         let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
         relays
             .entry(url.clone())
@@ -144,7 +150,8 @@ impl Peers {
                 tokio::spawn(relay(self.clone(), url.clone(), waiting));
                 queue
             })
-            .clone()
+            .send(pending)
+            .map_err(|_| PeerError::Unreachable)
     }
 
     /// Whether the node at `url` answers `/readyz` with 200 (everything it owns is
@@ -188,8 +195,19 @@ async fn relay(peers: Peers, url: Arc<str>, mut waiting: mpsc::UnboundedReceiver
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = waiting.recv().await else {
-            return;
+        let first = match tokio::time::timeout(peers.idle, waiting.recv()).await {
+            Ok(Some(first)) => first,
+            Ok(None) => return,
+            Err(_) => {
+                // Nothing for a while: the node may be gone for good (a new address
+                // after a restart), so the relay leaves rather than wait forever.
+                let mut relays = peers.relays.lock().unwrap_or_else(PoisonError::into_inner);
+                if waiting.is_empty() {
+                    relays.remove(&url);
+                    return;
+                }
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -197,6 +215,12 @@ async fn relay(peers: Peers, url: Arc<str>, mut waiting: mpsc::UnboundedReceiver
                 Ok(pending) => batch.push(pending),
                 Err(_) => break,
             }
+        }
+        // A request whose client left, or that timed out waiting, is not sent: nobody
+        // would hear its answer.
+        batch.retain(|pending| !pending.answer.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         tokio::spawn(exchange(peers.clone(), target.clone(), batch, permit));
     }
@@ -517,5 +541,59 @@ mod tests {
             waited >= OUT_AT_MOST / 2 && waited < Duration::from_secs(2),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_leaves_and_a_new_one_takes_its_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                tokio::spawn(async move {
+                    loop {
+                        read_batch(&mut stream).await;
+                        stream.write_all(STREAM_HEAD).await.expect("write");
+                        chunk(&mut stream, &answered(StatusCode::OK, b"{}")).await;
+                        stream.write_all(b"0\r\n\r\n").await.expect("write");
+                    }
+                });
+            }
+        });
+        let peer = Peer::parse("n2", &url).expect("a peer");
+        let mut peers = Peers::new(Duration::from_secs(5));
+        peers.idle = Duration::from_millis(100);
+        let relays = || peers.relays.lock().expect("the map").len();
+        for _ in 0..2 {
+            let answer = peers.send(&peer, &lock("k"), b"{}").await;
+            assert_eq!(answer.expect("answered").status(), StatusCode::OK);
+            assert_eq!(relays(), 1);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(relays(), 0, "the idle relay left");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_nobody_waits_for_any_more_is_not_sent() {
+        let (got, mut seen) = mpsc::unbounded_channel();
+        let peer = owner(move |mut stream, batch| async move {
+            let keys: Vec<_> = batch
+                .iter()
+                .map(|r| r.headers()["idempotency-key"].clone())
+                .collect();
+            let _ = got.send(keys);
+            stream.write_all(STREAM_HEAD).await.expect("write");
+            chunk(&mut stream, &answered(StatusCode::OK, b"{}")).await;
+            stream.write_all(b"0\r\n\r\n").await.expect("write");
+        })
+        .await;
+        let peers = Peers::new(Duration::from_secs(5));
+        // Given up on before the relay took it: its caller's future is dropped.
+        let gone = lock("gone");
+        let abandoned = futures_util::FutureExt::now_or_never(peers.send(&peer, &gone, b"{}"));
+        assert!(abandoned.is_none(), "queued, not answered");
+        let answer = peers.send(&peer, &lock("kept"), b"{}").await;
+        assert_eq!(answer.expect("answered").status(), StatusCode::OK);
+        assert_eq!(seen.recv().await.expect("a batch"), ["kept"]);
     }
 }
