@@ -596,4 +596,45 @@ mod tests {
         assert_eq!(answer.expect("answered").status(), StatusCode::OK);
         assert_eq!(seen.recv().await.expect("a batch"), ["kept"]);
     }
+
+    #[tokio::test]
+    async fn a_batch_carries_at_most_max_batch_requests() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (got, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let got = got.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let batch = read_batch(&mut stream).await;
+                        let _ = got.send(batch.len());
+                        stream.write_all(STREAM_HEAD).await.expect("write");
+                        for index in 0..batch.len() {
+                            let index = u32::try_from(index).expect("an index");
+                            let frame =
+                                wire::answer(index, StatusCode::OK, &HeaderMap::new(), b"{}");
+                            chunk(&mut stream, &frame).await;
+                        }
+                        stream.write_all(b"0\r\n\r\n").await.expect("write");
+                    }
+                });
+            }
+        });
+        let peer = Peer::parse("n2", &url).expect("a peer");
+        let peers = Peers::new(Duration::from_secs(5));
+        let head = lock("k");
+        // All queued before the relay first runs (one thread): as few batches as can be.
+        let sends = (0..MAX_BATCH + 100).map(|_| peers.send(&peer, &head, b"{}"));
+        for answer in futures_util::future::join_all(sends).await {
+            assert_eq!(answer.expect("answered").status(), StatusCode::OK);
+        }
+        let mut sizes = vec![
+            seen.recv().await.expect("a batch"),
+            seen.recv().await.expect("a batch"),
+        ];
+        sizes.sort_unstable();
+        assert_eq!(sizes, [100, MAX_BATCH]);
+    }
 }

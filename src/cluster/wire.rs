@@ -278,6 +278,51 @@ mod tests {
     }
 
     #[test]
+    fn a_header_too_long_for_a_frame_is_left_out_not_the_answer() {
+        let mut headers = HeaderMap::new();
+        headers.insert("kitara-node", HeaderValue::from_static("n2"));
+        let long = HeaderValue::from_str(&"x".repeat(70_000)).expect("a value");
+        headers.insert("x-long", long);
+        let mut frame = BytesMut::from(&answer(1, StatusCode::OK, &headers, b"{}")[..]);
+        let (index, answer) = next_answer(&mut frame).expect("decodes").expect("whole");
+        assert_eq!(index, 1);
+        assert_eq!(answer.headers()["kitara-node"], "n2");
+        assert!(!answer.headers().contains_key("x-long"));
+        assert_eq!(answer.body().as_ref(), b"{}");
+    }
+
+    #[test]
+    fn an_empty_last_header_and_an_empty_body_decode() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-empty", HeaderValue::from_static(""));
+        let mut frame = BytesMut::from(&answer(0, StatusCode::NO_CONTENT, &headers, b"")[..]);
+        let (_, answer) = next_answer(&mut frame).expect("decodes").expect("whole");
+        assert_eq!(answer.headers()["x-empty"], "");
+        assert!(answer.body().is_empty());
+    }
+
+    #[test]
+    fn a_frame_too_short_for_its_fields_is_refused() {
+        // Length 0: not even an index.
+        let mut empty = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert_eq!(next_answer(&mut empty).err(), Some(Malformed("truncated")));
+        // An index and no status.
+        let mut frame = BytesMut::new();
+        frame.put_u32(4);
+        frame.put_u32(0);
+        assert_eq!(next_answer(&mut frame).err(), Some(Malformed("status")));
+        // An index and a status, no header count.
+        let mut frame = BytesMut::new();
+        frame.put_u32(6);
+        frame.put_u32(0);
+        frame.put_u16(200);
+        assert_eq!(
+            next_answer(&mut frame).err(),
+            Some(Malformed("header count"))
+        );
+    }
+
+    #[test]
     fn an_answer_with_a_bad_status_is_refused() {
         let mut frame = BytesMut::new();
         frame.put_u32(6);
