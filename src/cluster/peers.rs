@@ -500,11 +500,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn requests_the_owner_answers_late_hold_back_the_next_batch_only_briefly() {
+    /// A node that answers every batch on every connection, each request 200, and says
+    /// how many requests each batch held. A batch whose first request's key starts
+    /// with `slow` it holds for 30 s first, past any forward's timeout.
+    async fn every_batch_owner() -> (Peer, mpsc::UnboundedReceiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (got, mut seen) = mpsc::unbounded_channel();
+        let (got, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.expect("accept");
@@ -512,20 +514,29 @@ mod tests {
                 tokio::spawn(async move {
                     loop {
                         let batch = read_batch(&mut stream).await;
-                        let key = batch[0].headers()["idempotency-key"].clone();
                         let _ = got.send(batch.len());
-                        if key.as_bytes().starts_with(b"slow") {
-                            // Never answered: held until the forward's timeout.
+                        let key = batch[0].headers()["idempotency-key"].as_bytes();
+                        if key.starts_with(b"slow") {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                         }
                         stream.write_all(STREAM_HEAD).await.expect("write");
-                        chunk(&mut stream, &answered(StatusCode::OK, b"{}")).await;
+                        for index in 0..batch.len() {
+                            let index = u32::try_from(index).expect("an index");
+                            let frame =
+                                wire::answer(index, StatusCode::OK, &HeaderMap::new(), b"{}");
+                            chunk(&mut stream, &frame).await;
+                        }
                         stream.write_all(b"0\r\n\r\n").await.expect("write");
                     }
                 });
             }
         });
-        let peer = Peer::parse("n2", &url).expect("a peer");
+        (Peer::parse("n2", &url).expect("a peer"), seen)
+    }
+
+    #[tokio::test]
+    async fn requests_the_owner_answers_late_hold_back_the_next_batch_only_briefly() {
+        let (peer, mut seen) = every_batch_owner().await;
         let peers = Peers::new(Duration::from_secs(10));
         // Two batches the owner holds: as many as may be out at once.
         for key in ["slow-1", "slow-2"] {
@@ -545,22 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_relay_leaves_and_a_new_one_takes_its_place() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.expect("accept");
-                tokio::spawn(async move {
-                    loop {
-                        read_batch(&mut stream).await;
-                        stream.write_all(STREAM_HEAD).await.expect("write");
-                        chunk(&mut stream, &answered(StatusCode::OK, b"{}")).await;
-                        stream.write_all(b"0\r\n\r\n").await.expect("write");
-                    }
-                });
-            }
-        });
-        let peer = Peer::parse("n2", &url).expect("a peer");
+        let (peer, _seen) = every_batch_owner().await;
         let mut peers = Peers::new(Duration::from_secs(5));
         peers.idle = Duration::from_millis(100);
         let relays = || peers.relays.lock().expect("the map").len();
@@ -599,30 +595,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_carries_at_most_max_batch_requests() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (got, mut seen) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.expect("accept");
-                let got = got.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let batch = read_batch(&mut stream).await;
-                        let _ = got.send(batch.len());
-                        stream.write_all(STREAM_HEAD).await.expect("write");
-                        for index in 0..batch.len() {
-                            let index = u32::try_from(index).expect("an index");
-                            let frame =
-                                wire::answer(index, StatusCode::OK, &HeaderMap::new(), b"{}");
-                            chunk(&mut stream, &frame).await;
-                        }
-                        stream.write_all(b"0\r\n\r\n").await.expect("write");
-                    }
-                });
-            }
-        });
-        let peer = Peer::parse("n2", &url).expect("a peer");
+        let (peer, mut seen) = every_batch_owner().await;
         let peers = Peers::new(Duration::from_secs(5));
         let head = lock("k");
         // All queued before the relay first runs (one thread): as few batches as can be.

@@ -7,18 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
 
-use super::request::read_json_body;
+use super::request::{RequestBody, read_json_body};
 use super::response::{ApiError, Body};
 use crate::app::AppState;
-
-/// A request's body: as it comes on a connection, or whole, from a batch another node
-/// forwarded.
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
 
 /// What a handler gets.
 pub struct Call<'a> {

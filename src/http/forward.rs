@@ -151,8 +151,7 @@ pub async fn batch(call: Call<'_>) -> Answer {
         Err(_) => return Err(ApiError::Timeout),
     };
     let requests = wire::requests(batch, MAX_BATCH_REQUESTS).map_err(|e| bad(&e.to_string()))?;
-    let node = HeaderValue::from_str(state.cluster.node.id.as_str())
-        .unwrap_or_else(|_| HeaderValue::from_static("kitara"));
+    let node = super::node_header(&state);
     let mut deciding: FuturesUnordered<_> = (0u32..)
         .zip(requests)
         .map(|(index, request)| {

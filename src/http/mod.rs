@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::cluster::NODE_HEADER;
-use call::RequestBody;
+use request::RequestBody;
 use response::{ApiError, Body};
 
 pub struct ServerConfig {
@@ -63,8 +63,7 @@ pub async fn serve(
         .header_read_timeout(config.request_timeout)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
-    let node = HeaderValue::from_str(state.cluster.node.id.as_str())
-        .unwrap_or_else(|_| HeaderValue::from_static("kitara"));
+    let node = node_header(&state);
 
     loop {
         let permit = tokio::select! {
@@ -118,6 +117,12 @@ pub async fn serve(
     {
         tracing::warn!("requests still in flight after the shutdown timeout");
     }
+}
+
+/// This node's id, as the `Kitara-Node` of its answers.
+fn node_header(state: &AppState) -> HeaderValue {
+    HeaderValue::from_str(state.cluster.node.id.as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("kitara"))
 }
 
 /// Answers one request, as it came on a connection or inside a batch another node

@@ -15,8 +15,9 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::HeaderMap;
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -24,7 +25,6 @@ use serde_json::value::RawValue;
 
 use crate::domain::{LockOrder, MAX_HOLD_SECONDS, MAX_LINES, MAX_QUANTITY, ProductId, UserId};
 
-use super::call::RequestBody;
 use super::response::ApiError;
 
 /// A lock request past the edge.
@@ -48,6 +48,10 @@ pub fn parse_buyer(body: &[u8]) -> Result<UserId, ApiError> {
     let user_id = required(&object, "user_id")?;
     Ok(UserId(integer(user_id, "user_id")?))
 }
+
+/// A request's body: as it comes on a connection, or whole, from a batch another node
+/// forwarded.
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
