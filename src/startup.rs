@@ -45,7 +45,7 @@ pub enum StartupError {
     #[error(transparent)]
     Schema(#[from] db::SchemaError),
     #[error(
-        "KITARA_DB_POOL_SIZE is {pool}, but {writers} writer(s) need at least {needed} connections: two each (the transaction in flight and the next one, opened ahead) and two for stock reloads and lookups"
+        "KITARA_DB_POOL_SIZE is {pool}, but {writers} writer(s) need at least {needed} connections: two each (its transaction, and the next one while a transaction it gave up still ends) and two for stock reloads and lookups"
     )]
     PoolTooSmall {
         pool: u32,
@@ -519,9 +519,10 @@ async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
 }
 
-/// On MySQL every writer holds a pooled connection for its transaction in flight and one
-/// for the next transaction, opened ahead; stock reloads, user lookups and outcome
-/// lookups need connections besides. With fewer, writers could hold the whole pool and
+/// On MySQL every writer holds a pooled connection for its transaction (in flight, or
+/// chained and waiting for the next batch), and one more for the next transaction while
+/// a transaction it gave up still ends on its own task; stock reloads, user lookups and
+/// outcome lookups need connections besides. With fewer, writers could hold the whole pool and
 /// every store would stall on its next reload.
 fn enough_connections(pool: u32, writers: u32) -> Result<(), StartupError> {
     let needed = 2 * writers + 2;

@@ -47,7 +47,7 @@ use crate::db::write::{Fence, PersistError, Settled, Write, Written};
 use crate::domain::{NodeId, StoreId};
 use crate::metrics::Metrics;
 use batch::Ids;
-use transaction::{Opening, Reach};
+use transaction::{Chained, Reach};
 
 /// Writes one actor decided together, answered together.
 struct Submission {
@@ -183,7 +183,7 @@ pub async fn spawn(
                 node: config.node.clone(),
                 token_prefix: [boot, u128::from(std::process::id()), number as u128],
                 sequence: 0,
-                opening: None,
+                chained: None,
                 next_seq: HashMap::new(),
                 committed: Vec::new(),
             };
@@ -215,11 +215,10 @@ struct Writer {
     /// token unique across writers and restarts.
     token_prefix: [u128; 3],
     sequence: u64,
-    /// MySQL: the transaction the next batch will use, opened while the current one is
-    /// in flight, so that BEGIN's round trip is off the path every order waits on.
-    /// Always `None` on SQLite, where an open `BEGIN IMMEDIATE` would hold the
-    /// database's write lock while idle.
-    opening: Option<Opening>,
+    /// MySQL: the transaction the last `COMMIT AND CHAIN` opened, which the next batch
+    /// writes in (`transaction`). Always `None` on SQLite, which has no such COMMIT and
+    /// where an open `BEGIN IMMEDIATE` would hold the database's write lock while idle.
+    chained: Option<Chained>,
     /// While a batch is written: the number the next event of each of its stores
     /// takes, moved on by each transaction that commits (`batch`).
     next_seq: HashMap<StoreId, i64>,
@@ -236,12 +235,10 @@ impl Writer {
         self.ids
             .renew(&self.db, Instant::now() + self.answer_within)
             .await;
-        if let Some(opening) = self.opening.take() {
+        if let Some(chained) = self.chained.take() {
             // Rolls back on its own task, whatever the database's state.
             tokio::spawn(async move {
-                if let Ok((Ok(txn), _)) = opening.await {
-                    let _ = txn.rollback().await;
-                }
+                let _ = chained.txn.rollback().await;
             });
         }
         tracing::debug!("writer stopped");

@@ -1,13 +1,22 @@
 //! One transaction, BEGIN to COMMIT, on a task of its own, so that it is never cut off
 //! half-way (`db::call`): the writer waits for it until its answers are due, then gives
 //! it up before its COMMIT, or, with COMMIT already sent, waits for the outcome.
+//!
+//! On MySQL a transaction ends with `COMMIT AND CHAIN`, which commits and opens the
+//! next one in the same round trip, on the same connection, and the writer keeps that
+//! one for its next batch. A transaction then costs two round trips, its plan and its
+//! COMMIT: no BEGIN, and no check of a connection given back to the pool (`db::connect`'s
+//! canary, a round trip of its own), since the connection stays with the writer. Given
+//! back and checked out again per transaction, the same work took four, and on a busy
+//! machine each round trip costs the database and Kitara a wake-up on both sides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::task::JoinHandle;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait,
+};
 use tokio::time::Instant;
 
 use super::Writer;
@@ -55,13 +64,17 @@ impl Reach {
     }
 }
 
-/// A transaction being opened ahead, and when it was opened.
-pub(super) type Opening = JoinHandle<(Result<DatabaseTransaction, DbErr>, Instant)>;
+/// The transaction a `COMMIT AND CHAIN` opened, kept for the writer's next batch, and
+/// when it was opened.
+pub(super) struct Chained {
+    pub(super) txn: DatabaseTransaction,
+    at: Instant,
+}
 
-/// A transaction opened ahead is used only if it waited less than this: after a longer
-/// pause its connection may have been dropped, so a fresh one is opened instead (from
-/// the pool, which pings a connection that sat idle this long).
-const OPENED_AHEAD_FOR_AT_MOST: Duration = db::IDLE_BEFORE_PING;
+/// A chained transaction is used only if it waited less than this: after a longer pause
+/// its connection may have been dropped, so it is rolled back and a fresh one begun
+/// (from the pool, which pings a connection that sat idle this long).
+const CHAINED_FOR_AT_MOST: Duration = db::IDLE_BEFORE_PING;
 
 /// Where a transaction stands, shared by the task that runs it and the writer that waits
 /// for it: whichever of the two moves it out of `RUNNING` first decides whether COMMIT
@@ -72,7 +85,8 @@ const GIVEN_UP: u8 = 2;
 
 /// How a transaction's task ended.
 enum Ran {
-    Committed(Vec<i64>),
+    /// Committed; on MySQL, with the transaction its `COMMIT AND CHAIN` opened.
+    Committed(Vec<i64>, Option<DatabaseTransaction>),
     /// It could not begin: the database is unreachable (or the pool exhausted).
     Unreachable,
     /// It failed before COMMIT: nothing of it committed.
@@ -118,20 +132,16 @@ impl Writer {
             );
             return unavailable();
         }
-        let opened = self.opening.take();
-        if self.db.get_database_backend() == DbBackend::MySql {
-            let pool = self.db.clone();
-            self.opening = Some(tokio::spawn(async move {
-                let txn = pool
-                    .begin_with_options(db::write_transaction_options())
-                    .await;
-                (txn, Instant::now())
-            }));
-        }
+        // A stale one is dropped here, which rolls it back.
+        let chained = self
+            .chained
+            .take()
+            .filter(|c| c.at.elapsed() < CHAINED_FOR_AT_MOST)
+            .map(|c| c.txn);
         let state = Arc::new(AtomicU8::new(RUNNING));
         let mut task = tokio::spawn(run_transaction(
             self.db.clone(),
-            opened,
+            chained,
             plan,
             state.clone(),
             writes,
@@ -171,7 +181,11 @@ impl Writer {
             Ran::Failed(PersistError::Unavailable)
         });
         match ran {
-            Ran::Committed(answered) => {
+            Ran::Committed(answered, next) => {
+                self.chained = next.map(|txn| Chained {
+                    txn,
+                    at: Instant::now(),
+                });
                 self.reach.reached(true);
                 self.metrics.commit(started.elapsed(), orders);
                 Ok(answered)
@@ -227,53 +241,49 @@ impl Writer {
     }
 }
 
-/// A transaction, from BEGIN (or the one opened ahead) to COMMIT, on a task of its own
-/// so that it is never cut off half-way. Before it sends COMMIT it checks that the
-/// writer still waits for it; if not, it rolls back.
+/// A transaction, from BEGIN (or the chained one) to COMMIT, on a task of its own so
+/// that it is never cut off half-way. Before it sends COMMIT it checks that the writer
+/// still waits for it; if not, it rolls back. Any failure drops the transaction, and
+/// with it its connection, which goes back to the pool through the canary.
+///
+/// A connection can break while it rests (the chained one with the writer, any other in
+/// the pool: the server restarted or ended it, a proxy cut it), and the pool hands out
+/// one that rested less than `db::IDLE_BEFORE_PING` unchecked. Before COMMIT a broken
+/// connection has committed nothing (the server rolls back a transaction whose
+/// connection ends), so the transaction is written again on another, as many times as
+/// the pool may hold connections (after a restart every one of them is broken), while
+/// the writer still waits for it.
 async fn run_transaction(
     db: DatabaseConnection,
-    opened: Option<Opening>,
+    mut chained: Option<DatabaseTransaction>,
     plan: persist::Plan,
     state: Arc<AtomicU8>,
     writes: usize,
 ) -> Ran {
-    let txn = match begin(&db, opened).await {
-        Ok(txn) => txn,
-        Err(e) => {
-            crate::warn_summarised!(
-                "cannot begin a transaction",
-                error = %e,
-                "cannot begin a transaction"
-            );
-            return Ran::Unreachable;
+    let mut tries = 0;
+    let (txn, answered) = loop {
+        let begun = match chained.take() {
+            Some(txn) => Ok(txn),
+            None => db.begin_with_options(db::write_transaction_options()).await,
+        };
+        let (broken, at_begin) = match begun {
+            Ok(txn) => match persist::write_plan(&txn, &plan).await {
+                Ok(answered) => break (txn, answered),
+                Err(persist::WriteError::Db(e)) if db::is_broken(&e) => (e, false),
+                Err(e) => return not_written(txn, e, writes).await,
+            },
+            Err(e) if db::is_broken(&e) => (e, true),
+            Err(e) => return cannot_begin(&e),
+        };
+        if tries >= db::pool_size(&db) || state.load(Ordering::Acquire) != RUNNING {
+            if at_begin {
+                return cannot_begin(&broken);
+            }
+            tracing::error!(error = %broken, writes, "batch failed");
+            return Ran::Failed(PersistError::Unavailable);
         }
-    };
-    let answered = match persist::write_plan(&txn, &plan).await {
-        Ok(answered) => answered,
-        Err(e) => {
-            let error = match e {
-                persist::WriteError::GuardTripped { .. } => {
-                    tracing::warn!(error = %e, writes, "batch refused");
-                    PersistError::Refused
-                }
-                persist::WriteError::Db(ref err) if db::is_conflict(err) => {
-                    tracing::debug!(error = %e, writes, "batch lost a conflict");
-                    let _ = txn.rollback().await;
-                    return Ran::Conflicted;
-                }
-                // A constraint, or a key stored before: `write_all` finds out which.
-                persist::WriteError::Db(ref err) if db::is_refusal(err) => {
-                    tracing::debug!(error = %e, writes, "batch refused");
-                    PersistError::Refused
-                }
-                persist::WriteError::Db(_) => {
-                    tracing::error!(error = %e, writes, "batch failed");
-                    PersistError::Unavailable
-                }
-            };
-            let _ = txn.rollback().await;
-            return Ran::Failed(error);
-        }
+        tries += 1;
+        tracing::debug!(error = %broken, "a connection was broken; writing the batch on another");
     };
     let committing = state
         .compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
@@ -282,25 +292,45 @@ async fn run_transaction(
         let _ = txn.rollback().await;
         return Ran::GivenUp;
     }
+    if txn.get_database_backend() == DbBackend::MySql {
+        return match txn.execute_unprepared("COMMIT AND CHAIN").await {
+            Ok(_) => Ran::Committed(answered, Some(txn)),
+            Err(e) => Ran::CommitFailed(e, answered),
+        };
+    }
     match txn.commit().await {
-        Ok(()) => Ran::Committed(answered),
+        Ok(()) => Ran::Committed(answered, None),
         Err(e) => Ran::CommitFailed(e, answered),
     }
 }
 
-/// The transaction opened ahead if it is fresh, otherwise a new one.
-async fn begin(
-    db: &DatabaseConnection,
-    opened: Option<Opening>,
-) -> Result<DatabaseTransaction, DbErr> {
-    let opened = match opened {
-        Some(opening) => opening.await.ok(),
-        None => None,
+fn cannot_begin(e: &DbErr) -> Ran {
+    crate::warn_summarised!("cannot begin a transaction", error = %e, "cannot begin a transaction");
+    Ran::Unreachable
+}
+
+/// A plan the database did not write: refused, lost to a conflict, or failed. Rolls back.
+async fn not_written(txn: DatabaseTransaction, e: persist::WriteError, writes: usize) -> Ran {
+    let error = match e {
+        persist::WriteError::GuardTripped { .. } => {
+            tracing::warn!(error = %e, writes, "batch refused");
+            PersistError::Refused
+        }
+        persist::WriteError::Db(ref err) if db::is_conflict(err) => {
+            tracing::debug!(error = %e, writes, "batch lost a conflict");
+            let _ = txn.rollback().await;
+            return Ran::Conflicted;
+        }
+        // A constraint, or a key stored before: `write_all` finds out which.
+        persist::WriteError::Db(ref err) if db::is_refusal(err) => {
+            tracing::debug!(error = %e, writes, "batch refused");
+            PersistError::Refused
+        }
+        persist::WriteError::Db(_) => {
+            tracing::error!(error = %e, writes, "batch failed");
+            PersistError::Unavailable
+        }
     };
-    match opened {
-        // Opened (or refused) just now: use it, or report why it could not open.
-        Some((result, at)) if at.elapsed() < OPENED_AHEAD_FOR_AT_MOST => result,
-        // None opened, or it waited too long (dropping it rolls it back).
-        _ => db.begin_with_options(db::write_transaction_options()).await,
-    }
+    let _ = txn.rollback().await;
+    Ran::Failed(error)
 }

@@ -12,6 +12,7 @@ mod burst;
 mod catalogue;
 mod cluster;
 mod cluster_steps;
+mod commit;
 mod contract;
 mod durability;
 mod events;

@@ -1,0 +1,135 @@
+//! MariaDB only, on a private server (its status counters are the test's alone): what
+//! one write transaction costs in round trips, and a writer whose connection dies while
+//! it waits between transactions.
+
+use hyper::StatusCode;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+use crate::helpers::{Backend, TestDb, order, start_kitara};
+use crate::mariadb::PrivateMariadb;
+
+/// Orders placed one after the other: each waits for the last to commit, so each is a
+/// transaction of its own.
+const ORDERS: i64 = 40;
+
+async fn private_server() -> Option<(PrivateMariadb, TestDb)> {
+    if !Backend::Mysql.available() || !PrivateMariadb::available() {
+        return None;
+    }
+    let server = PrivateMariadb::start().await;
+    let db = TestDb::on_server(&server.url()).await;
+    kitara::db::migrate_and_seed(&db.conn, true)
+        .await
+        .expect("seed");
+    // Stock for every order of the tests (the demo has 10 and 5).
+    db.exec("UPDATE products SET current_stock = current_stock + 1000 WHERE id IN (1, 2)")
+        .await;
+    db.exec("INSERT INTO stock_movements (product_id, delta, reason) VALUES (1, 1000, 'test'), (2, 1000, 'test')")
+        .await;
+    Some((server, db))
+}
+
+/// One of the server's status counters (`Com_begin`, ...).
+async fn counter(db: &TestDb, name: &str) -> i64 {
+    let sql = format!(
+        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'"
+    );
+    db.query_strings(&sql).await[0]
+        .parse()
+        .expect("a counter is a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_transaction_costs_its_plan_and_its_commit_mysql() {
+    let Some((_server, db)) = private_server().await else {
+        return;
+    };
+    let initial = db.stocks().await;
+    let (mut kitara, api, _logs) = start_kitara(&db.url, &[]).await;
+    // The first order begins the writer's first transaction.
+    let (status, _) = api.lock(&order(1, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (begun, committed, executed) = (
+        counter(&db, "COM_BEGIN").await,
+        counter(&db, "COM_COMMIT").await,
+        counter(&db, "COM_STMT_EXECUTE").await,
+    );
+    for i in 0..ORDERS {
+        let (status, body) = api.lock(&order(1 + i % 3, &[(1 + i % 2, 1)])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let begun = counter(&db, "COM_BEGIN").await - begun;
+    let committed = counter(&db, "COM_COMMIT").await - committed;
+    let executed = counter(&db, "COM_STMT_EXECUTE").await - executed;
+
+    assert!(
+        committed >= ORDERS,
+        "{committed} commits for {ORDERS} orders"
+    );
+    // Each COMMIT AND CHAIN opened the next transaction: no BEGIN per transaction (the
+    // few counted are the background's: heartbeats, leases).
+    assert!(
+        begun < ORDERS / 4,
+        "{begun} BEGINs for {committed} commits: a transaction began on its own"
+    );
+    // The writer's connection stayed with it: no release check (a prepared `SELECT ?`)
+    // per transaction. The background's reads are prepared statements too, a few.
+    assert!(
+        executed < ORDERS / 2,
+        "{executed} prepared statements run for {committed} commits: the writer's \
+         connection went back to the pool (and its check) per transaction"
+    );
+    db.assert_invariants(&initial).await;
+    kitara.start_kill().ok();
+    kitara.wait().await.ok();
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_between_transactions_costs_no_order_mysql() {
+    let Some((server, mut db)) = private_server().await else {
+        return;
+    };
+    let name = db.query_strings("SELECT DATABASE()").await.remove(0);
+    let admin = Database::connect(server.url()).await.expect("connect");
+    let (mut kitara, api, _logs) = start_kitara(&db.url, &[]).await;
+    let (status, first) = api.lock(&order(1, &[(1, 1)])).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let mut answered = vec![(1, first)];
+    // Every connection to the test's database, one at a time, each while the writer
+    // waits for its next batch: the writer's, with the transaction its last COMMIT AND
+    // CHAIN opened, is among them (and this test's own, which it opens again).
+    let sql = format!(
+        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = '{name}'"
+    );
+    let ids = admin
+        .query_all_raw(Statement::from_string(DbBackend::MySql, sql))
+        .await
+        .expect("processlist");
+    assert!(ids.len() > 1, "Kitara holds connections");
+    for row in ids {
+        let id: i64 = row.try_get_by_index(0).expect("an id");
+        // (Gone already if it was this test's own, closed by the last `reconnect`.)
+        let _ = admin
+            .execute_unprepared(&format!("KILL CONNECTION {id}"))
+            .await;
+        db.reconnect().await;
+        let buyer = 1 + answered.len() as i64 % 3;
+        let (status, body) = api.lock(&order(buyer, &[(2, 1)])).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "after connection {id} was killed: {body}"
+        );
+        answered.push((buyer, body));
+    }
+    let answered: Vec<(i64, &serde_json::Value)> = answered
+        .iter()
+        .map(|(buyer, body)| (*buyer, body))
+        .collect();
+    db.assert_orders_stored(&answered).await;
+    kitara.start_kill().ok();
+    kitara.wait().await.ok();
+    db.drop_database().await;
+}
