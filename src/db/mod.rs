@@ -296,31 +296,6 @@ pub fn is_conflict(err: &DbErr) -> bool {
     })
 }
 
-/// Whether the connection itself failed (its socket was closed or reset), as when a
-/// connection that sat in the pool was ended by the server, a restart or a proxy.
-pub fn is_broken(err: &DbErr) -> bool {
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e)) => matches!(**e, sea_orm::sqlx::Error::Io(_)),
-        _ => false,
-    }
-}
-
-/// The most connections the pool may hold.
-pub fn pool_size(db: &DatabaseConnection) -> u32 {
-    match db.get_database_backend() {
-        DbBackend::MySql => db
-            .get_mysql_connection_pool()
-            .options()
-            .get_max_connections(),
-        _ => db
-            .get_sqlite_connection_pool()
-            .options()
-            .get_max_connections(),
-    }
-}
-
 /// MySQL's "Deadlock found when trying to get lock", which Galera also gives for a
 /// certification failure.
 const ER_LOCK_DEADLOCK: u16 = 1213;

@@ -245,45 +245,27 @@ impl Writer {
 /// that it is never cut off half-way. Before it sends COMMIT it checks that the writer
 /// still waits for it; if not, it rolls back. Any failure drops the transaction, and
 /// with it its connection, which goes back to the pool through the canary.
-///
-/// A connection can break while it rests (the chained one with the writer, any other in
-/// the pool: the server restarted or ended it, a proxy cut it), and the pool hands out
-/// one that rested less than `db::IDLE_BEFORE_PING` unchecked. Before COMMIT a broken
-/// connection has committed nothing (the server rolls back a transaction whose
-/// connection ends), so the transaction is written again on another, as many times as
-/// the pool may hold connections (after a restart every one of them is broken), while
-/// the writer still waits for it.
 async fn run_transaction(
     db: DatabaseConnection,
-    mut chained: Option<DatabaseTransaction>,
+    chained: Option<DatabaseTransaction>,
     plan: persist::Plan,
     state: Arc<AtomicU8>,
     writes: usize,
 ) -> Ran {
-    let mut tries = 0;
-    let (txn, answered) = loop {
-        let begun = match chained.take() {
-            Some(txn) => Ok(txn),
-            None => db.begin_with_options(db::write_transaction_options()).await,
-        };
-        let (broken, at_begin) = match begun {
-            Ok(txn) => match persist::write_plan(&txn, &plan).await {
-                Ok(answered) => break (txn, answered),
-                Err(persist::WriteError::Db(e)) if db::is_broken(&e) => (e, false),
-                Err(e) => return not_written(txn, e, writes).await,
-            },
-            Err(e) if db::is_broken(&e) => (e, true),
-            Err(e) => return cannot_begin(&e),
-        };
-        if tries >= db::pool_size(&db) || state.load(Ordering::Acquire) != RUNNING {
-            if at_begin {
-                return cannot_begin(&broken);
-            }
-            tracing::error!(error = %broken, writes, "batch failed");
-            return Ran::Failed(PersistError::Unavailable);
+    let begun = match chained {
+        Some(txn) => Ok(txn),
+        None => db.begin_with_options(db::write_transaction_options()).await,
+    };
+    let txn = match begun {
+        Ok(txn) => txn,
+        Err(e) => {
+            crate::warn_summarised!("cannot begin a transaction", error = %e, "cannot begin a transaction");
+            return Ran::Unreachable;
         }
-        tries += 1;
-        tracing::debug!(error = %broken, "a connection was broken; writing the batch on another");
+    };
+    let answered = match persist::write_plan(&txn, &plan).await {
+        Ok(answered) => answered,
+        Err(e) => return not_written(txn, e, writes).await,
     };
     let committing = state
         .compare_exchange(RUNNING, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
@@ -302,11 +284,6 @@ async fn run_transaction(
         Ok(()) => Ran::Committed(answered, None),
         Err(e) => Ran::CommitFailed(e, answered),
     }
-}
-
-fn cannot_begin(e: &DbErr) -> Ran {
-    crate::warn_summarised!("cannot begin a transaction", error = %e, "cannot begin a transaction");
-    Ran::Unreachable
 }
 
 /// A plan the database did not write: refused, lost to a conflict, or failed. Rolls back.

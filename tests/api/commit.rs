@@ -1,9 +1,7 @@
 //! MariaDB only, on a private server (its status counters are the test's alone): what
-//! one write transaction costs in round trips, and a writer whose connection dies while
-//! it waits between transactions.
+//! one write transaction costs in round trips.
 
 use hyper::StatusCode;
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
 use crate::helpers::{Backend, TestDb, order, start_kitara};
 use crate::mariadb::PrivateMariadb;
@@ -81,54 +79,6 @@ async fn a_write_transaction_costs_its_plan_and_its_commit_mysql() {
          connection went back to the pool (and its check) per transaction"
     );
     db.assert_invariants(&initial).await;
-    kitara.start_kill().ok();
-    kitara.wait().await.ok();
-    db.drop_database().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_that_dies_between_transactions_costs_no_order_mysql() {
-    let Some((server, mut db)) = private_server().await else {
-        return;
-    };
-    let name = db.query_strings("SELECT DATABASE()").await.remove(0);
-    let admin = Database::connect(server.url()).await.expect("connect");
-    let (mut kitara, api, _logs) = start_kitara(&db.url, &[]).await;
-    let (status, first) = api.lock(&order(1, &[(1, 1)])).await;
-    assert_eq!(status, StatusCode::OK, "{first}");
-    let mut answered = vec![(1, first)];
-    // Every connection to the test's database, one at a time, each while the writer
-    // waits for its next batch: the writer's, with the transaction its last COMMIT AND
-    // CHAIN opened, is among them (and this test's own, which it opens again).
-    let sql = format!(
-        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = '{name}'"
-    );
-    let ids = admin
-        .query_all_raw(Statement::from_string(DbBackend::MySql, sql))
-        .await
-        .expect("processlist");
-    assert!(ids.len() > 1, "Kitara holds connections");
-    for row in ids {
-        let id: i64 = row.try_get_by_index(0).expect("an id");
-        // (Gone already if it was this test's own, closed by the last `reconnect`.)
-        let _ = admin
-            .execute_unprepared(&format!("KILL CONNECTION {id}"))
-            .await;
-        db.reconnect().await;
-        let buyer = 1 + answered.len() as i64 % 3;
-        let (status, body) = api.lock(&order(buyer, &[(2, 1)])).await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "after connection {id} was killed: {body}"
-        );
-        answered.push((buyer, body));
-    }
-    let answered: Vec<(i64, &serde_json::Value)> = answered
-        .iter()
-        .map(|(buyer, body)| (*buyer, body))
-        .collect();
-    db.assert_orders_stored(&answered).await;
     kitara.start_kill().ok();
     kitara.wait().await.ok();
     db.drop_database().await;

@@ -994,8 +994,10 @@ async fn readiness_follows_the_database() {
     db.drop_database().await;
 }
 
-/// The real binary, its database's port closed, under three seconds of orders from 64
-/// clients: thousands of 503s, a handful of log lines.
+/// The real binary, its database's port closed, under four seconds of orders from 64
+/// clients: thousands of 503s, a handful of log lines. (Each try of the database blocks
+/// the writer up to the pool's acquire timeout, so how many 503s a second varies with the
+/// machine's load: four seconds give a flood on a busy CI machine too.)
 async fn quiet_logs_under_a_flood() {
     let db = TestDb::with_demo_data(Backend::Mysql).await;
     let (server, name) = db.url.rsplit_once('/').unwrap();
@@ -1010,7 +1012,7 @@ async fn quiet_logs_under_a_flood() {
     while logs.try_recv().is_ok() {}
 
     proxy.close_port();
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let clients = (0..64).map(|_| {
         let api = api.clone();
         tokio::spawn(async move {
