@@ -522,8 +522,8 @@ async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
 /// On MySQL every writer holds a pooled connection for its transaction (in flight, or
 /// chained and waiting for the next batch), and one more for the next transaction while
 /// a transaction it gave up still ends on its own task; stock reloads, user lookups and
-/// outcome lookups need connections besides. With fewer, writers could hold the whole pool and
-/// every store would stall on its next reload.
+/// outcome lookups need connections besides. With fewer, writers could hold the whole
+/// pool and every store would stall on its next reload.
 fn enough_connections(pool: u32, writers: u32) -> Result<(), StartupError> {
     let needed = 2 * writers + 2;
     if pool < needed {

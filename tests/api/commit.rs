@@ -3,7 +3,7 @@
 
 use hyper::StatusCode;
 
-use crate::helpers::{Backend, TestDb, order, start_kitara};
+use crate::helpers::{TestDb, order, start_kitara};
 use crate::mariadb::PrivateMariadb;
 
 /// Orders placed one after the other: each waits for the last to commit, so each is a
@@ -11,14 +11,7 @@ use crate::mariadb::PrivateMariadb;
 const ORDERS: i64 = 40;
 
 async fn private_server() -> Option<(PrivateMariadb, TestDb)> {
-    if !Backend::Mysql.available() || !PrivateMariadb::available() {
-        return None;
-    }
-    let server = PrivateMariadb::start().await;
-    let db = TestDb::on_server(&server.url()).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("seed");
+    let (server, db) = PrivateMariadb::with_demo_data().await?;
     // Stock for every order of the tests (the demo has 10 and 5).
     db.exec("UPDATE products SET current_stock = current_stock + 1000 WHERE id IN (1, 2)")
         .await;

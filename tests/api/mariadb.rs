@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::{Backend, TestDb};
+
 /// A `mariadbd` of the test's own, with a `kitara` account (password `kitara`). It is
 /// killed when dropped.
 pub struct PrivateMariadb {
@@ -81,6 +83,20 @@ impl PrivateMariadb {
              GRANT ALL PRIVILEGES ON *.* TO 'kitara'@'127.0.0.1'; FLUSH PRIVILEGES;",
         );
         private
+    }
+
+    /// A server of the test's own with a database of the demo data; `None` where MariaDB
+    /// tests do not run.
+    pub async fn with_demo_data() -> Option<(Self, TestDb)> {
+        if !Backend::Mysql.available() || !Self::available() {
+            return None;
+        }
+        let server = Self::start().await;
+        let db = TestDb::on_server(&server.url()).await;
+        kitara::db::migrate_and_seed(&db.conn, true)
+            .await
+            .expect("seed");
+        Some((server, db))
     }
 
     /// The URL of the server, without a database.

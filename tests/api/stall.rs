@@ -65,7 +65,7 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
-    let Some((server, db)) = private_server_with_demo_data().await else {
+    let Some((server, db)) = PrivateMariadb::with_demo_data().await else {
         return;
     };
     db.exec("UPDATE products SET current_stock = 1000000 WHERE id IN (1, 2)")
@@ -223,7 +223,7 @@ async fn a_stalled_database_never_gets_an_answer_wrong_mysql() {
 /// `a_confirm_waiting_behind_a_failed_one_is_decided_again_mysql`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_confirms_during_a_stall_are_answered_in_time_mysql() {
-    let Some((server, db)) = private_server_with_demo_data().await else {
+    let Some((server, db)) = PrivateMariadb::with_demo_data().await else {
         return;
     };
     let (child, api, _logs) = start_with_short_bounds(&db).await;
@@ -284,20 +284,6 @@ async fn two_confirms_during_a_stall_are_answered_in_time_mysql() {
     );
 
     kill_and_drop(child, db).await;
-}
-
-/// A private MariaDB (these tests stop it) with a database of the demo data; `None`
-/// where MariaDB tests do not run.
-async fn private_server_with_demo_data() -> Option<(PrivateMariadb, TestDb)> {
-    if !Backend::Mysql.available() || !PrivateMariadb::available() {
-        return None;
-    }
-    let server = PrivateMariadb::start().await;
-    let db = TestDb::on_server(&server.url()).await;
-    kitara::db::migrate_and_seed(&db.conn, true)
-        .await
-        .expect("seed");
-    Some((server, db))
 }
 
 /// The real binary on `db`, with the acquire timeout and outcome deadline of these
@@ -561,7 +547,7 @@ async fn a_call_cut_off_mid_flight_never_hands_its_answer_to_the_next_caller_mys
 /// `take_back` that did so survived every other test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_adjustment_that_failed_in_a_stall_takes_nothing_away_mysql() {
-    let Some((server, db)) = private_server_with_demo_data().await else {
+    let Some((server, db)) = PrivateMariadb::with_demo_data().await else {
         return;
     };
     let (child, api, _logs) = start_with_short_bounds(&db).await;
